@@ -1,0 +1,5 @@
+import sys
+
+from opctl.cli import main
+
+sys.exit(main())

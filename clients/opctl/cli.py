@@ -1,0 +1,373 @@
+"""``opctl``: the command line for op-dbusd.
+
+Tables for people, ``--json`` for scripts, a progress bar while a job runs,
+and one exit code per kind of error (see ``opctl --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, NoReturn
+
+from opctl import render
+from opctl.client import Client, Unreachable, job_ref_to_path
+from opdbus import errors
+from opdbus.models.job import JobRecord, JobState, LogLine
+from opdbus.models.validation import ValidationReport
+
+EXIT_CODES = """exit codes:
+  0   success
+  1   failed (a job failed, the audit chain is broken, or an unexpected error)
+  2   backend unavailable          3   not authorized
+  4   invalid arguments            5   backend failed
+  7   not found                    8   already exists
+  9   busy (another job holds it)  10  conflict with the current state
+  11  cancelled                    12  timed out
+  13  not supported in this mode   14  daemon or bus unreachable
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(errors.InvalidArgs.exit_code, f"{self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="opctl",
+        description="Control op-dbusd, the hypervisor host daemon on D-Bus (org.opdbus).",
+        epilog=EXIT_CODES
+        + "\nThe bus is --bus ADDRESS, else $OPDBUS_BUS_ADDRESS, else the system bus.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--bus", metavar="ADDRESS", help="D-Bus address of the bus op-dbusd serves on")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar while waiting on a job"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+    sub.add_parser("status", help="daemon version, mode, backend health, jobs")
+
+    v = sub.add_parser(
+        "validate",
+        help="check this host's health (a job)",
+        description="Validate the host: directories, config, disk, memory, "
+        "virtualization, backends, bus policy, audit log.",
+    )
+    v.add_argument("--quick", action="store_true", help="essential checks only")
+    v.add_argument(
+        "--fix", action="store_true", help="repair what is safe to repair, say what changed"
+    )
+    v.add_argument("--no-wait", action="store_true", help="print the job path and return at once")
+
+    jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs")
+    jsub = jobs.add_subparsers(
+        dest="jobs_command", required=True, metavar="ACTION", parser_class=Parser
+    )
+    jsub.add_parser("list", help="jobs the daemon still remembers")
+    for name, text in (
+        ("show", "one job's details"),
+        ("cancel", "cancel a queued or running job"),
+        ("wait", "wait until a job ends; exit with its result"),
+    ):
+        jsub.add_parser(name, help=text).add_argument("job", help="job number or object path")
+    log = jsub.add_parser("log", help="a job's log")
+    log.add_argument("job", help="job number or object path")
+    log.add_argument(
+        "--from", dest="start", type=int, default=1, metavar="N", help="first line (default 1)"
+    )
+    log.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+    audit = sub.add_parser("audit", help="the hash-chained audit log")
+    asub = audit.add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION", parser_class=Parser
+    )
+    alist = asub.add_parser("list", help="entries (default: the last 20)")
+    alist.add_argument("--from", dest="start", type=int, metavar="SEQ", help="first entry")
+    alist.add_argument("--last", type=int, default=20, metavar="N", help="the last N entries")
+    asub.add_parser("verify", help="recompute the chain; exit 1 naming the first bad entry")
+
+    sub.add_parser("watch", help="print every signal op-dbusd sends until interrupted")
+    return p
+
+
+def job_exit_code(record: JobRecord) -> int:
+    if record.state is JobState.SUCCEEDED:
+        return 0
+    if record.state is JobState.CANCELLED:
+        return errors.Cancelled.exit_code
+    return errors.ERRORS_BY_NAME.get(record.error_name, errors.Failed).exit_code
+
+
+def dump(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+class Cli:
+    def __init__(self, args: argparse.Namespace, client: Client) -> None:
+        self.args = args
+        self.client = client
+        self.progress = render.Progress(
+            enabled=sys.stderr.isatty() and not args.no_progress and not args.json
+        )
+
+    async def status(self) -> int:
+        status = await self.client.status()
+        jobs = await self.client.jobs()
+        counts: dict[str, int] = {}
+        for record in jobs:
+            counts[record.state.value] = counts.get(record.state.value, 0) + 1
+        if self.args.json:
+            dump(
+                {
+                    "version": status.version,
+                    "mode": status.mode,
+                    "bus": self.client.address,
+                    "backends": {
+                        n: {"available": ok, "detail": d} for n, (ok, d) in status.backends.items()
+                    },
+                    "jobs": counts,
+                    "audit_seq": status.audit_seq,
+                }
+            )
+            return 0
+        print(f"op-dbusd {status.version}, mode {status.mode}, on {self.client.address}")
+        render.table(
+            ["backend", "state", "detail"],
+            [
+                (name, "up" if ok else "down", detail)
+                for name, (ok, detail) in status.backends.items()
+            ],
+        )
+        active = counts.get("running", 0) + counts.get("queued", 0)
+        print(
+            f"jobs: {active} active, {len(jobs)} remembered; audit log: {status.audit_seq} entries"
+        )
+        return 0
+
+    async def follow(self, start: Callable[[], Awaitable[str]] | str) -> JobRecord:
+        """Run (or attach to) a job, streaming its log and a progress bar."""
+
+        def on_log(line: LogLine) -> None:
+            if not self.args.json:
+                self.progress.line(line.text)
+
+        try:
+            if isinstance(start, str):
+                record = await self.client.wait_job(
+                    start, on_update=self.progress.update, on_log=on_log
+                )
+            else:
+                record = await self.client.run_job(
+                    start, on_update=self.progress.update, on_log=on_log
+                )
+        finally:
+            self.progress.done()
+        return record
+
+    def finish_job(self, record: JobRecord) -> int:
+        if self.args.json:
+            dump(record.model_dump(mode="json"))
+        elif record.state is not JobState.SUCCEEDED:
+            print(f"job {record.id} {record.state.value}: {record.result}", file=sys.stderr)
+        else:
+            print(f"job {record.id} succeeded: {record.result}")
+        return job_exit_code(record)
+
+    async def validate(self) -> int:
+        def start() -> Awaitable[str]:
+            return self.client.validate(quick=self.args.quick, fix=self.args.fix)
+
+        if self.args.no_wait:
+            path = await start()
+            print(json.dumps({"job": path}) if self.args.json else path)
+            return 0
+        record = await self.follow(start)
+        if not self.args.json and record.output.get("checks"):
+            report = ValidationReport.model_validate(record.output)
+            print()
+            render.table(
+                ["check", "status", "message"],
+                [
+                    (c.name, c.status.value, c.message + "".join(f" [fixed: {f}]" for f in c.fixed))
+                    for c in report.checks
+                ],
+            )
+        return self.finish_job(record)
+
+    async def jobs(self) -> int:
+        action = self.args.jobs_command
+        if action == "list":
+            return await self._jobs_list()
+        path = job_ref_to_path(self.args.job)
+        if action == "show":
+            record = await self.client.job(path)
+            if self.args.json:
+                dump(record.model_dump(mode="json"))
+            else:
+                self._show(path, record)
+            return 0
+        if action == "log":
+            return await self._jobs_log(path)
+        if action == "cancel":
+            await self.client.cancel(path)
+            record = await self.client.job(path)
+            if self.args.json:
+                dump(record.model_dump(mode="json"))
+            else:
+                print(f"job {record.id} {record.state.value}")
+            return 0
+        return self.finish_job(await self.follow(path))
+
+    async def _jobs_list(self) -> int:
+        records = await self.client.jobs()
+        if self.args.json:
+            dump([record.model_dump(mode="json") for record in records])
+        elif not records:
+            print("no jobs")
+        else:
+            render.table(
+                ["id", "state", "operation", "progress", "started", "took", "result"],
+                [
+                    (
+                        r.id,
+                        r.state.value,
+                        r.operation,
+                        f"{r.progress * 100:.0f}%" if r.progress_valid else "-",
+                        render.when(r.started_at),
+                        render.duration(r),
+                        r.result,
+                    )
+                    for r in records
+                ],
+            )
+        return 0
+
+    async def _jobs_log(self, path: str) -> int:
+        if self.args.follow:
+            return job_exit_code(await self.follow(path))
+        lines = await self.client.job_log(path, self.args.start, 0)
+        if self.args.json:
+            dump([line._asdict() for line in lines])
+        else:
+            for line in lines:
+                print(render.log_line(line))
+        return 0
+
+    def _show(self, path: str, r: JobRecord) -> None:
+        rows = [
+            ("job", f"{r.id} ({path})"),
+            ("operation", r.operation),
+            ("state", r.state.value),
+            ("progress", f"{r.progress * 100:.0f}%" if r.progress_valid else "-"),
+            ("targets", ", ".join(r.targets) or "-"),
+            ("started by", f"uid {r.started_by_uid}"),
+            ("created", render.when(r.created_at)),
+            ("started", render.when(r.started_at)),
+            ("finished", render.when(r.finished_at)),
+            ("result", r.result or "-"),
+            ("error", r.error_name or "-"),
+            ("log lines", str(r.log_lines)),
+        ]
+        width = max(len(key) for key, _ in rows)
+        for key, value in rows:
+            print(f"{key.rjust(width)}: {value}")
+
+    async def audit(self) -> int:
+        if self.args.audit_command == "verify":
+            verdict = await self.client.verify_audit()
+            if self.args.json:
+                dump(verdict.model_dump())
+            elif verdict.ok:
+                print(f"audit log intact: {verdict.reason}")
+            else:
+                print(
+                    f"audit log BROKEN at entry {verdict.first_bad_seq}: {verdict.reason}",
+                    file=sys.stderr,
+                )
+            return 0 if verdict.ok else errors.Failed.exit_code
+        start = self.args.start
+        limit = self.args.last
+        if start is None:
+            head = (await self.client.status()).audit_seq
+            start = max(head - limit + 1, 1)
+        entries = await self.client.audit(start, limit)
+        if self.args.json:
+            dump([entry.model_dump() for entry in entries])
+        else:
+            render.table(
+                ["seq", "time", "uid", "kind", "method", "object", "job", "result"],
+                [
+                    (
+                        e.seq,
+                        e.time[:19].replace("T", " "),
+                        e.uid,
+                        e.kind,
+                        e.method,
+                        e.object or "-",
+                        e.job.rsplit("/", 1)[-1] if e.job else "-",
+                        e.result,
+                    )
+                    for e in entries
+                ],
+            )
+        return 0
+
+    async def watch(self) -> int:
+        async with self.client.signals("") as queue:
+            if not self.args.json:
+                print(
+                    f"watching org.opdbus on {self.client.address} (Ctrl-C to stop)",
+                    file=sys.stderr,
+                )
+            while True:
+                event = await queue.get()
+                stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+                if self.args.json:
+                    print(
+                        json.dumps(
+                            {
+                                "time": stamp,
+                                "path": event.path,
+                                "interface": event.interface,
+                                "member": event.member,
+                                "args": event.args,
+                            },
+                            default=str,
+                        ),
+                        flush=True,
+                    )
+                else:
+                    args = " ".join(json.dumps(arg, default=str) for arg in event.args)
+                    print(
+                        f"{stamp} {event.path} {event.interface}.{event.member} {args}", flush=True
+                    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    client = await Client.connect(args.bus)
+    try:
+        cli = Cli(args, client)
+        command: Callable[[], Awaitable[int]] = getattr(cli, args.command)
+        return await command()
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except errors.OpdbusError as e:
+        kind = type(e).__name__ if not isinstance(e, Unreachable) else "Unreachable"
+        print(f"opctl: {kind}: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,336 @@
+"""An async proxy for op-dbusd: typed methods, errors mapped back to their classes.
+
+It imports only the daemon's public contract: names, errors, models, and the
+flow-controlled connection class (which survives thousands of calls in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from dbus_fast import BusType, DBusError, Message, MessageType, Variant
+from dbus_fast._private.address import get_bus_address
+
+from opdbus import errors, names
+from opdbus.bus.transport import FlowControlledBus
+from opdbus.models.audit import AuditEntry, AuditVerdict
+from opdbus.models.job import JobRecord, JobState, LogLine
+
+
+class Unreachable(errors.OpdbusError):
+    """The bus or the daemon cannot be reached (client side only)."""
+
+    dbus_name = "org.opdbus.Client.Unreachable"
+    exit_code = 14
+
+
+_BUS_ERRORS: dict[str, type[errors.OpdbusError]] = {
+    "org.freedesktop.DBus.Error.AccessDenied": errors.NotAuthorized,
+    "org.freedesktop.DBus.Error.UnknownObject": errors.NotFound,
+    "org.freedesktop.DBus.Error.UnknownMethod": errors.NotSupported,
+    "org.freedesktop.DBus.Error.UnknownInterface": errors.NotSupported,
+    "org.freedesktop.DBus.Error.InvalidArgs": errors.InvalidArgs,
+    "org.freedesktop.DBus.Error.NoReply": errors.Timeout,
+    "org.freedesktop.DBus.Error.Timeout": errors.Timeout,
+    "org.freedesktop.DBus.Error.LimitsExceeded": errors.Busy,
+}
+
+
+def map_error(error: DBusError) -> errors.OpdbusError:
+    name = error.type
+    if name.startswith(names.ERROR_PREFIX):
+        return errors.from_dbus_name(name, error.text)
+    if name in (
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+    ):
+        return Unreachable(f"op-dbusd is not running on this bus ({names.BUS_NAME} has no owner)")
+    if name == "org.freedesktop.DBus.Error.AccessDenied":
+        return errors.NotAuthorized(f"the bus policy refused this call: {error.text}")
+    return _BUS_ERRORS.get(name, errors.Failed)(error.text or name)
+
+
+def resolve_address(explicit: str | None) -> str:
+    """--bus ADDRESS, then $OPDBUS_BUS_ADDRESS, then the system bus."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get(names.BUS_ADDRESS_ENV)
+    if from_env:
+        return from_env
+    return get_bus_address(BusType.SYSTEM)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Variant):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def job_record(props: dict[str, Any]) -> JobRecord:
+    """Job1 properties -> the record the daemon keeps."""
+    return JobRecord(
+        id=props["Id"],
+        operation=props["Operation"],
+        state=JobState(props["State"]),
+        progress=props["Progress"],
+        progress_valid=props["ProgressValid"],
+        targets=props["Targets"],
+        started_by_uid=props["StartedByUID"],
+        cancelable=props["Cancelable"],
+        created_at=props["CreatedAt"],
+        started_at=props["StartedAt"],
+        finished_at=props["FinishedAt"],
+        result=props["Result"],
+        error_name=props["ErrorName"],
+        output=json.loads(props["Output"] or "{}"),
+        log_lines=props["LogLines"],
+    )
+
+
+def job_ref_to_path(ref: str) -> str:
+    """``12``, ``/org/opdbus/job/12`` -> the job's object path."""
+    if ref.isdigit():
+        return names.job_path(int(ref))
+    if names.job_id_from_path(ref) is not None:
+        return ref
+    raise errors.InvalidArgs(f"{ref!r} is not a job number or job path")
+
+
+@dataclass
+class Status:
+    version: str
+    mode: str
+    backends: dict[str, tuple[bool, str]]
+    audit_seq: int
+
+
+@dataclass
+class SignalEvent:
+    path: str
+    interface: str
+    member: str
+    args: list[Any]
+
+
+class Client:
+    def __init__(self, bus: FlowControlledBus, address: str) -> None:
+        self.bus = bus
+        self.address = address
+
+    @classmethod
+    async def connect(cls, address: str | None = None) -> Client:
+        resolved = resolve_address(address)
+        bus = FlowControlledBus(resolved)
+        try:
+            await bus.connect()
+        except Exception as e:
+            raise Unreachable(f"cannot connect to the bus at {resolved}: {e}") from None
+        return cls(bus, resolved)
+
+    async def close(self) -> None:
+        if self.bus.connected:
+            self.bus.disconnect()
+            with contextlib.suppress(Exception):
+                await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- raw calls -------------------------------------------------------------
+
+    async def call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        destination: str = names.BUS_NAME,
+    ) -> list[Any]:
+        try:
+            reply = await self.bus.call(
+                Message(
+                    destination=destination,
+                    path=path,
+                    interface=interface,
+                    member=member,
+                    signature=signature,
+                    body=body or [],
+                )
+            )
+        except DBusError as e:
+            raise map_error(e) from None
+        except (OSError, EOFError) as e:
+            raise Unreachable(f"lost the bus connection: {e}") from None
+        if reply.message_type is MessageType.ERROR:
+            raise map_error(DBusError(reply.error_name or "", reply.body[0] if reply.body else ""))
+        return list(reply.body)
+
+    async def get_all(self, path: str, interface: str) -> dict[str, Any]:
+        (props,) = await self.call(path, names.PROPERTIES_IFACE, "GetAll", "s", [interface])
+        return {key: _plain(value) for key, value in props.items()}
+
+    async def add_match(self, rule: str) -> None:
+        await self.call(names.DBUS_PATH, names.DBUS_IFACE, "AddMatch", "s", [rule], names.DBUS_NAME)
+
+    # -- manager -----------------------------------------------------------------
+
+    async def status(self) -> Status:
+        props = await self.get_all(names.ROOT_PATH, names.MANAGER_IFACE)
+        return Status(
+            version=props["Version"],
+            mode=props["Mode"],
+            backends={
+                name: (bool(ok), str(detail)) for name, (ok, detail) in props["Backends"].items()
+            },
+            audit_seq=props["AuditSeq"],
+        )
+
+    async def jobs(self) -> list[JobRecord]:
+        (objects,) = await self.call(
+            names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
+        )
+        out = []
+        for ifaces in objects.values():
+            if names.JOB_IFACE in ifaces:
+                out.append(job_record({k: _plain(v) for k, v in ifaces[names.JOB_IFACE].items()}))
+        return sorted(out, key=lambda record: record.id)
+
+    async def job(self, path: str) -> JobRecord:
+        return job_record(await self.get_all(path, names.JOB_IFACE))
+
+    async def job_log(self, path: str, start: int = 1, limit: int = 0) -> list[LogLine]:
+        (lines,) = await self.call(path, names.JOB_IFACE, "GetLog", "uu", [start, limit])
+        return [LogLine(int(n), int(ts), str(text)) for n, ts, text in lines]
+
+    async def cancel(self, path: str) -> None:
+        await self.call(path, names.JOB_IFACE, "Cancel")
+
+    async def validate(self, *, quick: bool = False, fix: bool = False) -> str:
+        options = {"quick": Variant("b", quick), "fix": Variant("b", fix)}
+        (path,) = await self.call(
+            names.ROOT_PATH, names.MANAGER_IFACE, "Validate", "a{sv}", [options]
+        )
+        return str(path)
+
+    async def verify_audit(self) -> AuditVerdict:
+        ok, first_bad, reason = await self.call(names.ROOT_PATH, names.MANAGER_IFACE, "VerifyAudit")
+        return AuditVerdict(ok=ok, first_bad_seq=first_bad, reason=reason)
+
+    async def audit(self, start: int, limit: int) -> list[AuditEntry]:
+        (entries,) = await self.call(
+            names.ROOT_PATH, names.MANAGER_IFACE, "GetAudit", "tu", [start, limit]
+        )
+        return [AuditEntry.model_validate(_plain(entry)) for entry in entries]
+
+    # -- signals -----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def signals(self, rule: str) -> AsyncIterator[asyncio.Queue[SignalEvent]]:
+        """Queue every signal from op-dbusd matching ``rule`` while the context is open."""
+        queue: asyncio.Queue[SignalEvent] = asyncio.Queue()
+
+        def handler(msg: Message) -> None:
+            if msg.message_type is MessageType.SIGNAL and msg.sender != names.DBUS_NAME:
+                queue.put_nowait(
+                    SignalEvent(
+                        msg.path or "",
+                        msg.interface or "",
+                        msg.member or "",
+                        _plain(list(msg.body)),
+                    )
+                )
+
+        self.bus.add_message_handler(handler)
+        try:
+            await self.add_match(
+                f"type='signal',sender='{names.BUS_NAME}',{rule}"
+                if rule
+                else f"type='signal',sender='{names.BUS_NAME}'"
+            )
+            yield queue
+        finally:
+            self.bus.remove_message_handler(handler)
+
+    async def run_job(
+        self,
+        start: Callable[[], Awaitable[str]],
+        *,
+        on_update: Callable[[JobRecord], None] | None = None,
+        on_log: Callable[[LogLine], None] | None = None,
+    ) -> JobRecord:
+        """Start a job and follow it to the end (subscribing first, so nothing is missed)."""
+        async with self.signals(f"path_namespace='{names.JOB_PATH_PREFIX}'") as queue:
+            path = await start()
+            return await self._follow(path, queue, on_update, on_log)
+
+    async def wait_job(
+        self,
+        path: str,
+        *,
+        on_update: Callable[[JobRecord], None] | None = None,
+        on_log: Callable[[LogLine], None] | None = None,
+    ) -> JobRecord:
+        async with self.signals(f"path='{path}'") as queue:
+            return await self._follow(path, queue, on_update, on_log)
+
+    async def _follow(
+        self,
+        path: str,
+        queue: asyncio.Queue[SignalEvent],
+        on_update: Callable[[JobRecord], None] | None,
+        on_log: Callable[[LogLine], None] | None,
+    ) -> JobRecord:
+        props = await self.get_all(path, names.JOB_IFACE)
+        printed = 0
+
+        async def catch_up(upto: int | None = None) -> None:
+            nonlocal printed
+            if on_log is None:
+                return
+            while upto is None or printed < upto:
+                lines = await self.job_log(path, printed + 1, 0)
+                if not lines:
+                    return
+                for line in lines:
+                    if upto is not None and line.number > upto:
+                        return
+                    on_log(line)
+                    printed = line.number
+
+        await catch_up()
+        record = job_record(props)
+        if on_update:
+            on_update(record)
+        while not record.state.finished:
+            event = await queue.get()
+            if event.path != path:
+                continue
+            if event.member == "Log" and on_log is not None:
+                number, stamp, text = event.args
+                if number > printed + 1:
+                    await catch_up(number - 1)
+                if number > printed:
+                    on_log(LogLine(number, stamp, text))
+                    printed = number
+            elif event.member == "PropertiesChanged" and event.args[0] == names.JOB_IFACE:
+                props.update(event.args[1])
+                record = job_record(props)
+                if on_update:
+                    on_update(record)
+        await catch_up()
+        return record

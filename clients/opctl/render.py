@@ -1,0 +1,100 @@
+"""Output for people: aligned tables, times, and a progress bar on a terminal."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TextIO
+
+from opdbus.models.job import JobRecord, LogLine
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO = sys.stdout
+) -> None:
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [len(header) for header in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    # The last column is free text: never pad it.
+    line = "  ".join(header.upper().ljust(widths[i]) for i, header in enumerate(headers))
+    out.write(line.rstrip() + "\n")
+    for row in cells:
+        out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
+
+
+def when(us: int) -> str:
+    if not us:
+        return "-"
+    return datetime.fromtimestamp(us / 1_000_000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(record: JobRecord) -> str:
+    if not record.started_at:
+        return "-"
+    end = record.finished_at or int(time.time() * 1_000_000)
+    seconds = max(end - record.started_at, 0) / 1_000_000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def log_line(line: LogLine) -> str:
+    stamp = datetime.fromtimestamp(line.timestamp_us / 1_000_000).strftime("%H:%M:%S")
+    return f"{line.number:>5}  {stamp}  {line.text}"
+
+
+class Progress:
+    """A one-line bar on stderr, redrawn in place; log lines scroll above it.
+
+    Off (``enabled=False``) when stderr is not a terminal, with --json, or with
+    --no-progress: then nothing but the log lines themselves are written.
+    """
+
+    def __init__(self, enabled: bool, out: TextIO = sys.stderr) -> None:
+        self.enabled = enabled
+        self._out = out
+        self._shown = False
+        self._record: JobRecord | None = None
+
+    def update(self, record: JobRecord) -> None:
+        self._record = record
+        self._draw()
+
+    def line(self, text: str, out: TextIO = sys.stdout) -> None:
+        self._clear()
+        out.write(text + "\n")
+        out.flush()
+        self._draw()
+
+    def done(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        if self.enabled and self._shown:
+            self._out.write("\r\033[K")
+            self._out.flush()
+            self._shown = False
+
+    def _draw(self) -> None:
+        record = self._record
+        if not self.enabled or record is None or record.state.finished:
+            return
+        width = max(shutil.get_terminal_size((80, 20)).columns, 40)
+        label = f" {record.operation} (job {record.id}) {record.state.value}"
+        if record.progress_valid:
+            bar_width = min(30, width - len(label) - 8)
+            filled = int(record.progress * bar_width)
+            bar = (
+                "[" + "#" * filled + "." * (bar_width - filled) + f"] {record.progress * 100:3.0f}%"
+            )
+        else:
+            spinner = "|/-\\"[int(time.monotonic() * 4) % 4]
+            bar = f"[{spinner}]"
+        self._out.write(("\r" + bar + label)[: width - 1])
+        self._out.flush()
+        self._shown = True

@@ -1,0 +1,1 @@
+"""op-dbus: one asyncio daemon that owns a hypervisor host and publishes it on D-Bus."""

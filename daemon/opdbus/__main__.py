@@ -1,0 +1,172 @@
+"""``op-dbusd``: parse the flags, load the config, run the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from opdbus.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_STATE_DIR,
+    ConfigError,
+    Mode,
+    load_config,
+    with_overrides,
+)
+
+if TYPE_CHECKING:
+    from opdbus.sandbox import Sandbox
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+class OneLineFormatter(logging.Formatter):
+    """One line per event, tracebacks included (journald and grep both want that).
+
+    Under systemd ($JOURNAL_STREAM set) the line starts with the syslog
+    priority ``<N>`` and no timestamp: journald adds its own.
+    """
+
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__(
+            "%(name)s: %(message)s"
+            if journal
+            else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        self._journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc_info, record.exc_info, record.exc_text = record.exc_info, None, None
+        line = super().format(record)
+        if exc_info and exc_info[1] is not None:
+            frames = traceback.format_exception(*exc_info)
+            line += " | " + " | ".join(part.strip().replace("\n", " | ") for part in frames)
+        record.exc_info = exc_info
+        if self._journal:
+            line = f"<{self.PRIORITY.get(record.levelno, 6)}>{line}"
+        return line.replace("\n", " | ")
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(journal="JOURNAL_STREAM" in os.environ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="op-dbusd",
+        description="op-dbus daemon: owns VMs, OVS bridges, LXC containers and host jobs, "
+        "and publishes them on D-Bus as org.opdbus.",
+        epilog="Try it without touching the host:  op-dbusd --sandbox ./sandbox",
+    )
+    p.add_argument(
+        "--bus",
+        default="system",
+        metavar="system|session|ADDRESS",
+        help="bus to serve on (default: system)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"config file (default: {DEFAULT_CONFIG_PATH}; missing = built-in defaults)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"jobs and audit log (default: {DEFAULT_STATE_DIR}, or the config's)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=[mode.value for mode in Mode],
+        help="backends to run: agent (D-Bus, systemd), standalone (+ OVS), full (+ LXC, VMs)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info, or the config's",
+    )
+    p.add_argument(
+        "--sandbox",
+        type=Path,
+        metavar="DIR",
+        help="run self-contained in DIR: a private bus with the project's policy, "
+        "state under DIR, test backends; prints how to connect",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from opdbus.sandbox import Sandbox
+
+    sandbox = Sandbox(args.sandbox) if args.sandbox is not None else None
+    try:
+        return _run(args, sandbox)
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+
+
+def _run(args: argparse.Namespace, sandbox: Sandbox | None) -> int:
+    address: str | None = None
+    try:
+        if sandbox is not None:
+            setup_logging(args.log_level or "info")
+            address = sandbox.start_bus().address
+            config_path = args.config or sandbox.config_path
+            config = sandbox.config(args.state_dir)
+        else:
+            config_path = args.config or DEFAULT_CONFIG_PATH
+            config = load_config(config_path, required=args.config is not None)
+            if args.state_dir is not None:
+                config = with_overrides(config, state_dir=str(args.state_dir))
+        config = with_overrides(config, mode=args.mode, log_level=args.log_level)
+    except ConfigError as e:
+        print(f"op-dbusd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OSError, RuntimeError) as e:
+        print(f"op-dbusd: cannot start the sandbox: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+    setup_logging(config.log_level)
+    from opdbus.bus.server import NameTaken, resolve_bus_address
+    from opdbus.daemon import Daemon
+
+    daemon = Daemon(
+        config, bus_address=address or resolve_bus_address(args.bus), config_path=config_path
+    )
+    if sandbox is not None:
+        announce_in = sandbox
+
+        async def announce() -> None:
+            await asyncio.to_thread(announce_in.announce, daemon.server.address)
+
+        daemon.ready_hooks.append(announce)
+    try:
+        return asyncio.run(daemon.run())
+    except (NameTaken, ConnectionError) as e:
+        print(f"op-dbusd: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The blocking or external worlds, typed and wrapped (libvirt, OVSDB, LXC, hosts...)."""

@@ -1,0 +1,225 @@
+"""The one decorator every D-Bus method goes through, and the interface base class.
+
+``@bus_method`` maps errors (OpdbusError -> its D-Bus name; anything else ->
+Failed with a reference, traceback only in the daemon log), checks the caller
+of every mutating method, and audits every accepted mutating call. Methods are
+mutating unless marked ``read_only=True``; a mutating method must name its
+polkit action id.
+
+``OpdbusInterface.introspect`` adds the committed documentation
+(``opdbus/introspection/*.xml``) to what dbus-fast generates from the code.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dbus_fast import DBusError
+from dbus_fast import introspection as intr
+from dbus_fast.service import ServiceInterface, dbus_method
+
+from opdbus.bus.codec import plain
+from opdbus.bus.peers import CallerResolver
+from opdbus.bus.transport import CURRENT_CALL, FlowControlledBus
+from opdbus.errors import Failed, OpdbusError
+from opdbus.models.audit import digest_args
+from opdbus.names import JOB_PATH_PREFIX
+from opdbus.services.audit import AuditLog
+from opdbus.services.authz import Authorizer, Caller
+
+log = logging.getLogger(__name__)
+
+INTROSPECTION_DIR = Path(__file__).resolve().parent.parent / "introspection"
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("opdbus_current_caller", default=None)
+
+
+@dataclass
+class BusContext:
+    """What every adapter needs from the daemon besides its own service."""
+
+    bus: FlowControlledBus
+    callers: CallerResolver
+    authorizer: Authorizer
+    audit: AuditLog
+    accepting: bool = True  # False once shutdown begins
+    docs: dict[str, ET.Element] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodPolicy:
+    read_only: bool
+    action: str | None
+
+
+def current_caller() -> Caller:
+    """The authorized caller of the mutating method being served."""
+    caller = CURRENT_CALLER.get()
+    if caller is None:
+        raise RuntimeError("current_caller() outside an authorized bus method")
+    return caller
+
+
+def bus_method(
+    *, read_only: bool = False, action: str | None = None, name: str | None = None
+) -> Callable[[F], F]:
+    if not read_only and action is None:
+        raise TypeError("a mutating bus method needs its polkit action id")
+    policy = MethodPolicy(read_only, action)
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        async def wrapper(self: OpdbusInterface, *args: Any) -> Any:
+            ctx = self.ctx
+            call = CURRENT_CALL.get()
+            what = f"{self.name}.{name or fn.__name__}"
+            caller: Caller | None = None
+            try:
+                if not read_only:
+                    if not ctx.accepting:
+                        raise Failed("the daemon is shutting down; try again when it is back")
+                    if call is None:
+                        raise Failed("no caller information for this call")
+                    caller = await ctx.callers.resolve(call.sender)
+                    assert action is not None
+                    await ctx.authorizer.authorize(
+                        caller,
+                        action,
+                        what=what,
+                        details={"object": call.path, "verb": call.member},
+                    )
+                    CURRENT_CALLER.set(caller)
+                result = await fn(self, *args)
+            except OpdbusError as e:
+                if caller is not None:
+                    await _audit(ctx, caller, what, call, args, f"error: {e.dbus_name}")
+                raise DBusError(e.dbus_name, e.message) from None
+            except DBusError:
+                raise
+            except Exception:
+                ref = uuid.uuid4().hex[:8]
+                log.exception("%s failed (ref %s)", what, ref)
+                if caller is not None:
+                    await _audit(ctx, caller, what, call, args, f"error: {Failed.dbus_name}")
+                raise DBusError(
+                    Failed.dbus_name, f"internal error (ref {ref}); the daemon log has the details"
+                ) from None
+            if caller is not None:
+                job = (
+                    result if isinstance(result, str) and result.startswith(JOB_PATH_PREFIX) else ""
+                )
+                await _audit(ctx, caller, what, call, args, "ok", job)
+            return result
+
+        wrapper.__opdbus_policy__ = policy  # type: ignore[attr-defined]
+        return dbus_method(name)(wrapper)  # type: ignore[return-value]
+
+    return decorate
+
+
+async def _audit(
+    ctx: BusContext,
+    caller: Caller,
+    what: str,
+    call: Any,
+    args: tuple[Any, ...],
+    result: str,
+    job: str = "",
+) -> None:
+    try:
+        await ctx.audit.append(
+            uid=caller.uid,
+            kind="call",
+            method=what,
+            target=call.path if call is not None else "",
+            args_digest=digest_args(plain(list(args))),
+            job=job,
+            result=result,
+        )
+    except OpdbusError as e:
+        # The call already happened; failing it now would lie about that.
+        log.error("could not audit %s by uid %d: %s", what, caller.uid, e)
+
+
+def method_policies(interface: type[ServiceInterface]) -> dict[str, MethodPolicy | None]:
+    """D-Bus member name -> policy for every method of an interface class (None: undecorated)."""
+    out: dict[str, MethodPolicy | None] = {}
+    for attr in vars(interface).values():
+        method = getattr(attr, "__dict__", {}).get("__DBUS_METHOD")
+        if method is not None:
+            out[method.name] = getattr(method.fn, "__opdbus_policy__", None)
+    return out
+
+
+def load_docs() -> dict[str, ET.Element]:
+    """The committed introspection XML, one <interface> element per name (blocks: use a thread)."""
+    docs: dict[str, ET.Element] = {}
+    for path in sorted(INTROSPECTION_DIR.glob("*.xml")):
+        for element in ET.parse(path).getroot().iter("interface"):
+            docs[element.attrib["name"]] = element
+    return docs
+
+
+class OpdbusInterface(ServiceInterface):
+    def __init__(self, name: str, ctx: BusContext) -> None:
+        super().__init__(name)
+        self.ctx = ctx
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        undecorated = [member for member, policy in method_policies(cls).items() if policy is None]
+        if undecorated:
+            raise TypeError(f"{cls.__name__}: methods not declared with @bus_method: {undecorated}")
+
+    def introspect(self) -> intr.Interface:
+        generated = super().introspect()
+        committed = self.ctx.docs.get(self.name)
+        if committed is not None:
+            _merge_docs(generated, committed)
+        return generated
+
+
+def _annotations(element: ET.Element) -> dict[str, str]:
+    return {
+        child.attrib["name"]: child.attrib["value"]
+        for child in element
+        if child.tag == "annotation"
+    }
+
+
+def _merge_docs(generated: intr.Interface, committed: ET.Element) -> None:
+    """Copy doc annotations and out-arg names from the committed XML by member name."""
+    generated.annotations.update(_annotations(committed))
+    by_kind = {
+        kind: {el.attrib["name"]: el for el in committed.iter(kind)}
+        for kind in ("method", "signal", "property")
+    }
+    for method in generated.methods:
+        element = by_kind["method"].get(method.name)
+        if element is None:
+            continue
+        method.annotations.update(_annotations(element))
+        outs = [arg for arg in element.iter("arg") if arg.attrib.get("direction") == "out"]
+        for arg, doc in zip(method.out_args, outs, strict=False):
+            arg.name = arg.name or doc.attrib.get("name")
+    for signal in generated.signals:
+        element = by_kind["signal"].get(signal.name)
+        if element is None:
+            continue
+        signal.annotations.update(_annotations(element))
+        for arg, doc in zip(signal.args, element.iter("arg"), strict=False):
+            arg.name = arg.name or doc.attrib.get("name")
+    for prop in generated.properties:
+        element = by_kind["property"].get(prop.name)
+        if element is not None:
+            prop.annotations.update(_annotations(element))

@@ -1,0 +1,81 @@
+"""D-Bus values <-> plain Python values and pydantic models."""
+
+from __future__ import annotations
+
+import types
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+from dbus_fast import Variant
+from pydantic import BaseModel, ValidationError
+
+from opdbus.errors import InvalidArgs
+
+M = TypeVar("M", bound=BaseModel)
+
+_INTS = frozenset("ynqiuxt")
+
+
+def plain(value: Any) -> Any:
+    """Unwrap variants recursively into JSON-able Python values."""
+    if isinstance(value, Variant):
+        return plain(value.value)
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _accepted(annotation: Any) -> tuple[frozenset[str], str]:
+    """Signatures a model field accepts, and how to name that type to a person."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        accepted: set[str] = set()
+        labels = []
+        for arg in get_args(annotation):
+            if arg is type(None):
+                continue
+            sigs, label = _accepted(arg)
+            accepted |= sigs
+            labels.append(label)
+        return frozenset(accepted), " or ".join(labels)
+    if annotation is bool:
+        return frozenset("b"), "a boolean (b)"
+    if annotation is int:
+        return _INTS, "an integer (i, u, t...)"
+    if annotation is float:
+        return _INTS | {"d"}, "a number (d)"
+    if annotation is str or (isinstance(annotation, type) and issubclass(annotation, str)):
+        return frozenset({"s", "o"}), "a string (s)"
+    if origin is list:
+        (inner,) = get_args(annotation) or (str,)
+        inner_sigs, label = _accepted(inner)
+        return frozenset(f"a{sig}" for sig in inner_sigs), f"a list of {label.split(' (')[0]}s"
+    if origin is dict:
+        return frozenset({"a{ss}", "a{sv}"}), "a dictionary (a{ss})"
+    return frozenset(), "a value"
+
+
+def decode_options(model: type[M], options: dict[str, Variant], what: str) -> M:
+    """Check an a{sv} against a model: unknown keys, D-Bus types, then values."""
+    fields = model.model_fields
+    values: dict[str, Any] = {}
+    for key, variant in options.items():
+        field = fields.get(key)
+        if field is None:
+            valid = ", ".join(sorted(fields)) or "none"
+            raise InvalidArgs(f"unknown option '{key}' for {what}; valid options: {valid}")
+        accepted, label = _accepted(field.annotation)
+        if accepted and variant.signature not in accepted:
+            raise InvalidArgs(
+                f"option '{key}' of {what} must be {label}, not D-Bus type '{variant.signature}'"
+            )
+        values[key] = plain(variant)
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidArgs(f"option '{where}' of {what}: {first['msg']}") from None

@@ -1,0 +1,130 @@
+"""org.opdbus.Manager1 at /org/opdbus: the daemon's front door."""
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from dbus_fast import PropertyAccess, Variant
+from dbus_fast.annotations import (
+    DBusDict,
+    DBusObjectPath,
+    DBusSignature,
+    DBusStr,
+    DBusUInt32,
+    DBusUInt64,
+)
+from dbus_fast.service import dbus_property, dbus_signal
+
+from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, current_caller
+from opdbus.bus.codec import decode_options
+from opdbus.config import Mode
+from opdbus.models.audit import AuditEntry
+from opdbus.models.validation import ValidateOptions
+from opdbus.names import MANAGER_IFACE, ROOT_PATH, Action
+from opdbus.services.audit import AuditLog
+from opdbus.services.health import BackendHealth
+from opdbus.services.jobs import JobManager
+from opdbus.services.validate import Validator
+
+BackendMapT = Annotated[dict[str, tuple[bool, str]], DBusSignature("a{s(bs)}")]
+ObjectPathsT = Annotated[list[str], DBusSignature("ao")]
+AuditVerdictT = Annotated[tuple[bool, int, str], DBusSignature("bts")]
+AuditEntriesT = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
+
+_AUDIT_TYPES = {"seq": "t", "uid": "u"}
+
+
+@dataclass
+class ManagerServices:
+    version: str
+    mode: Mode
+    jobs: JobManager
+    audit: AuditLog
+    health: BackendHealth
+    validator: Validator
+
+
+def audit_entry_to_dbus(entry: AuditEntry) -> dict[str, Variant]:
+    return {
+        key: Variant(_AUDIT_TYPES.get(key, "s"), value) for key, value in entry.model_dump().items()
+    }
+
+
+class Manager1(OpdbusInterface):
+    def __init__(self, ctx: BusContext, services: ManagerServices) -> None:
+        super().__init__(MANAGER_IFACE, ctx)
+        self._s = services
+        services.health.on_change.append(self._backends_changed)
+        services.audit.on_append.append(self._audit_advanced)
+
+    def _backends_changed(self) -> None:
+        self.emit_properties_changed({"Backends": self.Backends})
+
+    def _audit_advanced(self) -> None:
+        self.emit_properties_changed({"AuditSeq": self._s.audit.head_seq})
+
+    # -- properties ----------------------------------------------------------
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> DBusStr:
+        return self._s.version
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Mode(self) -> DBusStr:
+        return self._s.mode.value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Backends(self) -> BackendMapT:
+        return {
+            name: (probe.available, probe.detail) for name, probe in self._s.health.status.items()
+        }
+
+    @dbus_property(access=PropertyAccess.READ)
+    def AuditSeq(self) -> DBusUInt64:
+        return self._s.audit.head_seq
+
+    # -- jobs ----------------------------------------------------------------
+
+    @bus_method(read_only=True)
+    async def ListJobs(self) -> ObjectPathsT:
+        return [job.path for job in self._s.jobs.all()]
+
+    @bus_method(read_only=True)
+    async def GetJob(self, id: DBusUInt32) -> DBusObjectPath:
+        return self._s.jobs.get(id).path
+
+    @dbus_signal()
+    def JobNew(self, path: str) -> DBusObjectPath:
+        return path
+
+    @dbus_signal()
+    def JobRemoved(self, path: str, result: str) -> Annotated[list[Any], DBusSignature("os")]:
+        return [path, result]
+
+    # -- host ----------------------------------------------------------------
+
+    @bus_method(action=Action.VALIDATE)
+    async def Validate(self, options: DBusDict) -> DBusObjectPath:
+        opts = decode_options(ValidateOptions, options, "Validate")
+        job = await self._s.jobs.submit(
+            "Validate",
+            self._s.validator.job(opts),
+            targets=[ROOT_PATH],
+            uid=current_caller().uid,
+        )
+        return job.path
+
+    # -- audit ---------------------------------------------------------------
+
+    @bus_method(read_only=True)
+    async def VerifyAudit(self) -> AuditVerdictT:
+        verdict = await self._s.audit.verify()
+        return (
+            verdict.ok,
+            verdict.first_bad_seq,
+            verdict.reason or f"{verdict.entries} entries, chain intact",
+        )
+
+    @bus_method(read_only=True)
+    async def GetAudit(self, start: DBusUInt64, limit: DBusUInt32) -> AuditEntriesT:
+        entries = await self._s.audit.read(start, limit)
+        return [audit_entry_to_dbus(entry) for entry in entries]

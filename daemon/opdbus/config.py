@@ -1,0 +1,158 @@
+"""Daemon settings: /etc/op-dbus/config.json validated by pydantic, then flags.
+
+A bad file must stop the daemon with one line that names the bad field, so
+every model forbids unknown keys (a typo is an error, not a silent default).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG_PATH = Path("/etc/op-dbus/config.json")
+DEFAULT_STATE_DIR = Path("/var/lib/op-dbus")
+
+
+class Mode(StrEnum):
+    """Which backends the daemon runs (the op-dbus seed's dependency matrix)."""
+
+    AGENT = "agent"  # D-Bus + systemd only
+    STANDALONE = "standalone"  # + Open vSwitch
+    FULL = "full"  # + LXC and VMs
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuthConfig(_Section):
+    admin_group: str = Field(
+        "opdbus", min_length=1, description="members may call mutating methods"
+    )
+    admin_uids: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="extra users treated as admins (the sandbox adds its own)"
+    )
+    polkit: bool = Field(True, description="ask polkitd about other callers when it is on the bus")
+
+
+class JobsConfig(_Section):
+    retention_seconds: float = Field(
+        3600.0, ge=0, description="finished jobs stay readable this long"
+    )
+    max_concurrent: int = Field(4, ge=1, le=256)
+    cancel_wait_seconds: float = Field(
+        10.0, gt=0, description="Cancel() waits this long for the job"
+    )
+
+
+class HealthConfig(_Section):
+    interval_seconds: float = Field(15.0, gt=0, description="how often backends are probed")
+    timeout_seconds: float = Field(5.0, gt=0, description="how long one probe may take")
+
+
+class ValidateConfig(_Section):
+    disk_warn_gib: float = Field(5.0, ge=0)
+    disk_fail_gib: float = Field(1.0, ge=0)
+    memory_warn_mib: int = Field(1024, ge=0)
+    memory_fail_mib: int = Field(256, ge=0)
+
+
+class PathsConfig(_Section):
+    source_dir: Path = Field(Path("/etc/hypervisor/src"), description="where smart sync writes")
+    flake_dir: Path = Field(Path("/etc/nixos"), description="the flake nixos-rebuild builds")
+    bus_policy: list[Path] = Field(
+        default_factory=lambda: [
+            Path("/etc/dbus-1/system.d/org.opdbus.conf"),
+            Path("/usr/share/dbus-1/system.d/org.opdbus.conf"),
+        ],
+        description="where the installed bus policy may be",
+    )
+    polkit_actions: Path = Path("/usr/share/polkit-1/actions/org.opdbus.policy")
+
+
+class LibvirtConfig(_Section):
+    uri: str = Field("qemu:///system", min_length=1)
+
+
+class OvsdbConfig(_Section):
+    remote: str = Field("unix:/run/openvswitch/db.sock", min_length=1)
+
+
+class LxcConfig(_Section):
+    path: Path = Path("/var/lib/lxc")
+
+
+class Config(_Section):
+    mode: Mode = Mode.FULL
+    state_dir: Path = DEFAULT_STATE_DIR
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    auth: AuthConfig = AuthConfig()
+    jobs: JobsConfig = JobsConfig()
+    health: HealthConfig = HealthConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    paths: PathsConfig = PathsConfig()
+    libvirt: LibvirtConfig = LibvirtConfig()
+    ovsdb: OvsdbConfig = OvsdbConfig()
+    lxc: LxcConfig = LxcConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message is one line naming the problem."""
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+    more = len(error.errors()) - 1
+    tail = f"; and {more} more problem{'s' if more > 1 else ''}" if more else ""
+    return f"{path}: {where}: {message}{shown}{tail}"
+
+
+def parse_config(data: Any, path: Path) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, path)) from None
+
+
+def load_config(path: Path, *, required: bool) -> Config:
+    """Read and validate the config file; a missing optional file means defaults.
+
+    Runs before the event loop starts, so plain blocking reads are fine here.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: no such file") from None
+        return Config()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: (top level): must be a JSON object")
+    return parse_config(data, path)
+
+
+def with_overrides(config: Config, **overrides: Any) -> Config:
+    """A copy with command-line flags applied (None means: flag not given)."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if not given:
+        return config
+    merged = config.model_dump(by_alias=True)
+    merged.update(given)
+    return parse_config(merged, Path("(command line)"))

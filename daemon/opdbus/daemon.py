@@ -1,0 +1,144 @@
+"""The composition root: build the services, put them on the bus, run, stop.
+
+Start order matters: state first (audit, jobs: a restart reports interrupted
+jobs before anyone can call), then the objects, then the name -- so nobody
+sees org.opdbus before it can answer -- then READY=1.
+
+Stop order: refuse new mutating calls, cancel jobs (recorded interrupted),
+stop probing, make the audit log durable, release the name, disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from opdbus.bus.manager import ManagerServices
+from opdbus.bus.server import BusServer
+from opdbus.config import Config
+from opdbus.services.audit import AuditLog
+from opdbus.services.health import BackendHealth
+from opdbus.services.job_store import JobStore
+from opdbus.services.jobs import JobManager
+from opdbus.services.validate import HostPaths, Validator
+
+log = logging.getLogger(__name__)
+
+
+def daemon_version() -> str:
+    try:
+        return version("op-dbus")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (or a test) about our state, if it gave us $NOTIFY_SOCKET."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target
+    # Non-blocking: a datagram to a local socket either goes at once or not at all.
+    with socket.socket(
+        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    ) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as e:
+            log.warning("could not notify %s: %s", target, e)
+
+
+class Daemon:
+    def __init__(self, config: Config, *, bus_address: str, config_path: Path) -> None:
+        self.config = config
+        self.config_path = config_path
+        state = config.state_dir
+        self.audit = AuditLog(state / "audit")
+        self.jobs = JobManager(JobStore(state / "jobs"), config.jobs, self.audit)
+        self.server = BusServer(bus_address, config.auth, self.audit)
+        self.health: BackendHealth | None = None
+        # Awaited once org.opdbus is owned (the sandbox announces its address).
+        self.ready_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._stopped = False
+
+    async def start(self) -> None:
+        await asyncio.to_thread(
+            self.config.state_dir.mkdir, mode=0o750, parents=True, exist_ok=True
+        )
+        await self.audit.open()
+        await self.jobs.start()
+        await self.server.connect()
+        self.health = BackendHealth(
+            self.config,
+            bus_detail=f"connected to {self.server.address}",
+            polkit_probe=self.server.probe_polkit,
+        )
+        validator = Validator(
+            self.config, HostPaths(config_file=self.config_path), self.health, self.audit
+        )
+        self.server.serve(
+            ManagerServices(
+                version=daemon_version(),
+                mode=self.config.mode,
+                jobs=self.jobs,
+                audit=self.audit,
+                health=self.health,
+                validator=validator,
+            )
+        )
+        self.health.start()
+        await self.server.own_name()
+        log.info(
+            "op-dbusd %s ready on %s (mode %s, state in %s)",
+            daemon_version(),
+            self.server.address,
+            self.config.mode.value,
+            self.config.state_dir,
+        )
+        for hook in self.ready_hooks:
+            await hook()
+        sd_notify("READY=1\nSTATUS=serving org.opdbus")
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        sd_notify("STOPPING=1")
+        log.info("stopping: no new calls, interrupting running jobs")
+        with contextlib.suppress(AssertionError):
+            self.server.stop_accepting()
+        await self.jobs.shutdown()
+        if self.health is not None:
+            await self.health.stop()
+        await self.audit.close()
+        await self.server.close()
+        log.info("stopped")
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT or the bus goes away, stop. Returns the exit status."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await self.start()
+            lost = asyncio.create_task(self.server.disconnected.wait(), name="bus-lost")
+            asked = asyncio.create_task(stop.wait(), name="signal-watch")
+            await asyncio.wait({lost, asked}, return_when=asyncio.FIRST_COMPLETED)
+            status = 0 if asked.done() else 1
+            for task in (lost, asked):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            return status
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            await self.stop()

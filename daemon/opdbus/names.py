@@ -1,0 +1,94 @@
+"""Every bus name, object path, interface, error name and polkit action id.
+
+This is the one place these strings live (firewalld's config/dbus.py, bleak's
+defs.py). Clients import it too: it is part of the public contract.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+BUS_NAME: Final = "org.opdbus"
+ROOT_PATH: Final = "/org/opdbus"
+JOB_PATH_PREFIX: Final = "/org/opdbus/job"
+
+MANAGER_IFACE: Final = "org.opdbus.Manager1"
+JOB_IFACE: Final = "org.opdbus.Job1"
+
+PROPERTIES_IFACE: Final = "org.freedesktop.DBus.Properties"
+OBJECT_MANAGER_IFACE: Final = "org.freedesktop.DBus.ObjectManager"
+INTROSPECTABLE_IFACE: Final = "org.freedesktop.DBus.Introspectable"
+PEER_IFACE: Final = "org.freedesktop.DBus.Peer"
+
+DBUS_NAME: Final = "org.freedesktop.DBus"
+DBUS_PATH: Final = "/org/freedesktop/DBus"
+DBUS_IFACE: Final = "org.freedesktop.DBus"
+
+POLKIT_NAME: Final = "org.freedesktop.PolicyKit1"
+POLKIT_PATH: Final = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT_IFACE: Final = "org.freedesktop.PolicyKit1.Authority"
+
+ERROR_PREFIX: Final = "org.opdbus.Error."
+
+# Environment variable clients read for the bus address (after --bus).
+BUS_ADDRESS_ENV: Final = "OPDBUS_BUS_ADDRESS"
+
+
+class Action:
+    """Polkit action ids, one per verb; each is declared in dbus-policy/org.opdbus.policy."""
+
+    VALIDATE: Final = "org.opdbus.host.validate"
+    JOB_CANCEL: Final = "org.opdbus.job.cancel"
+
+
+def job_path(job_id: int) -> str:
+    return f"{JOB_PATH_PREFIX}/{job_id}"
+
+
+def job_id_from_path(path: str) -> int | None:
+    """The job number in a job object path, or None if the path is not a job's."""
+    prefix = JOB_PATH_PREFIX + "/"
+    if not path.startswith(prefix):
+        return None
+    tail = path[len(prefix) :]
+    if not tail.isdigit() or (len(tail) > 1 and tail[0] == "0"):
+        return None
+    return int(tail)
+
+
+def escape_path_element(text: str) -> str:
+    """Escape any string into one valid object path element, reversibly.
+
+    libvirt-dbus style: ASCII letters and digits stay, every other byte of the
+    UTF-8 encoding becomes ``_xx`` (lower-case hex). The empty string is ``_``.
+    """
+    if not text:
+        return "_"
+    out: list[str] = []
+    for byte in text.encode():
+        char = chr(byte)
+        if char.isascii() and char.isalnum():
+            out.append(char)
+        else:
+            out.append(f"_{byte:02x}")
+    return "".join(out)
+
+
+def unescape_path_element(element: str) -> str:
+    """Invert :func:`escape_path_element`; raises ValueError on a malformed element."""
+    if element == "_":
+        return ""
+    raw = bytearray()
+    i = 0
+    while i < len(element):
+        char = element[i]
+        if char == "_":
+            pair = element[i + 1 : i + 3]
+            if len(pair) != 2:
+                raise ValueError(f"truncated escape in path element {element!r}")
+            raw.append(int(pair, 16))
+            i += 3
+        else:
+            raw.extend(char.encode())
+            i += 1
+    return raw.decode()

@@ -1,0 +1,229 @@
+"""``op-dbusd --sandbox DIR``: a complete op-dbus in one directory, for trying and testing.
+
+It starts a private ``dbus-daemon`` carrying the project's own bus policy
+(plus, when not run as root, a grant for the invoking user), keeps config,
+state and audit under DIR, points every backend at sandbox-local places, and
+writes the bus address to ``DIR/bus-address`` once org.opdbus is owned.
+
+The helpers here are synchronous on purpose: they run before the event loop
+starts and after it ends (and the test fixtures use them to start buses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from opdbus.config import Config, load_config, with_overrides
+from opdbus.services.fsutil import atomic_write
+
+POLICY_FILE = "org.opdbus.conf"
+POLKIT_BUS_POLICY = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
+
+# Debian's system.conf default policy, verbatim in spirit: deny by default,
+# the bus driver itself is reachable, replies and signals flow.
+_DEFAULT_POLICY = """
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus"
+          send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
+    <deny send_destination="org.freedesktop.DBus"
+          send_interface="org.freedesktop.DBus.Debug.Stats"/>
+  </policy>"""
+
+# The default of 128 pending replies per connection stops a client with 2000
+# calls in flight; these are the limits the load tests need.
+LIMITS = {
+    "max_replies_per_connection": 50000,
+    "max_connections_per_user": 4096,
+    "max_match_rules_per_connection": 4096,
+}
+
+
+def find_policy_dir() -> Path:
+    """Where the shipped dbus-policy/ files are ($OPDBUS_POLICY_DIR, source tree, installed)."""
+    candidates = [
+        os.environ.get("OPDBUS_POLICY_DIR"),
+        str(Path(__file__).resolve().parents[2] / "dbus-policy"),
+        f"{sys.prefix}/share/op-dbus/dbus-policy",
+        "/usr/share/op-dbus/dbus-policy",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / POLICY_FILE).is_file():
+            return Path(candidate)
+    raise FileNotFoundError(
+        f"cannot find {POLICY_FILE}: set OPDBUS_POLICY_DIR to the project's dbus-policy/ directory"
+    )
+
+
+def bus_config(socket_path: Path, policy_dir: Path) -> str:
+    limits = "\n".join(f'  <limit name="{name}">{value}</limit>' for name, value in LIMITS.items())
+    return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={escape(str(socket_path))}</listen>
+  <auth>EXTERNAL</auth>
+{_DEFAULT_POLICY}
+  <includedir>{escape(str(policy_dir))}</includedir>
+{limits}
+</busconfig>
+"""
+
+
+def user_grant(user: str) -> str:
+    """A policy fragment letting one user own and call org.opdbus (the sandbox's own user)."""
+    return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <policy user={quoteattr(user)}>
+    <allow own="org.opdbus"/>
+    <allow send_destination="org.opdbus"/>
+  </policy>
+</busconfig>
+"""
+
+
+@dataclass
+class PrivateBus:
+    """A dbus-daemon we started and must stop."""
+
+    address: str
+    socket_path: Path
+    policy_dir: Path
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+
+def start_private_bus(directory: Path, *, policy_files: dict[str, str] | None = None) -> PrivateBus:
+    """Start dbus-daemon in ``directory`` with the project's policy (plus extra files)."""
+    binary = shutil.which("dbus-daemon")
+    if binary is None:
+        raise FileNotFoundError("dbus-daemon is not installed (Debian: apt install dbus-daemon)")
+    directory.mkdir(parents=True, exist_ok=True)
+    policy_dir = directory / "policy.d"
+    policy_dir.mkdir(exist_ok=True)
+    shutil.copyfile(find_policy_dir() / POLICY_FILE, policy_dir / POLICY_FILE)
+    for name, text in (policy_files or {}).items():
+        (policy_dir / name).write_text(text)
+    socket_path = directory / "bus.sock"
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    config_path = directory / "bus.conf"
+    config_path.write_text(bus_config(socket_path, policy_dir))
+    # dbus-daemon's own warnings (an unknown group in a policy, fd limits)
+    # go to a log file beside the bus instead of the terminal.
+    with open(directory / "dbus-daemon.log", "ab") as errors:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config-file={config_path}",
+                "--nofork",
+                "--nopidfile",
+                "--print-address=1",
+            ],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stderr=errors,
+            # Its own session: Ctrl-C on the terminal must reach op-dbusd only,
+            # which then releases its name before the sandbox stops the bus.
+            start_new_session=True,
+        )
+    assert process.stdout is not None
+    line = process.stdout.readline().decode().strip()
+    process.stdout.close()
+    if not line:
+        process.wait(timeout=5)
+        raise RuntimeError(f"dbus-daemon exited with status {process.returncode} before listening")
+    return PrivateBus(line, socket_path, policy_dir, process)
+
+
+class Sandbox:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory.resolve()
+        self.bus: PrivateBus | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "config.json"
+
+    def start_bus(self) -> PrivateBus:
+        self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        extra: dict[str, str] = {}
+        if os.geteuid() != 0:
+            extra["sandbox-user.conf"] = user_grant(getpass.getuser())
+        if POLKIT_BUS_POLICY.is_file():
+            extra[POLKIT_BUS_POLICY.name] = POLKIT_BUS_POLICY.read_text()
+        self.bus = start_private_bus(self.dir / "bus", policy_files=extra)
+        return self.bus
+
+    def config(self, state_dir: Path | None) -> Config:
+        """The sandbox's config: DIR/config.json if present, with sandbox-local paths."""
+        base = load_config(self.config_path, required=False)
+        assert self.bus is not None
+        return with_overrides(
+            base,
+            state_dir=str(state_dir or self.dir / "state"),
+            auth={**base.auth.model_dump(), "admin_uids": [*base.auth.admin_uids, os.geteuid()]},
+            paths={
+                **base.paths.model_dump(mode="json"),
+                "source_dir": str(self.dir / "hypervisor" / "src"),
+                "flake_dir": str(self.dir / "nixos"),
+                "bus_policy": [str(self.bus.policy_dir / POLICY_FILE)],
+            },
+            libvirt={"uri": "test:///default"},
+            ovsdb={"remote": f"unix:{self.dir / 'ovs' / 'db.sock'}"},
+            lxc={"path": str(self.dir / "lxc")},
+        )
+
+    def announce(self, address: str) -> None:
+        """Write DIR/bus-address (the daemon owns org.opdbus now) and say how to reach it."""
+        atomic_write(self.dir / "bus-address", f"{address}\n".encode(), mode=0o644, sync=False)
+        print(
+            f"op-dbusd sandbox ready in {self.dir}\n"
+            f"  bus address: {address}\n"
+            f"  try:  opctl --bus '{address}' status\n"
+            f"        export OPDBUS_BUS_ADDRESS='{address}'; opctl validate\n"
+            f"        busctl --address='{address}' introspect org.opdbus /org/opdbus\n"
+            "  stop:  Ctrl-C",
+            flush=True,
+        )
+
+    def stop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "bus-address").unlink()
+        if self.bus is not None:
+            self.bus.stop()
+            self.bus = None

@@ -1,0 +1,1 @@
+"""Domain logic, bus-agnostic and async: jobs, audit, authorization, validation..."""

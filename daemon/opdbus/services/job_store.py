@@ -1,0 +1,154 @@
+"""Job records and logs in the state dir, written by one owned task.
+
+Layout: ``jobs/<id>.json`` (the record, replaced atomically), ``jobs/<id>.log``
+(JSON lines ``[n, timestamp_us, text]``, appended), ``jobs/next-id``.
+Writes are queued without blocking the loop and coalesced: only the newest
+record of a job is written, log lines go out in batches. ``flush()`` waits
+until everything queued so far is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from opdbus.models.job import JobRecord, LogLine
+from opdbus.services.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Batch:
+    records: dict[int, bytes] = field(default_factory=dict)
+    lines: dict[int, list[LogLine]] = field(default_factory=dict)
+    removed: set[int] = field(default_factory=set)
+    next_id: int | None = None
+
+    def empty(self) -> bool:
+        return not (self.records or self.lines or self.removed or self.next_id is not None)
+
+
+class JobStore:
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+        self._batch = _Batch()
+        self._writer: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def load(self) -> tuple[list[JobRecord], int]:
+        """Every readable record and the next job id to hand out."""
+        return await asyncio.to_thread(self._load_sync)
+
+    def _load_sync(self) -> tuple[list[JobRecord], int]:
+        self._dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        records: list[JobRecord] = []
+        for path in self._dir.glob("*.json"):
+            try:
+                records.append(JobRecord.model_validate_json(path.read_bytes()))
+            except (OSError, ValidationError) as e:
+                log.warning("ignoring unreadable job record %s: %s", path, e)
+        next_id = 1
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            next_id = int((self._dir / "next-id").read_text().strip())
+        next_id = max([next_id, *(record.id + 1 for record in records)])
+        records.sort(key=lambda record: record.id)
+        return records, next_id
+
+    def save_record(self, record: JobRecord) -> None:
+        self._batch.records[record.id] = record.model_dump_json().encode()
+        self._kick()
+
+    def append_log(self, job_id: int, line: LogLine) -> None:
+        self._batch.lines.setdefault(job_id, []).append(line)
+        self._kick()
+
+    def save_next_id(self, next_id: int) -> None:
+        self._batch.next_id = next_id
+        self._kick()
+
+    def remove(self, job_id: int) -> None:
+        self._batch.removed.add(job_id)
+        self._batch.records.pop(job_id, None)
+        self._batch.lines.pop(job_id, None)
+        self._kick()
+
+    async def flush(self) -> None:
+        while not self._idle.is_set():
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._writer is not None:
+            await self._writer
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="job-store")
+
+    async def _write_loop(self) -> None:
+        while not self._batch.empty():
+            batch, self._batch = self._batch, _Batch()
+            try:
+                await asyncio.to_thread(self._write_sync, batch)
+            except OSError as e:
+                # The job itself goes on; only its record on disk is stale.
+                log.error("could not write job records in %s: %s", self._dir, e)
+        self._idle.set()
+
+    def _write_sync(self, batch: _Batch) -> None:
+        for job_id, lines in batch.lines.items():
+            data = "".join(json.dumps(list(line)) + "\n" for line in lines).encode()
+            fd = os.open(self._dir / f"{job_id}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        for job_id, data in batch.records.items():
+            atomic_write(self._dir / f"{job_id}.json", data)
+        if batch.next_id is not None:
+            atomic_write(self._dir / "next-id", f"{batch.next_id}\n".encode())
+        for job_id in batch.removed:
+            for suffix in (".json", ".log"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self._dir / f"{job_id}{suffix}").unlink()
+
+    async def read_log(self, job_id: int, start: int, limit: int) -> list[LogLine]:
+        await self.flush()
+        return await asyncio.to_thread(self._read_log_sync, job_id, start, limit)
+
+    def _read_log_sync(self, job_id: int, start: int, limit: int) -> list[LogLine]:
+        out: list[LogLine] = []
+        try:
+            with (self._dir / f"{job_id}.log").open("rb") as f:
+                for raw in f:
+                    try:
+                        number, stamp, text = json.loads(raw)
+                    except ValueError:
+                        continue  # a line cut off by a crash
+                    if number >= start:
+                        out.append(LogLine(int(number), int(stamp), str(text)))
+                        if len(out) >= limit:
+                            break
+        except FileNotFoundError:
+            pass
+        return out
+
+    async def count_log_lines(self, job_id: int) -> int:
+        return await asyncio.to_thread(self._count_sync, job_id)
+
+    def _count_sync(self, job_id: int) -> int:
+        try:
+            with (self._dir / f"{job_id}.log").open("rb") as f:
+                return sum(1 for _ in f)
+        except FileNotFoundError:
+            return 0
