@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from dbus_fast import DBusError
 from dbus_fast import introspection as intr
-from dbus_fast.service import ServiceInterface, dbus_method
+from dbus_fast.service import ServiceInterface, _Method, dbus_method
 
 from opdbus.bus.codec import plain
 from opdbus.bus.peers import CallerResolver
@@ -151,28 +151,44 @@ async def _audit(
         log.error("could not audit %s by uid %d: %s", what, caller.uid, e)
 
 
-def method_policies(interface: type[ServiceInterface]) -> dict[str, MethodPolicy | None]:
-    """D-Bus member name -> policy for every method of an interface class (None: undecorated)."""
-    out: dict[str, MethodPolicy | None] = {}
+def dbus_methods(interface: type[ServiceInterface]) -> dict[str, _Method]:
+    """D-Bus member name -> dbus-fast's record of every method an interface class declares."""
+    out: dict[str, _Method] = {}
     for attr in vars(interface).values():
         method = getattr(attr, "__dict__", {}).get("__DBUS_METHOD")
-        if method is not None:
-            out[method.name] = getattr(method.fn, "__opdbus_policy__", None)
+        if isinstance(method, _Method):
+            out[method.name] = method
     return out
+
+
+def method_policies(interface: type[ServiceInterface]) -> dict[str, MethodPolicy | None]:
+    """D-Bus member name -> policy for every method of an interface class (None: undecorated)."""
+    return {
+        name: getattr(method.fn, "__opdbus_policy__", None)
+        for name, method in dbus_methods(interface).items()
+    }
 
 
 def load_docs() -> dict[str, ET.Element]:
     """The committed introspection XML, one <interface> element per name (blocks: use a thread)."""
     docs: dict[str, ET.Element] = {}
     for path in sorted(INTROSPECTION_DIR.glob("*.xml")):
-        for element in ET.parse(path).getroot().iter("interface"):
+        try:
+            root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError) as e:
+            # Documentation only: serve the interface without it rather than not at all.
+            log.error("introspection docs %s unreadable: %s", path, e)
+            continue
+        for element in root.iter("interface"):
             docs[element.attrib["name"]] = element
     return docs
 
 
 class OpdbusInterface(ServiceInterface):
-    def __init__(self, name: str, ctx: BusContext) -> None:
-        super().__init__(name)
+    INTERFACE: ClassVar[str]  # the D-Bus interface name each subclass implements
+
+    def __init__(self, ctx: BusContext) -> None:
+        super().__init__(self.INTERFACE)
         self.ctx = ctx
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -47,8 +47,10 @@ PROGRESS_COALESCE_SECONDS = 0.05
 
 
 class Job1(OpdbusInterface):
+    INTERFACE = JOB_IFACE
+
     def __init__(self, ctx: BusContext, jobs: JobManager, job: Job) -> None:
-        super().__init__(JOB_IFACE, ctx)
+        super().__init__(ctx)
         self._jobs = jobs
         self._job = job
 

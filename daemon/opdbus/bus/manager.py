@@ -50,8 +50,10 @@ def audit_entry_to_dbus(entry: AuditEntry) -> dict[str, Variant]:
 
 
 class Manager1(OpdbusInterface):
+    INTERFACE = MANAGER_IFACE
+
     def __init__(self, ctx: BusContext, services: ManagerServices) -> None:
-        super().__init__(MANAGER_IFACE, ctx)
+        super().__init__(ctx)
         self._s = services
         services.health.on_change.append(self._backends_changed)
         services.audit.on_append.append(self._audit_advanced)

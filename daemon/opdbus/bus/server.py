@@ -11,7 +11,8 @@ from dbus_fast._private.address import get_bus_address
 from opdbus import names
 from opdbus.backends.probes import Probe
 from opdbus.bus.base import BusContext, load_docs
-from opdbus.bus.job import JobExporter
+from opdbus.bus.guard import CallGuard
+from opdbus.bus.job import Job1, JobExporter
 from opdbus.bus.manager import Manager1, ManagerServices
 from opdbus.bus.peers import CallerResolver, PolkitClient, bus_call
 from opdbus.bus.transport import FlowControlledBus
@@ -82,6 +83,10 @@ class BusServer:
         ctx = self.ctx
         ctx.bus.object_managers.add(names.ROOT_PATH)
         manager = Manager1(ctx, services)
+        guard = CallGuard(ctx.bus)
+        guard.learn(Manager1)
+        guard.learn(Job1)
+        ctx.bus.add_message_handler(guard)
         ctx.bus.export(names.ROOT_PATH, manager)
         JobExporter(ctx, services.jobs, manager).attach()
 
