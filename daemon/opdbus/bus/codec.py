@@ -41,21 +41,27 @@ def _accepted(annotation: Any) -> tuple[frozenset[str], str]:
             accepted |= sigs
             labels.append(label)
         return frozenset(accepted), " or ".join(labels)
-    if annotation is bool:
-        return frozenset("b"), "a boolean (b)"
-    if annotation is int:
-        return _INTS, "an integer (i, u, t...)"
-    if annotation is float:
-        return _INTS | {"d"}, "a number (d)"
-    if annotation is str or (isinstance(annotation, type) and issubclass(annotation, str)):
-        return frozenset({"s", "o"}), "a string (s)"
     if origin is list:
         (inner,) = get_args(annotation) or (str,)
-        inner_sigs, label = _accepted(inner)
-        return frozenset(f"a{sig}" for sig in inner_sigs), f"a list of {label.split(' (')[0]}s"
+        inner_sigs, noun, sig = _scalar(inner)
+        return frozenset(f"a{s}" for s in inner_sigs), f"a list of {noun}s (a{sig})"
     if origin is dict:
         return frozenset({"a{ss}", "a{sv}"}), "a dictionary (a{ss})"
-    return frozenset(), "a value"
+    sigs, noun, sig = _scalar(annotation)
+    return sigs, f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} ({sig})"
+
+
+def _scalar(annotation: Any) -> tuple[frozenset[str], str, str]:
+    """(accepted signatures, noun, the signature to suggest) of a scalar type."""
+    if annotation is bool:
+        return frozenset("b"), "boolean", "b"
+    if annotation is int:
+        return _INTS, "integer", "u"
+    if annotation is float:
+        return _INTS | {"d"}, "number", "d"
+    if isinstance(annotation, type) and issubclass(annotation, str):
+        return frozenset({"s", "o"}), "string", "s"
+    return frozenset(), "value", "v"
 
 
 def decode_options(model: type[M], options: dict[str, Variant], what: str) -> M:

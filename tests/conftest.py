@@ -1,0 +1,221 @@
+"""Fixtures: real dbus-daemon with the project's policy, real op-dbusd, and leak guards.
+
+Every async test runs under blockbuster (a blocking call made from opdbus or
+opctl code inside the event loop fails the test) and must leave no task
+behind; every test must leave no dbus-daemon, op-dbusd or polkitd behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import pwd
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from blockbuster import blockbuster_ctx
+
+from opctl.client import Client
+from opdbus.config import Config, parse_config
+from opdbus.daemon import Daemon
+from opdbus.sandbox import PrivateBus, start_private_bus
+from tests.support import (
+    ADMIN_GROUP,
+    ADMIN_USER,
+    PLAIN_USER,
+    POLICY_USER,
+    Opdbusd,
+    base_config,
+    write_config,
+)
+
+WATCHED = ("dbus-daemon", "opdbus", "op-dbusd", "polkitd")
+
+
+def _our_processes() -> dict[int, str]:
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(word in cmdline for word in WATCHED):
+            found[int(entry)] = cmdline.strip()
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    before = set(_our_processes())
+    yield
+    leaked: dict[int, str] = {}
+    for _ in range(50):  # processes told to stop may take a moment to go
+        leaked = {pid: cmd for pid, cmd in _our_processes().items() if pid not in before}
+        if not leaked:
+            return
+        subprocess.run(["sleep", "0.1"], check=False)
+    for pid in leaked:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    pytest.fail(f"test left processes behind: {leaked}")
+
+
+@pytest.fixture
+async def loop_guard() -> AsyncIterator[None]:
+    """Fail on blocking calls from our code in the loop, and on tasks left running."""
+    with blockbuster_ctx(["opdbus", "opctl"]):
+        yield
+        for _ in range(3):
+            await asyncio.sleep(0)
+        me = asyncio.current_task()
+        left = [task for task in asyncio.all_tasks() if task is not me and not task.done()]
+        if left:
+            for task in left:
+                task.cancel()
+            pytest.fail(f"test left tasks behind: {[task.get_name() for task in left]}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if asyncio.iscoroutinefunction(getattr(item, "function", None)):
+            # First in the list: set up first, torn down last (after the daemon).
+            item.fixturenames.insert(0, "loop_guard")  # type: ignore[attr-defined]
+
+
+# -- the bus ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_bus(tmp_path: Path) -> Iterator[PrivateBus]:
+    bus = start_private_bus(tmp_path / "bus")
+    try:
+        yield bus
+    finally:
+        bus.stop()
+
+
+@pytest.fixture
+def bus_address(private_bus: PrivateBus) -> str:
+    return private_bus.address
+
+
+# -- op-dbusd as a process ---------------------------------------------------------
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, private_bus: PrivateBus) -> Iterator[Any]:
+    started: list[Opdbusd] = []
+
+    def make(
+        config: dict[str, Any] | None = None, *, name: str = "d", start: bool = True
+    ) -> Opdbusd:
+        daemon = Opdbusd(tmp_path, private_bus.address, config or base_config(tmp_path), name=name)
+        started.append(daemon)
+        return daemon.start() if start else daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def daemon(make_daemon: Any) -> Opdbusd:
+    result: Opdbusd = make_daemon()
+    return result
+
+
+# -- op-dbusd in this event loop (for tests that look inside) ------------------------
+
+
+@pytest.fixture
+def inproc_config(tmp_path: Path) -> Config:
+    return parse_config(base_config(tmp_path), tmp_path / "config.json")
+
+
+@pytest.fixture
+async def inproc(
+    tmp_path: Path, private_bus: PrivateBus, inproc_config: Config
+) -> AsyncIterator[Daemon]:
+    config_path = write_config(
+        tmp_path / "config.json", inproc_config.model_dump(mode="json", by_alias=True)
+    )
+    daemon = Daemon(inproc_config, bus_address=private_bus.address, config_path=config_path)
+    try:
+        await daemon.start()
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+@pytest.fixture
+async def client(private_bus: PrivateBus) -> AsyncIterator[Client]:
+    c = await Client.connect(private_bus.address)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+# -- other users -------------------------------------------------------------------
+
+
+def _ensure_group(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+        return False
+    except KeyError:
+        subprocess.run(["groupadd", "--system", name], check=True)
+        return True
+
+
+def _ensure_user(name: str, groups: list[str]) -> bool:
+    try:
+        pwd.getpwnam(name)
+        subprocess.run(["usermod", "-G", ",".join(groups), name], check=True)
+        return False
+    except KeyError:
+        argv = [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+        ]
+        if groups:
+            argv += ["-G", ",".join(groups)]
+        subprocess.run([*argv, name], check=True)
+        return True
+
+
+@pytest.fixture(scope="session")
+def test_users() -> Iterator[dict[str, str]]:
+    """Three real users: plain, admin (group opdbus), policy (let in by an extra bus policy)."""
+    if os.geteuid() != 0:
+        pytest.skip("creating users and switching to them needs root")
+    made_group = _ensure_group(ADMIN_GROUP)
+    made = [
+        name
+        for name, groups in ((PLAIN_USER, []), (ADMIN_USER, [ADMIN_GROUP]), (POLICY_USER, []))
+        if _ensure_user(name, groups)
+    ]
+    yield {"plain": PLAIN_USER, "admin": ADMIN_USER, "policy": POLICY_USER}
+    for name in made:
+        subprocess.run(["userdel", name], check=False)
+    if made_group:
+        subprocess.run(["groupdel", ADMIN_GROUP], check=False)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "config.json", base_config(tmp_path))

@@ -1,0 +1,189 @@
+"""Helpers the tests share: a real op-dbusd process, other users, busctl, configs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+# Users the authorization tests act as (created by the test_users fixture).
+PLAIN_USER = "opdbus-t-plain"  # nobody special: reads only
+ADMIN_USER = "opdbus-t-admin"  # member of the admin group "opdbus"
+POLICY_USER = "opdbus-t-policy"  # let through by an extra bus policy, not by the daemon
+ADMIN_GROUP = "opdbus"
+
+
+def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
+    """A config that keeps every path inside ``tmp`` and probes nothing real by accident."""
+    config: dict[str, Any] = {
+        "mode": "full",
+        "state_dir": str(tmp / "state"),
+        "jobs": {"retention_seconds": 3600, "cancel_wait_seconds": 10},
+        "health": {"interval_seconds": 3600, "timeout_seconds": 2},
+        "paths": {
+            "source_dir": str(tmp / "hypervisor" / "src"),
+            "flake_dir": str(tmp / "nixos"),
+            "bus_policy": [str(REPO / "dbus-policy" / "org.opdbus.conf")],
+            "polkit_actions": str(REPO / "dbus-policy" / "org.opdbus.policy"),
+        },
+        "libvirt": {"uri": f"qemu+unix:///system?socket={tmp}/no-libvirt-sock"},
+        "ovsdb": {"remote": f"unix:{tmp}/no-ovsdb.sock"},
+        "lxc": {"path": str(tmp / "lxc")},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+@contextlib.contextmanager
+def silent_socket(path: Path) -> Iterator[Path]:
+    """A unix socket that accepts connections (backlog) and never answers.
+
+    A probe of it waits for its whole timeout: a real, slow step that a test
+    can cancel halfway.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(64)
+    try:
+        yield path
+    finally:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+class Opdbusd:
+    """op-dbusd as a real process; ready once it sends READY=1 to our NOTIFY_SOCKET."""
+
+    def __init__(
+        self, tmp: Path, bus_address: str, config: dict[str, Any], *, name: str = "d"
+    ) -> None:
+        self.tmp = tmp
+        self.bus_address = bus_address
+        self.config = config
+        self.config_path = write_config(tmp / f"{name}-config.json", config)
+        self.log_path = tmp / f"{name}.log"
+        self.notify_path = tmp / f"{name}.notify"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config["state_dir"])
+
+    def start(self, *extra: str, wait: bool = True, timeout: float = 20.0) -> Opdbusd:
+        with contextlib.suppress(FileNotFoundError):
+            self.notify_path.unlink()
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(self.notify_path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    PYTHON,
+                    "-m",
+                    "opdbus",
+                    "--bus",
+                    self.bus_address,
+                    "--config",
+                    str(self.config_path),
+                    *extra,
+                ],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        try:
+            if wait:
+                self._wait_ready(notify, timeout)
+        finally:
+            notify.close()
+        return self
+
+    def _wait_ready(self, notify: socket.socket, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        notify.settimeout(0.1)
+        while time.monotonic() < deadline:
+            try:
+                message = notify.recv(4096).decode()
+            except TimeoutError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"op-dbusd exited with {self.process.returncode}:\n{self.log()}"
+                    ) from None
+                continue
+            if "READY=1" in message.split("\n"):
+                return
+        raise RuntimeError(f"op-dbusd not ready within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+def run(
+    argv: list[str], *, user: str | None = None, timeout: float = 30, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, as ``user`` (with that user's groups) when given."""
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
+
+
+def busctl(address: str, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    return run(["busctl", f"--address={address}", "--timeout=30", *args], user=user)
+
+
+def opctl(
+    address: str, *args: str, user: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return run([PYTHON, "-m", "opctl", "--bus", address, *args], user=user, timeout=timeout)
