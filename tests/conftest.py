@@ -114,12 +114,20 @@ def bus_address(private_bus: PrivateBus) -> str:
 
 @pytest.fixture
 def make_daemon(tmp_path: Path, private_bus: PrivateBus) -> Iterator[Any]:
+    """Start op-dbusd processes on a given bus; all are stopped after the test.
+
+    It depends on private_bus so that the daemons stop before that bus does.
+    """
     started: list[Opdbusd] = []
 
     def make(
-        config: dict[str, Any] | None = None, *, name: str = "d", start: bool = True
+        bus: PrivateBus,
+        config: dict[str, Any] | None = None,
+        *,
+        name: str = "d",
+        start: bool = True,
     ) -> Opdbusd:
-        daemon = Opdbusd(tmp_path, private_bus.address, config or base_config(tmp_path), name=name)
+        daemon = Opdbusd(tmp_path, bus.address, config or base_config(tmp_path), name=name)
         started.append(daemon)
         return daemon.start() if start else daemon
 
@@ -129,8 +137,8 @@ def make_daemon(tmp_path: Path, private_bus: PrivateBus) -> Iterator[Any]:
 
 
 @pytest.fixture
-def daemon(make_daemon: Any) -> Opdbusd:
-    result: Opdbusd = make_daemon()
+def daemon(make_daemon: Any, private_bus: PrivateBus) -> Opdbusd:
+    result: Opdbusd = make_daemon(private_bus)
     return result
 
 

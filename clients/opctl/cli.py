@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -321,6 +322,26 @@ class Cli:
         return 0
 
     async def watch(self) -> int:
+        """Until SIGINT/SIGTERM, which end it normally (exit 0)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            watcher = asyncio.create_task(self._print_signals())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (watcher, stopper):
+                task.cancel()
+            outcome, _ = await asyncio.gather(watcher, stopper, return_exceptions=True)
+            if isinstance(outcome, Exception):
+                raise outcome  # the connection failed, not the user stopping us
+            return 0
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    async def _print_signals(self) -> None:
         async with self.client.signals("") as queue:
             if not self.args.json:
                 print(

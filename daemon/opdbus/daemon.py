@@ -32,11 +32,15 @@ from opdbus.services.validate import HostPaths, Validator
 log = logging.getLogger(__name__)
 
 
-def daemon_version() -> str:
+def _installed_version() -> str:
     try:
         return version("op-dbus")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+# Read once at import (package metadata is file I/O, never done in the loop).
+VERSION = _installed_version()
 
 
 def sd_notify(message: str) -> None:
@@ -52,7 +56,8 @@ def sd_notify(message: str) -> None:
         try:
             sock.sendto(message.encode(), address)
         except OSError as e:
-            log.warning("could not notify %s: %s", target, e)
+            # Like libsystemd's sd_notify: a listener that went away is not our problem.
+            log.debug("could not notify %s: %s", target, e)
 
 
 class Daemon:
@@ -85,7 +90,7 @@ class Daemon:
         )
         self.server.serve(
             ManagerServices(
-                version=daemon_version(),
+                version=VERSION,
                 mode=self.config.mode,
                 jobs=self.jobs,
                 audit=self.audit,
@@ -97,7 +102,7 @@ class Daemon:
         await self.server.own_name()
         log.info(
             "op-dbusd %s ready on %s (mode %s, state in %s)",
-            daemon_version(),
+            VERSION,
             self.server.address,
             self.config.mode.value,
             self.config.state_dir,

@@ -31,8 +31,7 @@ from opdbus.bus.peers import CallerResolver
 from opdbus.bus.transport import CURRENT_CALL, FlowControlledBus
 from opdbus.errors import Failed, OpdbusError
 from opdbus.models.audit import digest_args
-from opdbus.names import JOB_PATH_PREFIX
-from opdbus.services.audit import AuditLog
+from opdbus.services.audit import PENDING_CALL, AuditLog, PendingCall
 from opdbus.services.authz import Authorizer, Caller
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ def bus_method(
             ctx = self.ctx
             call = CURRENT_CALL.get()
             what = f"{self.name}.{name or fn.__name__}"
-            caller: Caller | None = None
+            pending: PendingCall | None = None
             try:
                 if not read_only:
                     if not ctx.accepting:
@@ -99,26 +98,24 @@ def bus_method(
                         details={"object": call.path, "verb": call.member},
                     )
                     CURRENT_CALLER.set(caller)
+                    pending = PendingCall(
+                        caller.uid, what, call.path, digest_args(plain(list(args)))
+                    )
+                    PENDING_CALL.set(pending)
                 result = await fn(self, *args)
             except OpdbusError as e:
-                if caller is not None:
-                    await _audit(ctx, caller, what, call, args, f"error: {e.dbus_name}")
+                await _audit(ctx, pending, f"error: {e.dbus_name}")
                 raise DBusError(e.dbus_name, e.message) from None
             except DBusError:
                 raise
             except Exception:
                 ref = uuid.uuid4().hex[:8]
                 log.exception("%s failed (ref %s)", what, ref)
-                if caller is not None:
-                    await _audit(ctx, caller, what, call, args, f"error: {Failed.dbus_name}")
+                await _audit(ctx, pending, f"error: {Failed.dbus_name}")
                 raise DBusError(
                     Failed.dbus_name, f"internal error (ref {ref}); the daemon log has the details"
                 ) from None
-            if caller is not None:
-                job = (
-                    result if isinstance(result, str) and result.startswith(JOB_PATH_PREFIX) else ""
-                )
-                await _audit(ctx, caller, what, call, args, "ok", job)
+            await _audit(ctx, pending, "ok")
             return result
 
         wrapper.__opdbus_policy__ = policy  # type: ignore[attr-defined]
@@ -127,28 +124,15 @@ def bus_method(
     return decorate
 
 
-async def _audit(
-    ctx: BusContext,
-    caller: Caller,
-    what: str,
-    call: Any,
-    args: tuple[Any, ...],
-    result: str,
-    job: str = "",
-) -> None:
+async def _audit(ctx: BusContext, pending: PendingCall | None, result: str) -> None:
+    """Record an accepted call unless something (a job submit) already did."""
+    if pending is None or pending.recorded:
+        return
     try:
-        await ctx.audit.append(
-            uid=caller.uid,
-            kind="call",
-            method=what,
-            target=call.path if call is not None else "",
-            args_digest=digest_args(plain(list(args))),
-            job=job,
-            result=result,
-        )
+        await ctx.audit.record_call(pending, result)
     except OpdbusError as e:
         # The call already happened; failing it now would lie about that.
-        log.error("could not audit %s by uid %d: %s", what, caller.uid, e)
+        log.error("could not audit %s by uid %d: %s", pending.method, pending.uid, e)
 
 
 def dbus_methods(interface: type[ServiceInterface]) -> dict[str, _Method]:

@@ -54,6 +54,7 @@ class _FlowControlledWriter(_MessageWriter):
     def __init__(self, bus: MessageBus) -> None:
         super().__init__(bus)
         self.backlog = 0  # bytes queued or partly sent
+        self.stalls = 0  # times the socket buffer was full (where stock dbus-fast would die)
         self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def buffer_message(self, msg: Message, future: asyncio.Future[Any] | None = None) -> None:
@@ -86,6 +87,7 @@ class _FlowControlledWriter(_MessageWriter):
                     else:
                         self.offset += sock.send(self.buf[self.offset :])
                 except (BlockingIOError, InterruptedError):
+                    self.stalls += 1
                     # Socket buffer full: keep the message; the loop calls us
                     # again when it is writable (schedule_write registers us
                     # when we were called directly).
@@ -152,6 +154,11 @@ class FlowControlledBus(MessageBus):
         if (new.buf is not None or new.messages) and self._fd is not None:
             self._loop.add_writer(self._fd, new.write_callback)
         return self
+
+    @property
+    def stalls(self) -> int:
+        writer = self._writer
+        return writer.stalls if isinstance(writer, _FlowControlledWriter) else 0
 
     @property
     def backlog_bytes(self) -> int:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,25 @@ log = logging.getLogger(__name__)
 LOG_NAME = "audit.jsonl"
 HEAD_NAME = "head.json"
 MAX_READ = 1000
+
+
+@dataclass
+class PendingCall:
+    """An accepted mutating call whose audit entry is not written yet.
+
+    The bus layer sets it (in PENDING_CALL) before running the method; whoever
+    records it first wins: the job manager records it before a job it starts
+    can record its outcome, so a call always precedes its job in the log.
+    """
+
+    uid: int
+    method: str
+    target: str
+    args_digest: str
+    recorded: bool = False
+
+
+PENDING_CALL: ContextVar[PendingCall | None] = ContextVar("opdbus_pending_call", default=None)
 
 
 @dataclass(frozen=True)
@@ -179,6 +199,18 @@ class AuditLog:
         # Shielded: a cancelled caller must not stop its entry from being written.
         await asyncio.shield(done)
         return entry
+
+    async def record_call(self, call: PendingCall, result: str, job: str = "") -> AuditEntry:
+        call.recorded = True
+        return await self.append(
+            uid=call.uid,
+            kind="call",
+            method=call.method,
+            target=call.target,
+            args_digest=call.args_digest,
+            job=job,
+            result=result,
+        )
 
     async def _flush(self) -> None:
         while self._pending:

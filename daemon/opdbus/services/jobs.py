@@ -23,7 +23,7 @@ from opdbus.config import JobsConfig
 from opdbus.errors import Busy, Conflict, Failed, NotFound, NotSupported, OpdbusError, Timeout
 from opdbus.models.job import JobRecord, JobState, LogLine
 from opdbus.names import job_path
-from opdbus.services.audit import AuditLog
+from opdbus.services.audit import PENDING_CALL, AuditLog
 from opdbus.services.job_store import JobStore
 
 log = logging.getLogger(__name__)
@@ -232,11 +232,27 @@ class JobManager:
             self._busy[target] = job
         self._store.save_next_id(self._next_id)
         self._store.save_record(record)
+        try:
+            call = PENDING_CALL.get()
+            if call is not None and not call.recorded:
+                # The call that makes a job is on record before the job can end.
+                await self._audit.record_call(call, "ok", job.path)
+            await self._store.flush()
+        except BaseException:
+            self._forget(job)
+            raise
         job.task = asyncio.create_task(self._run(job, body), name=f"job-{job.id}-{operation}")
         for observer in self.observers:
             observer.job_added(job)
-        await self._store.flush()
         return job
+
+    def _forget(self, job: Job) -> None:
+        """Undo a submit that could not complete: no trace but the burnt id."""
+        self._jobs.pop(job.id, None)
+        for target in job.record.targets:
+            if self._busy.get(target) is job:
+                del self._busy[target]
+        self._store.remove(job.id)
 
     async def cancel(self, job_id: int, uid: int) -> Job:
         """Cancel and wait (bounded) until the job has really stopped."""
@@ -333,7 +349,9 @@ class JobManager:
         record = job.record
         result = record.state.value
         if record.state is not JobState.SUCCEEDED and record.result:
-            result = f"{result}: {record.result}"
+            # Results of cancelled/interrupted jobs already start with their state.
+            text = record.result
+            result = text if text.startswith(result) else f"{result}: {text}"
         await self._audit.append(
             uid=record.started_by_uid,
             kind="job",

@@ -1,0 +1,328 @@
+"""Who may call what: both layers, against a real dbus-daemon, real users and a real polkitd.
+
+Calls are made by busctl/dbus-send run as other users with setpriv (a venv
+under /root would not be readable by them); group membership comes from
+--init-groups, so the bus sees the user's real supplementary groups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opdbus.sandbox import POLKIT_BUS_POLICY, PrivateBus, start_private_bus, user_grant
+from tests.support import PYTHON, REPO, base_config, busctl, opctl, run
+
+POLKIT_ACTIONS = Path("/usr/share/polkit-1/actions/org.opdbus.policy")
+POLKIT_RULES = Path("/etc/polkit-1/rules.d/49-opdbus-tests.rules")
+POLKITD = Path("/usr/lib/polkit-1/polkitd")
+
+
+def policy_grant(user: str) -> str:
+    """A site policy letting one more user call op-dbus (not own it): the daemon must still say no."""
+    return user_grant(user).replace('    <allow own="org.opdbus"/>\n', "")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory other users can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="opdbus-auth-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def auth_bus(test_users: dict[str, str], shared_dir: Path) -> Iterator[PrivateBus]:
+    """A bus that knows the test users (made first) and carries polkit's own bus policy."""
+    extra = {"site-grant.conf": policy_grant(test_users["policy"])}
+    if POLKIT_BUS_POLICY.is_file():
+        extra[POLKIT_BUS_POLICY.name] = POLKIT_BUS_POLICY.read_text()
+    bus = start_private_bus(shared_dir / "bus", policy_files=extra)
+    (shared_dir / "bus").chmod(0o755)
+    try:
+        yield bus
+    finally:
+        bus.stop()
+
+
+@pytest.fixture
+def opdbusd(make_daemon: Any, auth_bus: PrivateBus, tmp_path: Path) -> Any:
+    return make_daemon(
+        auth_bus,
+        base_config(tmp_path, mode="agent", validate={"disk_fail_gib": 0, "disk_warn_gib": 0}),
+    )
+
+
+@contextlib.contextmanager
+def installed(path: Path, text: str) -> Iterator[None]:
+    """Put a file at a fixed system path for the test; restore what was there."""
+    backup = path.read_bytes() if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    try:
+        yield
+    finally:
+        if backup is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(backup)
+
+
+@pytest.fixture
+def polkitd(auth_bus: PrivateBus, test_users: dict[str, str]) -> Iterator[None]:
+    """polkitd on the test bus, with op-dbus's actions and a rule for the policy user."""
+    if not POLKITD.exists():
+        pytest.skip("polkitd is not installed")
+    rules = f"""
+polkit.addRule(function(action, subject) {{
+    if (subject.user == "{test_users["policy"]}") {{
+        if (action.id == "org.opdbus.host.validate") return polkit.Result.YES;
+        if (action.id == "org.opdbus.job.cancel") return polkit.Result.AUTH_ADMIN;
+    }}
+}});
+"""
+    with (
+        installed(POLKIT_ACTIONS, (REPO / "dbus-policy" / "org.opdbus.policy").read_text()),
+        installed(POLKIT_RULES, rules),
+    ):
+        process = subprocess.Popen(
+            [str(POLKITD), "--no-debug"],
+            env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": auth_bus.address},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(100):
+                names = busctl(auth_bus.address, "--json=short", "list")
+                if "org.freedesktop.PolicyKit1" in names.stdout:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("polkitd did not take its name")
+            yield
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def dbus_send(
+    address: str, path: str, method: str, *args: str, user: str
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        [
+            "dbus-send",
+            f"--bus={address}",
+            "--print-reply",
+            "--dest=org.opdbus",
+            path,
+            method,
+            *args,
+        ],
+        user=user,
+    )
+
+
+# dbus-send cannot write a{sv}; the bus policy refuses before the signature matters.
+VALIDATE = ("/org/opdbus", "org.opdbus.Manager1.Validate", "dict:string:string:")
+
+
+def validate_as(address: str, user: str) -> subprocess.CompletedProcess[str]:
+    return busctl(
+        address,
+        "call",
+        "org.opdbus",
+        "/org/opdbus",
+        "org.opdbus.Manager1",
+        "Validate",
+        "a{sv}",
+        "1",
+        "quick",
+        "b",
+        "true",
+        user=user,
+    )
+
+
+def error_name(result: subprocess.CompletedProcess[str]) -> str:
+    """dbus-send prints 'Error org.x.Y: text'."""
+    line = result.stderr.strip().splitlines()[0] if result.stderr.strip() else ""
+    return line.split()[1].rstrip(":") if line.startswith("Error ") else ""
+
+
+def job_count(address: str) -> int:
+    out = busctl(
+        address,
+        "--json=short",
+        "call",
+        "org.opdbus",
+        "/org/opdbus",
+        "org.opdbus.Manager1",
+        "ListJobs",
+    )
+    return len(json.loads(out.stdout)["data"][0])
+
+
+def audit_uids(address: str) -> list[int]:
+    out = busctl(
+        address,
+        "--json=short",
+        "call",
+        "org.opdbus",
+        "/org/opdbus",
+        "org.opdbus.Manager1",
+        "GetAudit",
+        "tu",
+        "1",
+        "100",
+    )
+    return [entry["uid"]["data"] for entry in json.loads(out.stdout)["data"][0]]
+
+
+def test_policy_denies_mutating_methods_to_other_users(
+    opdbusd: Any, auth_bus: PrivateBus, test_users: dict[str, str]
+) -> None:
+    # A job exists, so Cancel has an object to be refused on.
+    assert validate_as(auth_bus.address, "root").returncode == 0
+    for path, method, *args in (VALIDATE, ("/org/opdbus/job/1", "org.opdbus.Job1.Cancel")):
+        result = dbus_send(auth_bus.address, path, method, *args, user=test_users["plain"])
+        assert result.returncode != 0
+        assert error_name(result) == "org.freedesktop.DBus.Error.AccessDenied", result.stderr
+    assert job_count(auth_bus.address) == 1
+
+
+def test_everyone_may_read(opdbusd: Any, auth_bus: PrivateBus, test_users: dict[str, str]) -> None:
+    assert validate_as(auth_bus.address, "root").returncode == 0
+    user = test_users["plain"]
+    reads = [
+        ("get-property", "org.opdbus", "/org/opdbus", "org.opdbus.Manager1", "Version"),
+        (
+            "call",
+            "org.opdbus",
+            "/org/opdbus",
+            "org.freedesktop.DBus.Properties",
+            "GetAll",
+            "s",
+            "org.opdbus.Manager1",
+        ),
+        (
+            "call",
+            "org.opdbus",
+            "/org/opdbus",
+            "org.freedesktop.DBus.ObjectManager",
+            "GetManagedObjects",
+        ),
+        ("call", "org.opdbus", "/org/opdbus", "org.opdbus.Manager1", "ListJobs"),
+        ("call", "org.opdbus", "/org/opdbus", "org.opdbus.Manager1", "GetJob", "u", "1"),
+        ("call", "org.opdbus", "/org/opdbus", "org.opdbus.Manager1", "VerifyAudit"),
+        ("call", "org.opdbus", "/org/opdbus", "org.opdbus.Manager1", "GetAudit", "tu", "1", "10"),
+        ("call", "org.opdbus", "/org/opdbus/job/1", "org.opdbus.Job1", "GetLog", "uu", "1", "5"),
+        ("introspect", "org.opdbus", "/org/opdbus"),
+    ]
+    for args in reads:
+        result = busctl(auth_bus.address, *args, user=user)
+        assert result.returncode == 0, (args, result.stderr)
+
+
+def test_admin_group_members_may_change_things(
+    opdbusd: Any, auth_bus: PrivateBus, test_users: dict[str, str]
+) -> None:
+    admin = test_users["admin"]
+    result = validate_as(auth_bus.address, admin)
+    assert result.returncode == 0, result.stderr
+    uid = pwd.getpwnam(admin).pw_uid
+    started = busctl(
+        auth_bus.address,
+        "get-property",
+        "org.opdbus",
+        "/org/opdbus/job/1",
+        "org.opdbus.Job1",
+        "StartedByUID",
+    )
+    assert started.stdout.strip() == f"u {uid}"
+    time.sleep(0.3)
+    assert audit_uids(auth_bus.address) == [uid, uid]  # the call, then the job's outcome
+
+
+def test_the_daemon_checks_again_behind_the_policy(
+    opdbusd: Any, auth_bus: PrivateBus, test_users: dict[str, str]
+) -> None:
+    user = test_users["policy"]
+    uid = pwd.getpwnam(user).pw_uid
+    result = validate_as(auth_bus.address, user)
+    assert result.returncode != 0
+    assert f"uid {uid} may not call org.opdbus.Manager1.Validate" in result.stderr
+    assert "group 'opdbus'" in result.stderr and "org.opdbus.host.validate" in result.stderr
+    assert job_count(auth_bus.address) == 0
+    assert validate_as(auth_bus.address, "root").returncode == 0
+    result = dbus_send(auth_bus.address, "/org/opdbus/job/1", "org.opdbus.Job1.Cancel", user=user)
+    assert error_name(result) == "org.opdbus.Error.NotAuthorized", result.stderr
+    assert f"uid {uid} may not call org.opdbus.Job1.Cancel" in result.stderr
+    time.sleep(0.3)
+    assert uid not in audit_uids(auth_bus.address)  # refused calls do not enter the audit log
+
+
+def test_polkit_grants_what_its_rules_allow(
+    polkitd: None, opdbusd: Any, auth_bus: PrivateBus, test_users: dict[str, str]
+) -> None:
+    user = test_users["policy"]
+    uid = pwd.getpwnam(user).pw_uid
+    result = validate_as(auth_bus.address, user)
+    assert result.returncode == 0, result.stderr
+    assert job_count(auth_bus.address) == 1
+    # The rule asks for admin authentication to cancel: the daemon cannot, so it refuses.
+    result = dbus_send(auth_bus.address, "/org/opdbus/job/1", "org.opdbus.Job1.Cancel", user=user)
+    assert error_name(result) == "org.opdbus.Error.NotAuthorized", result.stderr
+    assert "needs authentication for org.opdbus.job.cancel" in result.stderr
+    time.sleep(0.3)
+    assert audit_uids(auth_bus.address)[:1] == [uid]
+
+
+def test_opctl_exits_with_the_not_authorized_code(
+    opdbusd: Any, auth_bus: PrivateBus, test_users: dict[str, str]
+) -> None:
+    probe = run([PYTHON, "-c", "import opctl"], user=test_users["plain"])
+    if probe.returncode != 0:
+        pytest.skip(f"the venv is not readable by other users here: {probe.stderr.strip()[:200]}")
+    result = opctl(auth_bus.address, "validate", user=test_users["plain"])
+    assert result.returncode == 3
+    assert result.stderr.startswith("opctl: NotAuthorized: the bus policy refused this call")
+    result = opctl(auth_bus.address, "validate", user=test_users["policy"])
+    assert result.returncode == 3
+    assert "may not call org.opdbus.Manager1.Validate" in result.stderr
+    status = opctl(auth_bus.address, "--json", "status", user=test_users["plain"])
+    assert status.returncode == 0 and json.loads(status.stdout)["mode"] == "agent"
+
+
+def test_only_root_may_own_the_name(
+    auth_bus: PrivateBus, test_users: dict[str, str], shared_dir: Path
+) -> None:
+    probe = run([PYTHON, "-c", "import opdbus"], user=test_users["admin"])
+    if probe.returncode != 0:
+        pytest.skip("the venv is not readable by other users here")
+    home = shared_dir / "admin"
+    home.mkdir()
+    shutil.chown(home, user=test_users["admin"])
+    config = home / "c.json"
+    config.write_text(json.dumps(base_config(home)))
+    shutil.chown(config, user=test_users["admin"])
+    result = run(
+        [PYTHON, "-m", "opdbus", "--bus", auth_bus.address, "--config", str(config)],
+        user=test_users["admin"],
+    )
+    assert result.returncode == 1
+    assert "not allowed to own org.opdbus" in result.stderr
+    assert "lets only root own it" in result.stderr

@@ -1,0 +1,360 @@
+"""The bus contract against a real dbus-daemon carrying the project's policy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import stat
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import Variant
+
+from opctl.client import Client, SignalEvent
+from opdbus import errors, names
+from opdbus.config import parse_config
+from opdbus.daemon import Daemon
+from opdbus.models.job import JobState
+from opdbus.sandbox import PrivateBus
+from tests.support import REPO, base_config, silent_socket, write_config
+
+# Thresholds of 0 make disk and memory pass on any machine; agent mode skips
+# the VM checks: a quick validation then succeeds deterministically.
+CALM = {
+    "mode": "agent",
+    "validate": {
+        "disk_warn_gib": 0,
+        "disk_fail_gib": 0,
+        "memory_warn_mib": 0,
+        "memory_fail_mib": 0,
+    },
+}
+
+
+@contextlib.asynccontextmanager
+async def running(tmp: Path, bus: PrivateBus, **overrides: Any) -> AsyncIterator[Daemon]:
+    raw = base_config(tmp, **overrides)
+    config_path = write_config(tmp / "config.json", raw)
+    daemon = Daemon(
+        parse_config(raw, config_path), bus_address=bus.address, config_path=config_path
+    )
+    try:
+        await daemon.start()
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+async def drain(queue: asyncio.Queue[SignalEvent]) -> list[SignalEvent]:
+    await asyncio.sleep(0.2)  # let the last signals arrive
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
+
+
+async def test_manager_properties(inproc: Daemon, client: Client) -> None:
+    status = await client.status()
+    assert status.mode == "full" and status.version
+    assert set(status.backends) == {"dbus", "polkit", "systemd", "ovsdb", "libvirt", "lxc"}
+    assert status.backends["dbus"][0] is True
+    assert status.backends["ovsdb"] == (False, status.backends["ovsdb"][1])
+    assert "not reachable" in status.backends["ovsdb"][1]
+
+
+async def test_validate_job_end_to_end(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    async with running(tmp_path, private_bus, **CALM), client.signals("") as queue:
+        progress: list[float] = []
+        lines: list[int] = []
+        record = await client.run_job(
+            lambda: client.validate(quick=True),
+            on_update=lambda r: progress.append(r.progress) if r.progress_valid else None,
+            on_log=lambda line: lines.append(line.number),
+        )
+        events = await drain(queue)
+
+    assert record.state is JobState.SUCCEEDED, record.result
+    assert record.operation == "Validate" and record.targets == [names.ROOT_PATH]
+    assert record.started_by_uid == 0
+    checks = record.output["checks"]
+    assert [c["name"] for c in checks] == [
+        "state-dir",
+        "config",
+        "disk-space",
+        "memory",
+        "cpu-virtualization",
+        "kvm-device",
+    ]
+    assert [c["status"] for c in checks] == ["pass", "pass", "pass", "pass", "skip", "skip"]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert lines == list(range(1, len(checks) + 2))  # a header line, then one per check
+
+    job = names.job_path(record.id)
+    mine = [(e.path, e.interface, e.member, e.args) for e in events]
+    kinds = [(path, member) for path, _, member, _ in mine]
+    added = next(e for e in mine if e[2] == "InterfacesAdded")
+    assert added[0] == names.ROOT_PATH and added[3][0] == job  # ObjectManager style: from the root
+    assert (names.ROOT_PATH, "JobNew") in kinds
+    final_state = max(
+        i
+        for i, e in enumerate(mine)
+        if e[2] == "PropertiesChanged" and e[0] == job and "State" in e[3][1]
+    )
+    completed = kinds.index((job, "Completed"))
+    removed = kinds.index((names.ROOT_PATH, "JobRemoved"))
+    assert final_state < completed < removed
+    assert mine[completed][3] == [True, record.result]
+    assert mine[removed][3] == [job, "succeeded"]
+    log_signals = [e[3][0] for e in mine if e[0] == job and e[2] == "Log"]
+    assert log_signals == lines
+
+
+async def test_job_objects_and_logs_stay_readable(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    async with running(tmp_path, private_bus, **CALM):
+        record = await client.run_job(lambda: client.validate(quick=True))
+        path = names.job_path(record.id)
+        assert await client.call(names.ROOT_PATH, names.MANAGER_IFACE, "ListJobs") == [[path]]
+        assert await client.call(
+            names.ROOT_PATH, names.MANAGER_IFACE, "GetJob", "u", [record.id]
+        ) == [path]
+        jobs = await client.jobs()
+        assert [job.id for job in jobs] == [record.id] and jobs[0].state is JobState.SUCCEEDED
+        log = await client.job_log(path)
+        assert log[0].text.startswith("validating this host (quick")
+        assert any(line.text.startswith("[pass] state-dir") for line in log)
+        assert [line.number for line in await client.job_log(path, 2, 2)] == [2, 3]
+        with pytest.raises(errors.Conflict, match="already succeeded"):
+            await client.cancel(path)
+
+
+async def test_audit_records_calls_and_outcomes(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    async with running(tmp_path, private_bus, **CALM):
+        record = await client.run_job(lambda: client.validate(quick=True))
+        await asyncio.sleep(0.1)
+        entries = await client.audit(1, 10)
+        assert [(e.kind, e.method, e.result) for e in entries] == [
+            ("call", "org.opdbus.Manager1.Validate", "ok"),
+            ("job", "Validate", "succeeded"),
+        ]
+        assert all(e.job == names.job_path(record.id) and e.uid == 0 for e in entries)
+        assert entries[1].prev_hash == entries[0].hash
+        verdict = await client.verify_audit()
+        assert verdict.ok and verdict.first_bad_seq == 0
+        assert (await client.status()).audit_seq == 2
+
+
+async def test_cancel_mid_way_and_busy(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    slow = tmp_path / "silent-ovsdb.sock"
+    with silent_socket(slow):
+        async with (
+            running(
+                tmp_path,
+                private_bus,
+                ovsdb={"remote": f"unix:{slow}"},
+                health={"timeout_seconds": 60},
+            ),
+            client.signals(f"path_namespace='{names.JOB_PATH_PREFIX}'") as queue,
+        ):
+            path = await client.validate()
+            # Wait until it is stuck probing the silent "ovsdb-server".
+            for _ in range(100):
+                log = await client.job_log(path)
+                if any("backend-polkit" in line.text for line in log):
+                    break
+                await asyncio.sleep(0.05)
+            record = await client.job(path)
+            assert record.state is JobState.RUNNING and 0 < record.progress < 1
+            with pytest.raises(errors.Busy, match=f"is busy with job {record.id}"):
+                await client.validate(quick=True)
+            started = asyncio.get_running_loop().time()
+            await client.cancel(path)
+            took = asyncio.get_running_loop().time() - started
+            record = await client.job(path)
+            events = await drain(queue)
+    assert record.state is JobState.CANCELLED and record.result == "cancelled by uid 0"
+    assert took < 30  # the probe's 60 s timeout did not have to run out
+    assert [e.args for e in events if e.member == "Completed"] == [[False, "cancelled by uid 0"]]
+    assert record.finished_at >= record.started_at
+
+
+async def test_fix_creates_a_missing_directory(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    source = tmp_path / "hypervisor" / "src"
+    async with running(tmp_path, private_bus, **CALM):
+        assert not source.exists()
+        record = await client.run_job(lambda: client.validate(fix=False))
+        check = next(c for c in record.output["checks"] if c["name"] == "source-dir")
+        assert check["status"] == "warn" and not source.exists()
+        record = await client.run_job(lambda: client.validate(fix=True))
+        check = next(c for c in record.output["checks"] if c["name"] == "source-dir")
+        assert check["status"] == "pass"
+        assert check["fixed"] == [f"created {source} with mode 0755"]
+        assert stat.S_IMODE(source.stat().st_mode) == 0o755
+        log = [line.text for line in await client.job_log(names.job_path(record.id))]
+        assert f"  fixed: created {source} with mode 0755" in log
+
+
+async def test_fix_repairs_dev_kvm(tmp_path: Path, private_bus: PrivateBus, client: Client) -> None:
+    kvm = Path("/dev/kvm")
+    if not kvm.exists():
+        pytest.skip("this machine has no /dev/kvm")
+    before = kvm.stat()
+    import grp
+    import os
+
+    kvm_gid = grp.getgrnam("kvm").gr_gid
+    os.chown(kvm, -1, 0)
+    os.chmod(kvm, 0o600)
+    try:
+        async with running(tmp_path, private_bus):
+            record = await client.run_job(lambda: client.validate(quick=True, fix=True))
+        check = next(c for c in record.output["checks"] if c["name"] == "kvm-device")
+        assert check["status"] == "pass", check
+        assert "-> group kvm, mode 0660" in check["fixed"][0]
+        after = kvm.stat()
+        assert after.st_gid == kvm_gid and stat.S_IMODE(after.st_mode) == 0o660
+    finally:
+        # Leave it usable for QEMU (the state REAL-COMPONENTS asks for), whatever happened.
+        os.chown(kvm, -1, kvm_gid)
+        os.chmod(kvm, stat.S_IMODE(before.st_mode) | 0o660)
+
+
+@pytest.mark.parametrize(
+    ("call", "kind", "message"),
+    [
+        (
+            ("/org/opdbus/job/999", names.JOB_IFACE, "GetLog", "uu", [1, 1]),
+            errors.NotFound,
+            "no object at /org/opdbus/job/999",
+        ),
+        (
+            (names.ROOT_PATH, names.MANAGER_IFACE, "GetJob", "u", [999]),
+            errors.NotFound,
+            "no job 999",
+        ),
+        (
+            (
+                names.ROOT_PATH,
+                names.MANAGER_IFACE,
+                "Validate",
+                "a{sv}",
+                [{"quick": Variant("s", "yes")}],
+            ),
+            errors.InvalidArgs,
+            "must be a boolean (b)",
+        ),
+        (
+            (
+                names.ROOT_PATH,
+                names.MANAGER_IFACE,
+                "Validate",
+                "a{sv}",
+                [{"deep": Variant("b", True)}],
+            ),
+            errors.InvalidArgs,
+            "unknown option 'deep'",
+        ),
+        (
+            (names.ROOT_PATH, names.MANAGER_IFACE, "Validate", "s", ["quick"]),
+            errors.InvalidArgs,
+            "takes (a{sv}), not (s)",
+        ),
+        (
+            (names.ROOT_PATH, names.MANAGER_IFACE, "Frobnicate", "", []),
+            errors.NotSupported,
+            "has no method Frobnicate",
+        ),
+        (
+            (names.ROOT_PATH, "org.opdbus.Nothing1", "Frobnicate", "", []),
+            errors.NotSupported,
+            "no interface org.opdbus.Nothing1",
+        ),
+    ],
+)
+async def test_bad_input_gets_named_errors(
+    inproc: Daemon,
+    client: Client,
+    call: tuple[Any, ...],
+    kind: type[errors.OpdbusError],
+    message: str,
+) -> None:
+    with pytest.raises(kind) as info:
+        await client.call(*call)
+    assert message in info.value.message
+    # Nothing was started by a refused call.
+    assert await client.jobs() == []
+
+
+def _structure(interface: ET.Element) -> dict[str, Any]:
+    """What a client depends on: members, argument names and types, property access."""
+
+    def args(element: ET.Element, direction: str | None) -> list[tuple[str | None, str]]:
+        return [
+            (arg.attrib.get("name") if direction != "out" else None, arg.attrib["type"])
+            for arg in element.iter("arg")
+            if direction is None or arg.attrib.get("direction", "in") == direction
+        ]
+
+    return {
+        "methods": {
+            m.attrib["name"]: (args(m, "in"), args(m, "out")) for m in interface.iter("method")
+        },
+        "signals": {
+            s.attrib["name"]: [t for _, t in args(s, None)] for s in interface.iter("signal")
+        },
+        "properties": {
+            p.attrib["name"]: (p.attrib["type"], p.attrib["access"])
+            for p in interface.iter("property")
+        },
+    }
+
+
+async def test_committed_introspection_matches_the_running_daemon(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    async with running(tmp_path, private_bus, **CALM):
+        record = await client.run_job(lambda: client.validate(quick=True))
+        live: dict[str, ET.Element] = {}
+        for path in (names.ROOT_PATH, names.job_path(record.id)):
+            (xml,) = await client.call(path, names.INTROSPECTABLE_IFACE, "Introspect")
+            for interface in ET.fromstring(xml).iter("interface"):
+                live[interface.attrib["name"]] = interface
+    committed_dir = REPO / "daemon" / "opdbus" / "introspection"
+    files = sorted(committed_dir.glob("*.xml"))
+    assert [f.name for f in files] == ["org.opdbus.Job1.xml", "org.opdbus.Manager1.xml"]
+    for file in files:
+        (committed,) = ET.parse(file).getroot().iter("interface")
+        name = committed.attrib["name"]
+        assert _structure(live[name]) == _structure(committed), (
+            f"{file.name} differs from the daemon"
+        )
+        # Every member is documented, and the live daemon serves the docs.
+        for member in committed:
+            if member.tag in ("method", "signal", "property"):
+                docs = [
+                    a
+                    for a in member.iter("annotation")
+                    if a.attrib["name"] == "org.gtk.GDBus.DocString"
+                ]
+                assert docs, f"{name}.{member.attrib['name']} has no documentation"
+        live_docs = [
+            a
+            for a in live[name].iter("annotation")
+            if a.attrib["name"] == "org.gtk.GDBus.DocString"
+        ]
+        assert len(live_docs) >= len(
+            committed.findall(".//annotation[@name='org.gtk.GDBus.DocString']")
+        )
+    assert "org.freedesktop.DBus.ObjectManager" in live
