@@ -47,18 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
         + "\nThe bus is --bus ADDRESS, else $OPDBUS_BUS_ADDRESS, else the system bus.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--bus", metavar="ADDRESS", help="D-Bus address of the bus op-dbusd serves on")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
-        "--no-progress", action="store_true", help="no progress bar while waiting on a job"
-    )
+    _global_options(p, None)
+    # The same options are accepted after the command too (opctl validate
+    # --json); SUPPRESS keeps an unset one from overwriting the top level's.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
+
+    def command(group: Any, name: str, text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = group.add_parser(
+            name, help=text, parents=[common], **kwargs
+        )
+        return parser
+
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    command(sub, "status", "daemon version, mode, backend health, jobs")
 
-    sub.add_parser("status", help="daemon version, mode, backend health, jobs")
-
-    v = sub.add_parser(
+    v = command(
+        sub,
         "validate",
-        help="check this host's health (a job)",
+        "check this host's health (a job)",
         description="Validate the host: directories, config, disk, memory, "
         "virtualization, backends, bus policy, audit log.",
     )
@@ -72,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     jsub = jobs.add_subparsers(
         dest="jobs_command", required=True, metavar="ACTION", parser_class=Parser
     )
-    jsub.add_parser("list", help="jobs the daemon still remembers")
+    command(jsub, "list", "jobs the daemon still remembers")
     for name, text in (
         ("show", "one job's details"),
         ("cancel", "cancel a queued or running job"),
         ("wait", "wait until a job ends; exit with its result"),
     ):
-        jsub.add_parser(name, help=text).add_argument("job", help="job number or object path")
-    log = jsub.add_parser("log", help="a job's log")
+        command(jsub, name, text).add_argument("job", help="job number or object path")
+    log = command(jsub, "log", "a job's log")
     log.add_argument("job", help="job number or object path")
     log.add_argument(
         "--from", dest="start", type=int, default=1, metavar="N", help="first line (default 1)"
@@ -90,13 +97,33 @@ def build_parser() -> argparse.ArgumentParser:
     asub = audit.add_subparsers(
         dest="audit_command", required=True, metavar="ACTION", parser_class=Parser
     )
-    alist = asub.add_parser("list", help="entries (default: the last 20)")
+    alist = command(asub, "list", "entries (default: the last 20)")
     alist.add_argument("--from", dest="start", type=int, metavar="SEQ", help="first entry")
     alist.add_argument("--last", type=int, default=20, metavar="N", help="the last N entries")
-    asub.add_parser("verify", help="recompute the chain; exit 1 naming the first bad entry")
+    command(asub, "verify", "recompute the chain; exit 1 naming the first bad entry")
 
-    sub.add_parser("watch", help="print every signal op-dbusd sends until interrupted")
+    command(sub, "watch", "print every signal op-dbusd sends until interrupted")
     return p
+
+
+def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
+    """--bus, --json, --no-progress; ``default`` is None at the top, SUPPRESS below."""
+    flag_default = False if default is None else default
+    p.add_argument(
+        "--bus",
+        metavar="ADDRESS",
+        default=default,
+        help="D-Bus address of the bus op-dbusd serves on",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=flag_default, help="machine-readable output"
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        default=flag_default,
+        help="no progress bar while waiting on a job",
+    )
 
 
 def job_exit_code(record: JobRecord) -> int:

@@ -15,6 +15,7 @@ import contextlib
 import getpass
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -170,6 +171,16 @@ def start_private_bus(directory: Path, *, policy_files: dict[str, str] | None = 
     return PrivateBus(line, socket_path, policy_dir, process)
 
 
+def _accepts(path: Path) -> bool:
+    """Whether something listens on this unix socket (a stale file does not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 class Sandbox:
     def __init__(self, directory: Path) -> None:
         self.dir = directory.resolve()
@@ -181,6 +192,8 @@ class Sandbox:
 
     def start_bus(self) -> PrivateBus:
         self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if _accepts(self.dir / "bus" / "bus.sock"):
+            raise RuntimeError(f"a sandbox is already running in {self.dir}")
         extra: dict[str, str] = {}
         if os.geteuid() != 0:
             extra["sandbox-user.conf"] = user_grant(getpass.getuser())

@@ -1,0 +1,278 @@
+"""opctl as a user runs it: a real process against a real op-dbusd on a real bus."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opdbus.sandbox import PrivateBus
+from tests.support import PYTHON, Opdbusd, base_config, opctl, run, silent_socket
+
+CALM = {
+    "mode": "agent",
+    "validate": {
+        "disk_warn_gib": 0,
+        "disk_fail_gib": 0,
+        "memory_warn_mib": 0,
+        "memory_fail_mib": 0,
+    },
+}
+
+
+@pytest.fixture
+def calm(make_daemon: Any, private_bus: PrivateBus, tmp_path: Path) -> Opdbusd:
+    daemon: Opdbusd = make_daemon(private_bus, base_config(tmp_path, **CALM))
+    return daemon
+
+
+def test_status_table_and_json(daemon: Opdbusd, private_bus: PrivateBus) -> None:
+    result = opctl(private_bus.address, "status")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("op-dbusd ") and "mode full" in lines[0]
+    assert lines[1].split() == ["BACKEND", "STATE", "DETAIL"]
+    assert any(line.split()[:2] == ["dbus", "up"] for line in lines)
+    assert lines[-1].startswith("jobs: 0 active, 0 remembered; audit log: 0 entries")
+    data = json.loads(opctl(private_bus.address, "--json", "status").stdout)
+    assert data["mode"] == "full" and data["backends"]["dbus"]["available"] is True
+    assert data["bus"] == private_bus.address and data["audit_seq"] == 0
+
+
+def test_validate_success_prints_checks_and_exits_0(calm: Opdbusd, private_bus: PrivateBus) -> None:
+    result = opctl(private_bus.address, "validate", "--quick")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "validating this host (quick): 6 checks" in out
+    assert "[pass] state-dir:" in out
+    assert any(line.split()[:2] == ["state-dir", "pass"] for line in out.splitlines())
+    assert (
+        out.strip()
+        .splitlines()[-1]
+        .startswith("job 1 succeeded: 4 passed, 0 warnings, 0 failed, 2 skipped")
+    )
+    assert "\r" not in out + result.stderr  # not a terminal: no progress bar
+
+
+def test_validate_failure_exits_with_the_jobs_error_kind(
+    daemon: Opdbusd, private_bus: PrivateBus
+) -> None:
+    result = opctl(private_bus.address, "validate")
+    assert result.returncode == 1
+    assert "[fail] backend-ovsdb: ovsdb-server not reachable" in result.stdout
+    assert result.stderr.startswith("job 1 failed: ")
+    record = json.loads(opctl(private_bus.address, "--json", "jobs", "show", "1").stdout)
+    assert record["state"] == "failed" and record["error_name"] == "org.opdbus.Error.Failed"
+    assert {c["name"]: c["status"] for c in record["output"]["checks"]}["backend-ovsdb"] == "fail"
+
+
+def test_validate_json_and_no_wait(calm: Opdbusd, private_bus: PrivateBus) -> None:
+    data = json.loads(opctl(private_bus.address, "--json", "validate", "--quick").stdout)
+    assert (
+        data["state"] == "succeeded"
+        and data["operation"] == "Validate"
+        and len(data["output"]["checks"]) == 6
+    )
+    started = opctl(private_bus.address, "validate", "--quick", "--no-wait")
+    assert started.returncode == 0 and started.stdout.strip() == "/org/opdbus/job/2"
+    waited = opctl(private_bus.address, "jobs", "wait", "2")
+    assert waited.returncode == 0 and "job 2 succeeded" in waited.stdout
+
+
+def test_jobs_commands(calm: Opdbusd, private_bus: PrivateBus) -> None:
+    assert opctl(private_bus.address, "jobs", "list").stdout.strip() == "no jobs"
+    opctl(private_bus.address, "validate", "--quick")
+    listing = opctl(private_bus.address, "jobs", "list").stdout.splitlines()
+    assert listing[0].split() == [
+        "ID",
+        "STATE",
+        "OPERATION",
+        "PROGRESS",
+        "STARTED",
+        "TOOK",
+        "RESULT",
+    ]
+    assert listing[1].split()[:4] == ["1", "succeeded", "Validate", "100%"]
+    show = opctl(private_bus.address, "jobs", "show", "/org/opdbus/job/1").stdout
+    assert "operation: Validate" in show and "started by: uid 0" in show
+    log = opctl(private_bus.address, "jobs", "log", "1", "--from", "2").stdout.splitlines()
+    assert log[0].split()[0] == "2" and "[pass] state-dir" in log[0]
+    lines = json.loads(opctl(private_bus.address, "--json", "jobs", "log", "1").stdout)
+    assert [line["number"] for line in lines] == list(range(1, 8))
+    cancel = opctl(private_bus.address, "jobs", "cancel", "1")
+    assert cancel.returncode == 10 and "Conflict: job 1 already succeeded" in cancel.stderr
+
+
+def test_cancel_a_running_job_from_the_cli(
+    make_daemon: Any, private_bus: PrivateBus, tmp_path: Path
+) -> None:
+    slow = tmp_path / "silent.sock"
+    with silent_socket(slow):
+        make_daemon(
+            private_bus,
+            base_config(tmp_path, ovsdb={"remote": f"unix:{slow}"}, health={"timeout_seconds": 60}),
+        )
+        follower = subprocess.Popen(
+            [PYTHON, "-m", "opctl", "--bus", private_bus.address, "validate"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(200):
+            if json.loads(opctl(private_bus.address, "--json", "jobs", "list").stdout or "[]"):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        cancel = opctl(private_bus.address, "jobs", "cancel", "1")
+        assert cancel.returncode == 0 and cancel.stdout.strip() == "job 1 cancelled"
+        out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 11  # the validating opctl saw its job cancelled
+    assert "job 1 cancelled: cancelled by uid 0" in err
+    assert "[pass] state-dir" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["jobs", "show", "99"], 7, "opctl: NotFound: no object at /org/opdbus/job/99"),
+        (
+            ["jobs", "show", "ninety"],
+            4,
+            "opctl: InvalidArgs: 'ninety' is not a job number or job path",
+        ),
+        (["jobs", "frobnicate"], 4, "invalid choice: 'frobnicate'"),
+        (["validate", "--deep"], 4, "unrecognized arguments: --deep"),
+    ],
+)
+def test_errors_have_distinct_exit_codes(
+    daemon: Opdbusd, private_bus: PrivateBus, args: list[str], code: int, message: str
+) -> None:
+    result = opctl(private_bus.address, *args)
+    assert result.returncode == code
+    assert message in result.stderr
+
+
+def test_unreachable_bus_or_daemon(private_bus: PrivateBus, tmp_path: Path) -> None:
+    result = opctl(f"unix:path={tmp_path}/nothing.sock", "status")
+    assert result.returncode == 14
+    assert result.stderr.startswith(
+        f"opctl: Unreachable: cannot connect to the bus at unix:path={tmp_path}/nothing.sock"
+    )
+    result = opctl(private_bus.address, "status")
+    assert result.returncode == 14
+    assert "op-dbusd is not running on this bus (org.opdbus has no owner)" in result.stderr
+
+
+def test_bus_from_the_environment(daemon: Opdbusd, private_bus: PrivateBus) -> None:
+    result = run(
+        [PYTHON, "-m", "opctl", "--json", "status"],
+        env={"OPDBUS_BUS_ADDRESS": private_bus.address, "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0 and json.loads(result.stdout)["bus"] == private_bus.address
+
+
+def test_audit_list_and_verify_catches_tampering(calm: Opdbusd, private_bus: PrivateBus) -> None:
+    opctl(private_bus.address, "validate", "--quick")
+    opctl(private_bus.address, "validate", "--quick")
+    listing = opctl(private_bus.address, "audit", "list").stdout.splitlines()
+    assert listing[0].split()[:5] == ["SEQ", "TIME", "UID", "KIND", "METHOD"]
+    assert [line.split()[0] for line in listing[1:]] == ["1", "2", "3", "4"]
+    entries = json.loads(
+        opctl(private_bus.address, "--json", "audit", "list", "--last", "2").stdout
+    )
+    assert [e["seq"] for e in entries] == [3, 4]
+    ok = opctl(private_bus.address, "audit", "verify")
+    assert ok.returncode == 0 and ok.stdout.strip() == "audit log intact: 4 entries, chain intact"
+    log = calm.state_dir / "audit" / "audit.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace('"uid":0', '"uid":1000')
+    log.write_text("".join(lines))
+    bad = opctl(private_bus.address, "audit", "verify")
+    assert bad.returncode == 1
+    assert (
+        bad.stderr.strip()
+        == "audit log BROKEN at entry 2: entry 2 was altered: its hash does not match its content"
+    )
+    data = json.loads(opctl(private_bus.address, "--json", "audit", "verify").stdout)
+    assert data == {
+        "ok": False,
+        "first_bad_seq": 2,
+        "reason": "entry 2 was altered: its hash does not match its content",
+        "entries": 0,
+    }
+
+
+def test_watch_prints_every_signal_and_stops_cleanly(
+    calm: Opdbusd, private_bus: PrivateBus
+) -> None:
+    watcher = subprocess.Popen(
+        [PYTHON, "-m", "opctl", "--bus", private_bus.address, "--json", "watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # let it subscribe
+        opctl(private_bus.address, "validate", "--quick")
+        time.sleep(0.5)
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=20)
+    assert watcher.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    members = [(e["path"], e["member"]) for e in events]
+    assert ("/org/opdbus", "JobNew") in members
+    assert ("/org/opdbus/job/1", "Completed") in members
+    assert sum(1 for m in members if m == ("/org/opdbus/job/1", "Log")) == 7
+    assert members.index(("/org/opdbus", "JobNew")) < members.index(
+        ("/org/opdbus/job/1", "Completed")
+    )
+
+
+def test_progress_bar_on_a_terminal_only(
+    make_daemon: Any, private_bus: PrivateBus, tmp_path: Path
+) -> None:
+    slow = tmp_path / "silent.sock"  # the ovsdb probe waits 1 s: long enough to draw a bar
+    with silent_socket(slow):
+        make_daemon(
+            private_bus,
+            base_config(tmp_path, ovsdb={"remote": f"unix:{slow}"}, health={"timeout_seconds": 1}),
+        )
+        command = f"{PYTHON} -m opctl --bus '{private_bus.address}' validate"
+
+        def on_a_terminal(cmd: str) -> tuple[int, str]:
+            # Bytes, not text: universal newlines would turn the bar's \r into \n.
+            done = subprocess.run(
+                ["script", "-qec", cmd, "/dev/null"], capture_output=True, timeout=60, check=False
+            )
+            return done.returncode, done.stdout.decode()
+
+        code, screen = on_a_terminal(command)
+        quiet_code, quiet_screen = on_a_terminal(command + " --no-progress")
+    assert code == 1  # ovsdb "did not answer"
+    assert "\r[" in screen and "% Validate (job 1) running" in screen
+    assert "[fail] backend-ovsdb: ovsdb-server at unix:" in screen
+    assert quiet_code == 1 and "\r[" not in quiet_screen and "[fail] backend-ovsdb" in quiet_screen
+
+
+def test_help_reads_well() -> None:
+    result = run([PYTHON, "-m", "opctl", "--help"])
+    assert result.returncode == 0
+    for text in (
+        "status",
+        "validate",
+        "jobs",
+        "audit",
+        "watch",
+        "exit codes:",
+        "14  daemon or bus unreachable",
+        "$OPDBUS_BUS_ADDRESS",
+    ):
+        assert text in result.stdout
+    sub = run([PYTHON, "-m", "opctl", "validate", "--help"])
+    assert "--fix" in sub.stdout and "repair what is safe to repair" in sub.stdout
