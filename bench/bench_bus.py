@@ -1,0 +1,112 @@
+"""Bus overhead of op-dbusd vs a minimal dbus-fast echo service, same bus, same run.
+
+- p50 latency of Properties.Get Version, sequential: target <= 1.3x the echo service
+- throughput with 64 calls in flight:               target >= 0.8x the echo service
+
+Both services run as their own processes; one client measures both, in
+alternating rounds, so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dbus_fast import Message
+
+from common import environment, median, report, start_echo, start_opdbusd
+from opdbus.bus.transport import FlowControlledBus
+
+ROUNDS = 6
+SEQUENTIAL = 500  # calls per round, per service
+CONCURRENT = 4000  # calls per round, per service
+IN_FLIGHT = 64
+
+TARGETS = {
+    "op-dbusd": ("org.opdbus", "/org/opdbus", "org.opdbus.Manager1"),
+    "echo": ("org.opdbus.BenchEcho", "/org/opdbus/BenchEcho", "org.opdbus.BenchEcho1"),
+}
+
+
+def get_version(dest: str, path: str, iface: str) -> Message:
+    return Message(
+        destination=dest,
+        path=path,
+        interface="org.freedesktop.DBus.Properties",
+        member="Get",
+        signature="ss",
+        body=[iface, "Version"],
+    )
+
+
+async def latencies(bus: FlowControlledBus, target: tuple[str, str, str]) -> list[float]:
+    out = []
+    for _ in range(SEQUENTIAL):
+        started = time.perf_counter()
+        reply = await bus.call(get_version(*target))
+        out.append(time.perf_counter() - started)
+        assert reply.body[0].value == "0.1.0", reply.body
+    return out
+
+
+async def throughput(bus: FlowControlledBus, target: tuple[str, str, str]) -> float:
+    remaining = CONCURRENT
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            reply = await bus.call(get_version(*target))
+            assert reply.body[0].value == "0.1.0"
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    return CONCURRENT / (time.perf_counter() - started)
+
+
+async def measure(address: str) -> None:
+    bus = await FlowControlledBus(address).connect()
+    for target in TARGETS.values():  # warm up both
+        await latencies(bus, target)
+    lat: dict[str, list[float]] = {name: [] for name in TARGETS}
+    rate: dict[str, list[float]] = {name: [] for name in TARGETS}
+    for round_ in range(ROUNDS):
+        order = list(TARGETS) if round_ % 2 == 0 else list(reversed(TARGETS))
+        for name in order:
+            lat[name].extend(await latencies(bus, TARGETS[name]))
+            rate[name].append(await throughput(bus, TARGETS[name]))
+    bus.disconnect()
+
+    ours, peer = median(lat["op-dbusd"]) * 1e6, median(lat["echo"]) * 1e6
+    ratio = ours / peer
+    report(
+        "p50 latency, Properties.Get Version",
+        ratio,
+        "<= 1.3x",
+        ratio <= 1.3,
+        f"op-dbusd {ours:.0f} us, dbus-fast echo {peer:.0f} us, {ROUNDS * SEQUENTIAL} calls each",
+    )
+    ours_r, peer_r = median(rate["op-dbusd"]), median(rate["echo"])
+    ratio = ours_r / peer_r
+    report(
+        f"throughput, {IN_FLIGHT} in flight",
+        ratio,
+        ">= 0.8x",
+        ratio >= 0.8,
+        f"op-dbusd {ours_r:.0f} calls/s, dbus-fast echo {peer_r:.0f} calls/s",
+    )
+
+
+def main() -> None:
+    with environment() as (bus, workdir):
+        daemon = start_opdbusd(bus, workdir)
+        echo = start_echo(bus, workdir)
+        try:
+            asyncio.run(measure(bus.address))
+        finally:
+            daemon.stop()
+            echo.stop()
+
+
+if __name__ == "__main__":
+    main()

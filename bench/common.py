@@ -1,0 +1,108 @@
+"""What the benchmarks share: a private bus, op-dbusd and the echo peer as processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support import base_config  # noqa: E402
+
+from opdbus.sandbox import PrivateBus, start_private_bus  # noqa: E402
+
+ECHO_POLICY = """<busconfig>
+  <policy user="root">
+    <allow own="org.opdbus.BenchEcho"/>
+    <allow send_destination="org.opdbus.BenchEcho"/>
+  </policy>
+</busconfig>
+"""
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen[bytes]
+    seconds_to_ready: float
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_ready(argv: list[str], workdir: Path, name: str) -> Started:
+    """Exec a process and time it until it sends READY=1 (after owning its name)."""
+    notify_path = workdir / f"{name}.notify"
+    with contextlib.suppress(FileNotFoundError):
+        notify_path.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(30)
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            argv,
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / f"{name}.log", "ab"),  # noqa: SIM115
+        )
+        while b"READY=1" not in notify.recv(4096):
+            pass
+        return Started(process, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def environment() -> Iterator[tuple[PrivateBus, Path]]:
+    with tempfile.TemporaryDirectory(prefix="opdbus-bench-") as tmp:
+        workdir = Path(tmp)
+        bus = start_private_bus(workdir / "bus", policy_files={"bench.conf": ECHO_POLICY})
+        try:
+            yield bus, workdir
+        finally:
+            bus.stop()
+
+
+def start_opdbusd(bus: PrivateBus, workdir: Path, name: str = "opdbusd") -> Started:
+    config = workdir / f"{name}.json"
+    config.write_text(json.dumps(base_config(workdir / name)))
+    return start_ready(
+        [sys.executable, "-m", "opdbus", "--bus", bus.address, "--config", str(config)],
+        workdir,
+        name,
+    )
+
+
+def start_echo(bus: PrivateBus, workdir: Path, name: str = "echo") -> Started:
+    return start_ready([sys.executable, str(HERE / "echo_service.py"), bus.address], workdir, name)
+
+
+def report(name: str, ratio: float, target: str, ok: bool, detail: str) -> None:
+    print(f"{name}: ratio {ratio:.2f}x (target {target}) {'PASS' if ok else 'MISS'}  [{detail}]")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

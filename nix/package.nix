@@ -1,0 +1,23 @@
+# op-dbus as a Nix package, built from this repository.
+{ lib, python3Packages }:
+
+python3Packages.buildPythonApplication {
+  pname = "op-dbus";
+  version = "0.1.0";
+  pyproject = true;
+  src = lib.cleanSource ../.;
+
+  build-system = [ python3Packages.setuptools ];
+  dependencies = with python3Packages; [ dbus-fast pydantic ];
+
+  postInstall = ''
+    mkdir -p $out/share/op-dbus
+    cp -r ${../dbus-policy} $out/share/op-dbus/dbus-policy
+  '';
+
+  meta = {
+    description = "One D-Bus daemon that owns a hypervisor host: VMs, OVS bridges, LXC containers, jobs";
+    mainProgram = "op-dbusd";
+    license = lib.licenses.mit;
+  };
+}

@@ -1,0 +1,35 @@
+# Evaluates nix/module.nix without nixpkgs (there is none here): a small stub
+# of the `lib` functions the module uses, NixOS-shaped mkIf/mkDefault markers,
+# and option values already resolved, as the module system would pass them.
+{ module, settingsJSON, enable ? true }:
+let
+  lib = rec {
+    mkOption = attrs: attrs;
+    mkEnableOption = name: { type = "bool"; default = false; description = "Whether to enable ${name}."; };
+    mkIf = condition: content: { _type = "if"; inherit condition content; };
+    mkDefault = content: { _type = "override"; priority = 1000; inherit content; };
+    optionals = cond: xs: if cond then xs else [ ];
+    literalExpression = text: { _type = "literalExpression"; inherit text; };
+    hasPrefix = prefix: s: builtins.substring 0 (builtins.stringLength prefix) s == prefix;
+    removePrefix = prefix: s:
+      if hasPrefix prefix s
+      then builtins.substring (builtins.stringLength prefix) (builtins.stringLength s) s
+      else s;
+    types = { bool = "bool"; str = "str"; path = "path"; package = "package"; attrs = "attrs"; enum = values: { enum = values; }; };
+    recursiveUpdate = a: b: a // builtins.mapAttrs (name: value:
+      if builtins.isAttrs value && builtins.isAttrs (a.${name} or null)
+      then recursiveUpdate a.${name} value else value) b;
+  };
+  pkgs = {
+    callPackage = path: args: throw "the package default must not be forced when package is set";
+    runCommand = name: env: script: { inherit name script; };
+  };
+  given = builtins.fromJSON settingsJSON;
+  config.services.op-dbus = given // { inherit enable; package = "/nix/store/0000-op-dbus"; };
+  evaluated = import module { inherit lib pkgs config; };
+in
+{
+  inherit (evaluated) config;
+  defaults = builtins.mapAttrs (name: option: option.default or null)
+    (removeAttrs evaluated.options.services.op-dbus [ "package" ]);
+}
