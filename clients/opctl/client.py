@@ -121,12 +121,23 @@ class SignalEvent:
     interface: str
     member: str
     args: list[Any]
+    arrival: int = 0  # position among everything this connection received
 
 
 class Client:
     def __init__(self, bus: FlowControlledBus, address: str) -> None:
         self.bus = bus
         self.address = address
+        # D-Bus keeps one sender's messages in order, so arrival order tells
+        # whether a signal is older than a reply (a snapshot) or newer.
+        self._arrivals = 0
+        self._reply_arrival: dict[int, int] = {}
+        bus.add_message_handler(self._stamp)
+
+    def _stamp(self, msg: Message) -> None:
+        self._arrivals += 1
+        if msg.reply_serial in self._reply_arrival:
+            self._reply_arrival[msg.reply_serial] = self._arrivals
 
     @classmethod
     async def connect(cls, address: str | None = None) -> Client:
@@ -161,28 +172,52 @@ class Client:
         body: list[Any] | None = None,
         destination: str = names.BUS_NAME,
     ) -> list[Any]:
+        return (await self._call(path, interface, member, signature, body, destination))[0]
+
+    async def _call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        destination: str = names.BUS_NAME,
+        *,
+        stamp: bool = False,
+    ) -> tuple[list[Any], int]:
+        """The reply's body, and (when ``stamp``) where it arrived among all messages."""
+        message = Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+            serial=self.bus.next_serial(),
+        )
+        if stamp:
+            self._reply_arrival[message.serial] = 0
         try:
-            reply = await self.bus.call(
-                Message(
-                    destination=destination,
-                    path=path,
-                    interface=interface,
-                    member=member,
-                    signature=signature,
-                    body=body or [],
-                )
-            )
+            reply = await self.bus.call(message)
         except DBusError as e:
             raise map_error(e) from None
         except (OSError, EOFError) as e:
             raise Unreachable(f"lost the bus connection: {e}") from None
+        finally:
+            arrival = self._reply_arrival.pop(message.serial, 0)
         if reply.message_type is MessageType.ERROR:
             raise map_error(DBusError(reply.error_name or "", reply.body[0] if reply.body else ""))
-        return list(reply.body)
+        return list(reply.body), arrival
 
     async def get_all(self, path: str, interface: str) -> dict[str, Any]:
-        (props,) = await self.call(path, names.PROPERTIES_IFACE, "GetAll", "s", [interface])
-        return {key: _plain(value) for key, value in props.items()}
+        return (await self._snapshot(path, interface))[0]
+
+    async def _snapshot(self, path: str, interface: str) -> tuple[dict[str, Any], int]:
+        """Properties, and the arrival position of the reply that carried them."""
+        (props,), arrival = await self._call(
+            path, names.PROPERTIES_IFACE, "GetAll", "s", [interface], stamp=True
+        )
+        return {key: _plain(value) for key, value in props.items()}, arrival
 
     async def add_match(self, rule: str) -> None:
         await self.call(names.DBUS_PATH, names.DBUS_IFACE, "AddMatch", "s", [rule], names.DBUS_NAME)
@@ -252,6 +287,7 @@ class Client:
                         msg.interface or "",
                         msg.member or "",
                         _plain(list(msg.body)),
+                        self._arrivals,
                     )
                 )
 
@@ -295,7 +331,7 @@ class Client:
         on_update: Callable[[JobRecord], None] | None,
         on_log: Callable[[LogLine], None] | None,
     ) -> JobRecord:
-        props = await self.get_all(path, names.JOB_IFACE)
+        props, snapshot_at = await self._snapshot(path, names.JOB_IFACE)
         printed = 0
 
         async def catch_up(upto: int | None = None) -> None:
@@ -327,7 +363,11 @@ class Client:
                 if number > printed:
                     on_log(LogLine(number, stamp, text))
                     printed = number
-            elif event.member == "PropertiesChanged" and event.args[0] == names.JOB_IFACE:
+            elif (
+                event.member == "PropertiesChanged"
+                and event.args[0] == names.JOB_IFACE
+                and event.arrival > snapshot_at  # older ones are in the snapshot already
+            ):
                 props.update(event.args[1])
                 record = job_record(props)
                 if on_update:

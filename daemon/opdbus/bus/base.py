@@ -83,6 +83,9 @@ def bus_method(
             call = CURRENT_CALL.get()
             what = f"{self.name}.{name or fn.__name__}"
             pending: PendingCall | None = None
+            # Flow control: while replies and signals are backed up on our
+            # socket, new work waits instead of queueing more output.
+            await ctx.bus.drain()
             try:
                 if not read_only:
                     if not ctx.accepting:
