@@ -281,6 +281,32 @@ async def test_fix_repairs_dev_kvm(tmp_path: Path, private_bus: PrivateBus, clie
             errors.NotSupported,
             "no interface org.opdbus.Nothing1",
         ),
+        (
+            (names.ROOT_PATH, names.PROPERTIES_IFACE, "Get", "ss", [names.MANAGER_IFACE, "Nope"]),
+            errors.InvalidArgs,
+            "org.opdbus.Manager1 has no property Nope",
+        ),
+        (
+            (names.ROOT_PATH, names.PROPERTIES_IFACE, "Get", "ss", [names.JOB_IFACE, "State"]),
+            errors.NotSupported,
+            "/org/opdbus does not implement org.opdbus.Job1",
+        ),
+        (
+            (
+                names.ROOT_PATH,
+                names.PROPERTIES_IFACE,
+                "Set",
+                "ssv",
+                [names.MANAGER_IFACE, "Mode", Variant("s", "agent")],
+            ),
+            errors.NotSupported,
+            "org.opdbus.Manager1.Mode is read-only",
+        ),
+        (
+            ("/org/opdbus/job/5", names.PROPERTIES_IFACE, "GetAll", "s", [names.JOB_IFACE]),
+            errors.NotFound,
+            "no object at /org/opdbus/job/5",
+        ),
     ],
 )
 async def test_bad_input_gets_named_errors(

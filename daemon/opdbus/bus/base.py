@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 from dbus_fast import DBusError
 from dbus_fast import introspection as intr
-from dbus_fast.service import ServiceInterface, _Method, dbus_method
+from dbus_fast.service import ServiceInterface, _Method, _Property, dbus_method
 
 from opdbus.bus.codec import plain
 from opdbus.bus.peers import CallerResolver
@@ -146,6 +146,15 @@ def dbus_methods(interface: type[ServiceInterface]) -> dict[str, _Method]:
         if isinstance(method, _Method):
             out[method.name] = method
     return out
+
+
+def dbus_properties(interface: type[ServiceInterface]) -> dict[str, bool]:
+    """D-Bus property name -> whether it is writable, for an interface class."""
+    return {
+        attr.name: attr.access.writable()
+        for attr in vars(interface).values()
+        if isinstance(attr, _Property)
+    }
 
 
 def method_policies(interface: type[ServiceInterface]) -> dict[str, MethodPolicy | None]:
