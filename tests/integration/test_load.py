@@ -4,7 +4,10 @@ in flight and a burst of thousands of signals, with nothing lost."""
 from __future__ import annotations
 
 import asyncio
-import socket
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 from opctl.client import Client
@@ -18,20 +21,27 @@ CALLS = 2000
 SIGNALS = 5000
 
 
-def small_send_buffer(bus: Any) -> None:
-    """Whether a fast dbus-daemon on the other core keeps up is luck; with a
-    4 KiB send buffer the socket certainly fills, so flow control is exercised."""
-    bus._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+@contextlib.asynccontextmanager
+async def bus_frozen(bus: PrivateBus, seconds: float = 0.3) -> AsyncIterator[None]:
+    """Stop the real dbus-daemon for a moment: whatever we write meanwhile fills
+    our socket, so the flow-control path is exercised every time, not by luck."""
+    os.kill(bus.process.pid, signal.SIGSTOP)
+    try:
+        yield
+        await asyncio.sleep(seconds)
+    finally:
+        os.kill(bus.process.pid, signal.SIGCONT)
 
 
 async def test_2000_concurrent_calls_all_answered(daemon: Opdbusd, private_bus: PrivateBus) -> None:
     client = await Client.connect(private_bus.address)
-    small_send_buffer(client.bus)
     try:
-        # GetAll replies are ~0.5 kB: 2000 of them overflow the daemon's socket buffer.
-        replies = await asyncio.gather(
-            *(client.get_all(names.ROOT_PATH, names.MANAGER_IFACE) for _ in range(CALLS))
-        )
+        # GetAll replies are ~0.5 kB: 2000 of them also overflow the daemon's socket.
+        async with bus_frozen(private_bus):
+            calls = asyncio.gather(
+                *(client.get_all(names.ROOT_PATH, names.MANAGER_IFACE) for _ in range(CALLS))
+            )
+        replies = await calls
         assert len(replies) == CALLS and all(reply["Mode"] == "full" for reply in replies)
         failures = await asyncio.gather(
             *(
@@ -68,17 +78,17 @@ async def test_many_clients_at_once(daemon: Opdbusd, private_bus: PrivateBus) ->
 
 
 async def test_signal_burst_of_5000_arrives_complete_and_in_order(
-    inproc: Daemon, client: Client
+    private_bus: PrivateBus, inproc: Daemon, client: Client
 ) -> None:
     async def burst(ctx: JobContext) -> JobOutcome:
         for i in range(1, SIGNALS + 1):  # no await in between: one burst
             ctx.log(f"line {i} " + "x" * 60)
         return JobOutcome("burst done")
 
-    small_send_buffer(inproc.server.ctx.bus)
     received: list[int] = []
     async with client.signals(f"path_namespace='{names.JOB_PATH_PREFIX}'") as queue:
-        job = await inproc.jobs.submit("Burst", burst, targets=[], uid=0)
+        async with bus_frozen(private_bus):
+            job = await inproc.jobs.submit("Burst", burst, targets=[], uid=0)
         while True:
             event = await asyncio.wait_for(queue.get(), timeout=30)
             if event.member == "Log":

@@ -4,8 +4,15 @@ import os
 import stat
 from pathlib import Path
 
-from opdbus.models.validation import CheckStatus
-from opdbus.services.validate import _check_config, _check_dirs, _check_kvm
+import pytest
+
+from opdbus.backends.probes import Probe
+from opdbus.config import Config
+from opdbus.models.validation import CheckStatus, ValidateOptions
+from opdbus.services.audit import AuditLog
+from opdbus.services.health import BackendHealth
+from opdbus.services.jobs import JobFailed
+from opdbus.services.validate import HostPaths, Validator, _check_config, _check_dirs, _check_kvm
 
 
 def mode(path: Path) -> int:
@@ -66,3 +73,37 @@ def test_kvm_device_group_mode_and_usability(tmp_path: Path) -> None:
     assert result.fixed and "mode 0660" in result.fixed[0]
     assert result.status is CheckStatus.FAIL and "cannot be used" in result.message
     assert _check_kvm(tmp_path / "absent", fix=False).status in (CheckStatus.FAIL, CheckStatus.WARN)
+
+
+class RecordingContext:
+    """Stands in for JobContext: remembers the log lines a job body writes."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, text: str) -> None:
+        self.lines.append(text)
+
+    def step(self, done: int, total: int) -> None:
+        pass
+
+
+async def test_a_check_that_cannot_run_fails_instead_of_crashing_the_job(tmp_path: Path) -> None:
+    async def no_polkit() -> Probe:
+        return Probe(False, "absent")
+
+    # A file where the state directory should be: creating it raises NotADirectoryError.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = Config.model_validate({"mode": "agent", "state_dir": str(blocker / "state")})
+    health = BackendHealth(config, bus_detail="test", polkit_probe=no_polkit)
+    validator = Validator(
+        config, HostPaths(config_file=tmp_path / "c.json"), health, AuditLog(tmp_path / "audit")
+    )
+    ctx = RecordingContext()
+    with pytest.raises(JobFailed) as info:
+        await validator.job(ValidateOptions(quick=True, fix=True))(ctx)  # type: ignore[arg-type]
+    state = next(c for c in info.value.output["checks"] if c["name"] == "state-dir")
+    assert state["status"] == "fail"
+    assert state["message"].startswith("could not check or fix: Not a directory")
+    assert any(line.startswith("[fail] state-dir: could not check or fix") for line in ctx.lines)

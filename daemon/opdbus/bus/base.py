@@ -31,6 +31,7 @@ from opdbus.bus.peers import CallerResolver
 from opdbus.bus.transport import CURRENT_CALL, FlowControlledBus
 from opdbus.errors import Failed, OpdbusError
 from opdbus.models.audit import digest_args
+from opdbus.names import ERROR_PREFIX
 from opdbus.services.audit import PENDING_CALL, AuditLog, PendingCall
 from opdbus.services.authz import Authorizer, Caller
 
@@ -109,8 +110,15 @@ def bus_method(
             except OpdbusError as e:
                 await _audit(ctx, pending, f"error: {e.dbus_name}")
                 raise DBusError(e.dbus_name, e.message) from None
-            except DBusError:
-                raise
+            except DBusError as e:
+                if e.type.startswith(ERROR_PREFIX):
+                    raise
+                # Someone else's error name (a backend's bus call) would break
+                # the promise that only org.opdbus.Error.* crosses our bus.
+                ref = uuid.uuid4().hex[:8]
+                log.error("%s failed (ref %s): %s: %s", what, ref, e.type, e.text)
+                await _audit(ctx, pending, f"error: {Failed.dbus_name}")
+                raise DBusError(Failed.dbus_name, f"{e.text} (ref {ref})") from None
             except Exception:
                 ref = uuid.uuid4().hex[:8]
                 log.exception("%s failed (ref %s)", what, ref)

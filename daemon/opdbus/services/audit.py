@@ -145,10 +145,8 @@ class AuditLog:
             start = tail
         elif head is not None:
             start = _Head(head.seq, head.hash, size)
-            if tail is not None or size or head.seq:
-                self._problem = (
-                    self._problem or f"log ends before entry {head.seq} of its head record"
-                )
+            if head.seq and not self._problem:
+                self._problem = f"log ends before entry {head.seq} of its head record"
         else:
             start = _Head(0, GENESIS_HASH, size)
         self._seq, self._hash, self._durable = start.seq, start.hash, start

@@ -136,11 +136,12 @@ class JobManager:
                 record.state = JobState.INTERRUPTED
                 record.result = f"interrupted: the daemon stopped while the job was {was}"
                 record.finished_at = now_us()
+                # Lines written after the record's last save are on disk only.
+                record.log_lines = await self._store.count_log_lines(job.id)
                 job.finished.set()
                 self._store.save_record(record)
                 await self._audit_outcome(job)
-            record.log_lines = max(record.log_lines, await self._store.count_log_lines(job.id))
-            job.first_line = record.log_lines + 1  # nothing in memory
+            job.first_line = record.log_lines + 1  # nothing in memory: GetLog reads the file
             self._jobs[job.id] = job
         await self._store.flush()
         self._janitor = asyncio.create_task(self._expire_loop(), name="job-janitor")
@@ -257,8 +258,10 @@ class JobManager:
     async def cancel(self, job_id: int, uid: int) -> Job:
         """Cancel and wait (bounded) until the job has really stopped."""
         job = self.get(job_id)
-        if job.record.state.finished or job.task is None:
+        if job.record.state.finished:
             raise Conflict(f"job {job_id} already {job.record.state.value}")
+        if job.task is None:
+            raise Busy(f"job {job_id} is still being created; try again in a moment")
         if not job.record.cancelable:
             raise NotSupported(f"job {job_id} ({job.record.operation}) cannot be cancelled")
         if job.cancelled_by is None:

@@ -85,7 +85,15 @@ class Validator:
             ctx.log(f"validating this host ({mode}): {len(checks)} checks")
             ctx.step(0, len(checks))
             for done, (name, check) in enumerate(checks, 1):
-                result = await check(options.fix)
+                try:
+                    result = await check(options.fix)
+                except OSError as e:
+                    # e.g. --fix without the right to chmod: a failed check, not a crash.
+                    what = "check or fix" if options.fix else "check"
+                    where = f" ({e.filename})" if e.filename else ""
+                    result = CheckResult(
+                        status=FAIL, message=f"could not {what}: {e.strerror}{where}"
+                    )
                 result = result.model_copy(update={"name": name})
                 report.checks.append(result)
                 ctx.log(f"[{result.status.value}] {name}: {result.message}")
