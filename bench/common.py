@@ -22,15 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support import base_config  # noqa: E402
 
-from opdbus.sandbox import PrivateBus, start_private_bus  # noqa: E402
-
-ECHO_POLICY = """<busconfig>
-  <policy user="root">
-    <allow own="org.opdbus.BenchEcho"/>
-    <allow send_destination="org.opdbus.BenchEcho"/>
-  </policy>
-</busconfig>
-"""
+from opdbus.sandbox import PrivateBus, start_private_bus, user_grant  # noqa: E402
 
 
 @dataclass
@@ -79,7 +71,8 @@ def start_ready(argv: list[str], workdir: Path, name: str) -> Started:
 def environment() -> Iterator[tuple[PrivateBus, Path]]:
     with tempfile.TemporaryDirectory(prefix="opdbus-bench-") as tmp:
         workdir = Path(tmp)
-        bus = start_private_bus(workdir / "bus", policy_files={"bench.conf": ECHO_POLICY})
+        echo = user_grant("root", "org.opdbus.BenchEcho")
+        bus = start_private_bus(workdir / "bus", policy_files={"bench.conf": echo})
         try:
             yield bus, workdir
         finally:

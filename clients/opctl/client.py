@@ -172,9 +172,11 @@ class Client:
         body: list[Any] | None = None,
         destination: str = names.BUS_NAME,
     ) -> list[Any]:
-        return (await self._call(path, interface, member, signature, body, destination))[0]
+        return (
+            await self._send(self._message(path, interface, member, signature, body, destination))
+        )[0]
 
-    async def _call(
+    def _message(
         self,
         path: str,
         interface: str,
@@ -182,11 +184,9 @@ class Client:
         signature: str = "",
         body: list[Any] | None = None,
         destination: str = names.BUS_NAME,
-        *,
-        stamp: bool = False,
-    ) -> tuple[list[Any], int]:
-        """The reply's body, and (when ``stamp``) where it arrived among all messages."""
-        message = Message(
+    ) -> Message:
+        # Our own serial, so _stamp can recognize the reply.
+        return Message(
             destination=destination,
             path=path,
             interface=interface,
@@ -195,6 +195,9 @@ class Client:
             body=body or [],
             serial=self.bus.next_serial(),
         )
+
+    async def _send(self, message: Message, *, stamp: bool = False) -> tuple[list[Any], int]:
+        """The reply's body, and (when ``stamp``) where it arrived among all messages."""
         if stamp:
             self._reply_arrival[message.serial] = 0
         try:
@@ -214,9 +217,8 @@ class Client:
 
     async def _snapshot(self, path: str, interface: str) -> tuple[dict[str, Any], int]:
         """Properties, and the arrival position of the reply that carried them."""
-        (props,), arrival = await self._call(
-            path, names.PROPERTIES_IFACE, "GetAll", "s", [interface], stamp=True
-        )
+        message = self._message(path, names.PROPERTIES_IFACE, "GetAll", "s", [interface])
+        (props,), arrival = await self._send(message, stamp=True)
         return {key: _plain(value) for key, value in props.items()}, arrival
 
     async def add_match(self, rule: str) -> None:

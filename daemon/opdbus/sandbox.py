@@ -94,14 +94,16 @@ def bus_config(socket_path: Path, policy_dir: Path) -> str:
 """
 
 
-def user_grant(user: str) -> str:
-    """A policy fragment letting one user own and call org.opdbus (the sandbox's own user)."""
+def user_grant(user: str, name: str = "org.opdbus", *, own: bool = True) -> str:
+    """A policy file letting one user call (and, with ``own``, own) a bus name."""
+    rules = [f'<allow own="{name}"/>'] if own else []
+    rules.append(f'<allow send_destination="{name}"/>')
+    body = "\n".join(f"    {rule}" for rule in rules)
     return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <policy user={quoteattr(user)}>
-    <allow own="org.opdbus"/>
-    <allow send_destination="org.opdbus"/>
+{body}
   </policy>
 </busconfig>
 """

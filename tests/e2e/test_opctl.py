@@ -12,17 +12,7 @@ from typing import Any
 import pytest
 
 from opdbus.sandbox import PrivateBus
-from tests.support import PYTHON, Opdbusd, base_config, opctl, run, silent_socket
-
-CALM = {
-    "mode": "agent",
-    "validate": {
-        "disk_warn_gib": 0,
-        "disk_fail_gib": 0,
-        "memory_warn_mib": 0,
-        "memory_fail_mib": 0,
-    },
-}
+from tests.support import CALM, PYTHON, Opdbusd, base_config, opctl, run, silent_socket
 
 
 @pytest.fixture

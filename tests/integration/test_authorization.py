@@ -22,16 +22,11 @@ from typing import Any
 import pytest
 
 from opdbus.sandbox import POLKIT_BUS_POLICY, PrivateBus, start_private_bus, user_grant
-from tests.support import PYTHON, REPO, base_config, busctl, opctl, run
+from tests.support import PYTHON, REPO, base_config, busctl, manager_call, opctl, run
 
 POLKIT_ACTIONS = Path("/usr/share/polkit-1/actions/org.opdbus.policy")
 POLKIT_RULES = Path("/etc/polkit-1/rules.d/49-opdbus-tests.rules")
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
-
-
-def policy_grant(user: str) -> str:
-    """A site policy letting one more user call op-dbus (not own it): the daemon must still say no."""
-    return user_grant(user).replace('    <allow own="org.opdbus"/>\n', "")
 
 
 @pytest.fixture
@@ -48,7 +43,8 @@ def shared_dir() -> Iterator[Path]:
 @pytest.fixture
 def auth_bus(test_users: dict[str, str], shared_dir: Path) -> Iterator[PrivateBus]:
     """A bus that knows the test users (made first) and carries polkit's own bus policy."""
-    extra = {"site-grant.conf": policy_grant(test_users["policy"])}
+    # A site policy letting one more user call op-dbus: the daemon must still say no.
+    extra = {"site-grant.conf": user_grant(test_users["policy"], own=False)}
     if POLKIT_BUS_POLICY.is_file():
         extra[POLKIT_BUS_POLICY.name] = POLKIT_BUS_POLICY.read_text()
     bus = start_private_bus(shared_dir / "bus", policy_files=extra)
@@ -164,32 +160,13 @@ def error_name(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def job_count(address: str) -> int:
-    out = busctl(
-        address,
-        "--json=short",
-        "call",
-        "org.opdbus",
-        "/org/opdbus",
-        "org.opdbus.Manager1",
-        "ListJobs",
-    )
-    return len(json.loads(out.stdout)["data"][0])
+    return len(manager_call(address, "ListJobs")[0])
 
 
 def audit_uids(address: str) -> list[int]:
-    out = busctl(
-        address,
-        "--json=short",
-        "call",
-        "org.opdbus",
-        "/org/opdbus",
-        "org.opdbus.Manager1",
-        "GetAudit",
-        "tu",
-        "1",
-        "100",
-    )
-    return [entry["uid"]["data"] for entry in json.loads(out.stdout)["data"][0]]
+    return [
+        entry["uid"]["data"] for entry in manager_call(address, "GetAudit", "tu", "1", "100")[0]
+    ]
 
 
 def test_policy_denies_mutating_methods_to_other_users(

@@ -19,19 +19,7 @@ from opdbus.config import parse_config
 from opdbus.daemon import Daemon
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
-from tests.support import REPO, base_config, silent_socket, write_config
-
-# Thresholds of 0 make disk and memory pass on any machine; agent mode skips
-# the VM checks: a quick validation then succeeds deterministically.
-CALM = {
-    "mode": "agent",
-    "validate": {
-        "disk_warn_gib": 0,
-        "disk_fail_gib": 0,
-        "memory_warn_mib": 0,
-        "memory_fail_mib": 0,
-    },
-}
+from tests.support import CALM, REPO, base_config, silent_socket, write_config
 
 
 @contextlib.asynccontextmanager

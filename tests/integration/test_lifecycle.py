@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from opdbus.sandbox import PrivateBus
-from tests.support import PYTHON, Opdbusd, base_config, busctl, silent_socket
+from tests.support import PYTHON, Opdbusd, base_config, busctl, manager_call, silent_socket
 
 
 def name_owner(bus: PrivateBus) -> str:
@@ -112,32 +114,34 @@ def test_a_second_daemon_exits_1_and_names_the_owner(
     assert first.process is not None and first.process.poll() is None
 
 
+@contextlib.contextmanager
+def stuck_validation(make_daemon: Any, bus: PrivateBus, tmp: Path) -> Iterator[tuple[Opdbusd, str]]:
+    """op-dbusd with a full validation running, held up by a silent "ovsdb-server"."""
+    slow = tmp / "silent.sock"
+    config = base_config(tmp, ovsdb={"remote": f"unix:{slow}"}, health={"timeout_seconds": 60})
+    with silent_socket(slow):
+        daemon: Opdbusd = make_daemon(bus, config)
+        job = start_full_validation(bus)
+        wait_for(lambda: prop(bus, job, "State") == 's "running"')
+        yield daemon, job
+
+
 def test_sigterm_during_a_job_records_it_interrupted(
     make_daemon: Any, private_bus: PrivateBus, tmp_path: Path
 ) -> None:
-    slow = tmp_path / "silent.sock"
-    config = base_config(tmp_path, ovsdb={"remote": f"unix:{slow}"}, health={"timeout_seconds": 60})
-    with silent_socket(slow):
-        daemon: Opdbusd = make_daemon(private_bus, config)
-        job = start_full_validation(private_bus)
-        wait_for(lambda: prop(private_bus, job, "State") == 's "running"')
+    with stuck_validation(make_daemon, private_bus, tmp_path) as (daemon, job):
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
         daemon.start()
-        assert prop(private_bus, job, "State") == 's "interrupted"'
-        assert prop(private_bus, job, "Result") == 's "interrupted: the daemon stopped"'
-        assert verify_audit(private_bus).startswith("bts true 0")
+    assert prop(private_bus, job, "State") == 's "interrupted"'
+    assert prop(private_bus, job, "Result") == 's "interrupted: the daemon stopped"'
+    assert verify_audit(private_bus).startswith("bts true 0")
 
 
 def test_kill_9_during_a_job_then_restart(
     make_daemon: Any, private_bus: PrivateBus, tmp_path: Path
 ) -> None:
-    slow = tmp_path / "silent.sock"
-    config = base_config(tmp_path, ovsdb={"remote": f"unix:{slow}"}, health={"timeout_seconds": 60})
-    with silent_socket(slow):
-        daemon: Opdbusd = make_daemon(private_bus, config)
-        job = start_full_validation(private_bus)
-        wait_for(lambda: prop(private_bus, job, "State") == 's "running"')
+    with stuck_validation(make_daemon, private_bus, tmp_path) as (daemon, job):
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait()
         wait_for(lambda: name_owner(private_bus) == "b false")
@@ -152,19 +156,8 @@ def test_kill_9_during_a_job_then_restart(
     ).stdout
     assert "validating this host (full)" in log
     assert verify_audit(private_bus).startswith("bts true 0")
-    audit = busctl(
-        private_bus.address,
-        "--json=short",
-        "call",
-        "org.opdbus",
-        "/org/opdbus",
-        "org.opdbus.Manager1",
-        "GetAudit",
-        "tu",
-        "1",
-        "10",
-    )
-    results = [entry["result"]["data"] for entry in json.loads(audit.stdout)["data"][0]]
+    entries = manager_call(private_bus.address, "GetAudit", "tu", "1", "10")[0]
+    results = [entry["result"]["data"] for entry in entries]
     assert results == ["ok", "interrupted: the daemon stopped while the job was running"]
     next_job = start_full_validation(private_bus)
     assert next_job == "/org/opdbus/job/2"  # numbers are never reused

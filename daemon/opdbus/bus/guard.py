@@ -81,7 +81,7 @@ class CallGuard:
     def _check_property(
         self, msg: Message, path: str, exported: Mapping[str, object]
     ) -> OpdbusError | None:
-        expected = {"Get": "ss", "GetAll": "s", "Set": "ssv"}.get(msg.member or "")
+        expected = _PROPERTY_SIGNATURES.get(msg.member or "")
         if expected is None or msg.signature != expected:
             return None  # dbus-fast's own answer to a malformed Properties call
         iface = msg.body[0]
@@ -98,6 +98,9 @@ class CallGuard:
                 f"{iface}.{prop} is read-only; the methods of {iface} change things"
             )
         return None
+
+
+_PROPERTY_SIGNATURES = {"Get": "ss", "GetAll": "s", "Set": "ssv"}
 
 
 def _hint(path: str) -> str:
