@@ -132,6 +132,7 @@ def _run(args: argparse.Namespace, sandbox: Sandbox | None) -> int:
         if sandbox is not None:
             setup_logging(args.log_level or "info")
             address = sandbox.start_bus().address
+            sandbox.start_ovs()
             config_path = args.config or sandbox.config_path
             config = sandbox.config(args.state_dir)
         else:

@@ -80,6 +80,9 @@ class LibvirtConfig(_Section):
 
 class OvsdbConfig(_Section):
     remote: str = Field("unix:/run/openvswitch/db.sock", min_length=1)
+    # "netdev" (userspace) where the kernel has no openvswitch module.
+    datapath_type: Literal["system", "netdev"] = "system"
+    apply_timeout_seconds: float = Field(10.0, gt=0, description="how long ovs-vswitchd may take")
 
 
 class LxcConfig(_Section):

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from opdbus.backends.netlink import Netlink
+from opdbus.backends.ovsdb.client import OvsdbClient
 from opdbus.bus.manager import ManagerServices
 from opdbus.bus.server import BusServer
 from opdbus.config import Config
@@ -27,9 +29,12 @@ from opdbus.services.audit import AuditLog
 from opdbus.services.health import BackendHealth
 from opdbus.services.job_store import JobStore
 from opdbus.services.jobs import JobManager
+from opdbus.services.network import NetworkService
 from opdbus.services.validate import HostPaths, Validator
 
 log = logging.getLogger(__name__)
+
+OVSDB_SYNC_WAIT = 3.0
 
 
 def _installed_version() -> str:
@@ -69,6 +74,7 @@ class Daemon:
         self.jobs = JobManager(JobStore(state / "jobs"), config.jobs, self.audit)
         self.server = BusServer(bus_address, config.auth, self.audit)
         self.health: BackendHealth | None = None
+        self.network: NetworkService | None = None
         # Awaited once org.opdbus is owned (the sandbox announces its address).
         self.ready_hooks: list[Callable[[], Awaitable[None]]] = []
         self._stopped = False
@@ -88,6 +94,8 @@ class Daemon:
         validator = Validator(
             self.config, HostPaths(config_file=self.config_path), self.health, self.audit
         )
+        if self.health.enabled("ovsdb"):
+            self.network = await self._start_network(self.health)
         self.server.serve(
             ManagerServices(
                 version=VERSION,
@@ -96,6 +104,7 @@ class Daemon:
                 audit=self.audit,
                 health=self.health,
                 validator=validator,
+                network=self.network,
             )
         )
         self.health.start()
@@ -111,6 +120,23 @@ class Daemon:
             await hook()
         sd_notify("READY=1\nSTATUS=serving org.opdbus")
 
+    async def _start_network(self, health: BackendHealth) -> NetworkService:
+        config = self.config.ovsdb
+        health.attach("ovsdb")
+        ovsdb = OvsdbClient(config.remote, apply_timeout=config.apply_timeout_seconds)
+        network = NetworkService(
+            ovsdb,
+            Netlink(),
+            default_datapath=config.datapath_type,
+            on_status=lambda ok, detail: health.report("ovsdb", ok, detail),
+        )
+        await network.start()
+        # Bounded: with ovsdb-server up, the bridges are on the bus at READY;
+        # without it, we serve anyway and they appear when it comes.
+        if await ovsdb.wait_synced(OVSDB_SYNC_WAIT):
+            await network.refresh_all()
+        return network
+
     async def stop(self) -> None:
         if self._stopped:
             return
@@ -120,6 +146,8 @@ class Daemon:
         with contextlib.suppress(AssertionError):
             self.server.stop_accepting()
         await self.jobs.shutdown()
+        if self.network is not None:
+            await self.network.stop()
         if self.health is not None:
             await self.health.stop()
         await self.audit.close()

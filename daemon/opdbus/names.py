@@ -11,9 +11,11 @@ from typing import Final
 BUS_NAME: Final = "org.opdbus"
 ROOT_PATH: Final = "/org/opdbus"
 JOB_PATH_PREFIX: Final = "/org/opdbus/job"
+BRIDGE_PATH_PREFIX: Final = "/org/opdbus/bridge"
 
 MANAGER_IFACE: Final = "org.opdbus.Manager1"
 JOB_IFACE: Final = "org.opdbus.Job1"
+BRIDGE_IFACE: Final = "org.opdbus.Bridge1"
 
 PROPERTIES_IFACE: Final = "org.freedesktop.DBus.Properties"
 OBJECT_MANAGER_IFACE: Final = "org.freedesktop.DBus.ObjectManager"
@@ -39,6 +41,11 @@ class Action:
 
     VALIDATE: Final = "org.opdbus.host.validate"
     JOB_CANCEL: Final = "org.opdbus.job.cancel"
+    BRIDGE_CREATE: Final = "org.opdbus.bridge.create"
+    BRIDGE_DELETE: Final = "org.opdbus.bridge.delete"
+    BRIDGE_APPLY: Final = "org.opdbus.bridge.apply"
+    BRIDGE_PORT: Final = "org.opdbus.bridge.port"
+    BRIDGE_ADDRESS: Final = "org.opdbus.bridge.address"
 
 
 def job_path(job_id: int) -> str:
@@ -54,6 +61,10 @@ def job_id_from_path(path: str) -> int | None:
     if not tail.isdigit() or (len(tail) > 1 and tail[0] == "0"):
         return None
     return int(tail)
+
+
+def bridge_path(name: str) -> str:
+    return f"{BRIDGE_PATH_PREFIX}/{escape_path_element(name)}"
 
 
 def escape_path_element(text: str) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from opdbus.config import Config, load_config, with_overrides
+from opdbus.sandbox_ovs import PrivateOvs, ovs_installed, start_private_ovs
 from opdbus.services.fsutil import atomic_write
 
 POLICY_FILE = "org.opdbus.conf"
@@ -187,6 +188,8 @@ class Sandbox:
     def __init__(self, directory: Path) -> None:
         self.dir = directory.resolve()
         self.bus: PrivateBus | None = None
+        self.ovs: PrivateOvs | None = None
+        self.notes: list[str] = []  # what the sandbox could not start, and why
 
     @property
     def config_path(self) -> Path:
@@ -204,6 +207,15 @@ class Sandbox:
         self.bus = start_private_bus(self.dir / "bus", policy_files=extra)
         return self.bus
 
+    def start_ovs(self) -> None:
+        """Our own ovsdb-server and ovs-vswitchd, when Open vSwitch is installed and we are root."""
+        if not ovs_installed():
+            self.notes.append("Open vSwitch: not installed (apt install openvswitch-switch)")
+        elif os.geteuid() != 0:
+            self.notes.append("Open vSwitch: not started (ovs-vswitchd needs root)")
+        else:
+            self.ovs = start_private_ovs(self.dir / "ovs")
+
     def config(self, state_dir: Path | None) -> Config:
         """The sandbox's config: DIR/config.json if present, with sandbox-local paths."""
         base = load_config(self.config_path, required=False)
@@ -219,7 +231,12 @@ class Sandbox:
                 "bus_policy": [str(self.bus.policy_dir / POLICY_FILE)],
             },
             libvirt={"uri": "test:///default"},
-            ovsdb={"remote": f"unix:{self.dir / 'ovs' / 'db.sock'}"},
+            # netdev: the userspace datapath works without the kernel module.
+            ovsdb={
+                **base.ovsdb.model_dump(),
+                "remote": f"unix:{self.dir / 'ovs' / 'db.sock'}",
+                "datapath_type": "netdev",
+            },
             lxc={"path": str(self.dir / "lxc")},
         )
 
@@ -232,13 +249,17 @@ class Sandbox:
             f"  try:  opctl --bus '{address}' status\n"
             f"        export OPDBUS_BUS_ADDRESS='{address}'; opctl validate\n"
             f"        busctl --address='{address}' introspect org.opdbus /org/opdbus\n"
-            "  stop:  Ctrl-C",
+            + "".join(f"  note: {note}\n" for note in self.notes)
+            + "  stop:  Ctrl-C",
             flush=True,
         )
 
     def stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.dir / "bus-address").unlink()
+        if self.ovs is not None:
+            self.ovs.stop()
+            self.ovs = None
         if self.bus is not None:
             self.bus.stop()
             self.bus = None

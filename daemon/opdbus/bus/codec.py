@@ -64,8 +64,12 @@ def _scalar(annotation: Any) -> tuple[frozenset[str], str, str]:
     return frozenset(), "value", "v"
 
 
-def decode_options(model: type[M], options: dict[str, Variant], what: str) -> M:
-    """Check an a{sv} against a model: unknown keys, D-Bus types, then values."""
+def decode_options(model: type[M], options: dict[str, Variant], what: str, **given: Any) -> M:
+    """Check an a{sv} against a model: unknown keys, D-Bus types, then values.
+
+    ``given`` are the method's plain arguments that belong in the same model
+    (a name, a list of addresses), validated with it.
+    """
     fields = model.model_fields
     values: dict[str, Any] = {}
     for key, variant in options.items():
@@ -78,10 +82,30 @@ def decode_options(model: type[M], options: dict[str, Variant], what: str) -> M:
             raise InvalidArgs(
                 f"option '{key}' of {what} must be {label}, not D-Bus type '{variant.signature}'"
             )
+        if key in given:
+            raise InvalidArgs(f"option '{key}' of {what} is an argument of its own, not an option")
         values[key] = plain(variant)
+    values.update(given)
+    return validate(model, values, what, label="option", arguments=set(given))
+
+
+def validate(
+    model: type[M], data: Any, what: str, *, label: str = "", arguments: set[str] | None = None
+) -> M:
+    """pydantic validation whose failure is one InvalidArgs naming the field."""
     try:
-        return model.model_validate(values)
+        return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise InvalidArgs(f"option '{where}' of {what}: {first['msg']}") from None
+        where = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+        ).lstrip(".")
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        if not where:
+            raise InvalidArgs(f"{what}: {message}") from None
+        if arguments and first["loc"] and first["loc"][0] in arguments:
+            label = "argument"
+        prefix = f"{label} '{where}'" if label else where
+        raise InvalidArgs(f"{prefix} of {what}: {message}") from None

@@ -1,5 +1,6 @@
 """org.opdbus.Manager1 at /org/opdbus: the daemon's front door."""
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -15,14 +16,18 @@ from dbus_fast.annotations import (
 from dbus_fast.service import dbus_property, dbus_signal
 
 from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, current_caller
-from opdbus.bus.codec import decode_options
+from opdbus.bus.codec import decode_options, validate
 from opdbus.config import Mode
+from opdbus.errors import InvalidArgs, NotSupported
 from opdbus.models.audit import AuditEntry
+from opdbus.models.network import BridgesDocument, BridgeSpec, from_seed_interfaces
 from opdbus.models.validation import ValidateOptions
-from opdbus.names import MANAGER_IFACE, ROOT_PATH, Action
+from opdbus.names import MANAGER_IFACE, ROOT_PATH, Action, bridge_path
 from opdbus.services.audit import AuditLog
 from opdbus.services.health import BackendHealth
 from opdbus.services.jobs import JobManager
+from opdbus.services.network import NetworkService
+from opdbus.services.network_apply import apply_job
 from opdbus.services.validate import Validator
 
 BackendMapT = Annotated[dict[str, tuple[bool, str]], DBusSignature("a{s(bs)}")]
@@ -41,6 +46,7 @@ class ManagerServices:
     audit: AuditLog
     health: BackendHealth
     validator: Validator
+    network: NetworkService | None = None  # None: OVS is off in this mode
 
 
 def audit_entry_to_dbus(entry: AuditEntry) -> dict[str, Variant]:
@@ -111,6 +117,45 @@ class Manager1(OpdbusInterface):
             "Validate",
             self._s.validator.job(opts),
             targets=[ROOT_PATH],
+            uid=current_caller().uid,
+        )
+        return job.path
+
+    # -- bridges ----------------------------------------------------------------
+
+    def _network(self) -> NetworkService:
+        if self._s.network is None:
+            raise NotSupported(f"Open vSwitch bridges are off in {self._s.mode.value} mode")
+        return self._s.network
+
+    @bus_method(action=Action.BRIDGE_CREATE)
+    async def CreateBridge(self, name: DBusStr, options: DBusDict) -> DBusObjectPath:
+        network = self._network()
+        if "ports" in options:
+            raise InvalidArgs("CreateBridge takes no ports: use AddPort, or ApplyBridges")
+        spec = decode_options(BridgeSpec, options, "CreateBridge", name=name)
+        info = await network.create_bridge(spec.name, spec)
+        return bridge_path(info.name)
+
+    @bus_method(action=Action.BRIDGE_APPLY)
+    async def ApplyBridges(self, document: DBusStr) -> DBusObjectPath:
+        network = self._network()
+        try:
+            data = json.loads(document)
+        except json.JSONDecodeError as e:
+            raise InvalidArgs(
+                f"ApplyBridges: not JSON (line {e.lineno} column {e.colno}: {e.msg})"
+            ) from None
+        if isinstance(data, dict) and "interfaces" in data and "bridges" not in data:
+            try:
+                data = from_seed_interfaces(data)
+            except (KeyError, TypeError, ValueError) as e:
+                raise InvalidArgs(f"ApplyBridges: {e}") from None
+        doc = validate(BridgesDocument, data, "ApplyBridges")
+        job = await self._s.jobs.submit(
+            "ApplyBridges",
+            apply_job(network, doc),
+            targets=[bridge_path(bridge.name) for bridge in doc.bridges],
             uid=current_caller().uid,
         )
         return job.path

@@ -11,6 +11,7 @@ from dbus_fast._private.address import get_bus_address
 from opdbus import names
 from opdbus.backends.probes import Probe
 from opdbus.bus.base import BusContext, load_docs
+from opdbus.bus.bridge import Bridge1, BridgeExporter
 from opdbus.bus.guard import CallGuard
 from opdbus.bus.job import Job1, JobExporter
 from opdbus.bus.manager import Manager1, ManagerServices
@@ -86,9 +87,12 @@ class BusServer:
         guard = CallGuard(ctx.bus)
         guard.learn(Manager1)
         guard.learn(Job1)
+        guard.learn(Bridge1)
         ctx.bus.add_message_handler(guard)
         ctx.bus.export(names.ROOT_PATH, manager)
         JobExporter(ctx, services.jobs, manager).attach()
+        if services.network is not None:
+            BridgeExporter(ctx, services.network).attach()
 
     async def own_name(self) -> None:
         bus = self.ctx.bus

@@ -46,6 +46,9 @@ class BackendHealth:
         self.status["dbus"] = Probe(True, bus_detail)
         self.on_change: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
+        # Backends with a live connection report their own state (report());
+        # probing them too would only race with what they know.
+        self._live: set[str] = set()
 
     def enabled(self, name: str) -> bool:
         return backend_enabled(self._config.mode, name)
@@ -58,10 +61,19 @@ class BackendHealth:
         if not probe.available:
             raise BackendUnavailable(probe.detail)
 
+    def attach(self, name: str) -> None:
+        """From now on ``name`` reports its own state through report()."""
+        self._live.add(name)
+
+    def report(self, name: str, available: bool, detail: str) -> None:
+        self._record(name, Probe(available, detail))
+
     async def probe(self, name: str) -> Probe:
-        """Probe one backend now and record the answer."""
+        """Probe one backend now and record the answer (a live one: its last report)."""
         if not self.enabled(name):
             result = Probe(False, f"off in {self._config.mode.value} mode")
+        elif name in self._live:
+            return self.status[name]
         else:
             result = await self._run_probe(name)
         self._record(name, result)
@@ -99,7 +111,7 @@ class BackendHealth:
             callback()
 
     async def refresh(self) -> None:
-        names = [name for name in ALL_BACKENDS if name != "dbus"]
+        names = [name for name in ALL_BACKENDS if name != "dbus" and name not in self._live]
         results = await asyncio.gather(
             *(self.probe(name) for name in names), return_exceptions=True
         )

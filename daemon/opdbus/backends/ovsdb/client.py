@@ -1,0 +1,241 @@
+"""The event loop's side of OVSDB: a cache of frozen rows, and transactions.
+
+The cache is fed only by the IDL thread's updates, so it shows what OVSDB
+holds whoever changed it. Each batch is turned into per-bridge news (added,
+changed, removed) for the network service. A transaction returns once
+ovs-vswitchd has applied it (``cur_cfg`` reached the ``next_cfg`` it set),
+or fails with BackendUnavailable when ovs-vswitchd does not do so in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from opdbus.backends.ovsdb.idl import IdlThread, RowEvent, Snapshot, Status, Txn, Update
+from opdbus.backends.ovsdb.rows import BridgeRow, InterfaceRow, PortRow, RootRow, Row
+from opdbus.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Changes:
+    """Bridge names touched by one batch of OVSDB updates."""
+
+    added: set[str] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+
+class OvsCache:
+    """Frozen rows by UUID, plus the links from interface to port to bridge."""
+
+    def __init__(self) -> None:
+        self.root: RootRow | None = None
+        self.bridges: dict[str, BridgeRow] = {}
+        self.ports: dict[str, PortRow] = {}
+        self.interfaces: dict[str, InterfaceRow] = {}
+        self._by_name: dict[str, str] = {}
+        self._port_bridge: dict[str, str] = {}
+        self._iface_port: dict[str, str] = {}
+
+    def bridge(self, name: str) -> BridgeRow | None:
+        uuid = self._by_name.get(name)
+        return None if uuid is None else self.bridges.get(uuid)
+
+    def bridge_names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def ports_of(self, bridge: BridgeRow) -> list[PortRow]:
+        return [self.ports[uuid] for uuid in bridge.ports if uuid in self.ports]
+
+    def interfaces_of(self, port: PortRow) -> list[InterfaceRow]:
+        return [self.interfaces[uuid] for uuid in port.interfaces if uuid in self.interfaces]
+
+    def bridge_of_port(self, name: str) -> BridgeRow | None:
+        for uuid, port in self.ports.items():
+            if port.name == name:
+                owner = self._port_bridge.get(uuid)
+                return None if owner is None else self.bridges.get(owner)
+        return None
+
+    def load(self, snapshot: Snapshot) -> Changes:
+        before = set(self._by_name)
+        self.__init__()  # type: ignore[misc]
+        for table, rows in snapshot.rows.items():
+            for row in rows.values():
+                self._store(table, row)
+        after = set(self._by_name)
+        return Changes(added=after - before, changed=after & before, removed=before - after)
+
+    def apply(self, events: list[RowEvent]) -> Changes:
+        changes = Changes()
+        for event in events:
+            name = self._touched(event)
+            if event.kind == "delete":
+                self._remove(event.table, event.row)
+            else:
+                self._store(event.table, event.row)
+            if event.table == "Bridge":
+                bridge_name = event.row.name  # type: ignore[union-attr]
+                if event.kind == "create":
+                    changes.added.add(bridge_name)
+                elif event.kind == "delete":
+                    changes.removed.add(bridge_name)
+                else:
+                    changes.changed.add(bridge_name)
+            elif name is not None:
+                changes.changed.add(name)
+            if event.table in ("Port", "Interface") and event.kind != "delete":
+                owner = self._touched(event)  # the links may only be known now
+                if owner is not None:
+                    changes.changed.add(owner)
+        changes.changed -= changes.added | changes.removed
+        return changes
+
+    def _touched(self, event: RowEvent) -> str | None:
+        """The name of the bridge a Port or Interface row belongs to, if known."""
+        uuid = event.row.uuid
+        if event.table == "Interface":
+            uuid = self._iface_port.get(uuid, "")
+        if event.table in ("Port", "Interface"):
+            owner = self._port_bridge.get(uuid)
+            bridge = None if owner is None else self.bridges.get(owner)
+            return None if bridge is None else bridge.name
+        return None
+
+    def _store(self, table: str, row: Row) -> None:
+        if isinstance(row, BridgeRow):
+            old = self.bridges.get(row.uuid)
+            if old is not None:
+                if self._by_name.get(old.name) == row.uuid:
+                    del self._by_name[old.name]
+                for port in set(old.ports) - set(row.ports):
+                    self._port_bridge.pop(port, None)
+            self.bridges[row.uuid] = row
+            self._by_name[row.name] = row.uuid
+            for port in row.ports:
+                self._port_bridge[port] = row.uuid
+        elif isinstance(row, PortRow):
+            old_port = self.ports.get(row.uuid)
+            if old_port is not None:
+                for iface in set(old_port.interfaces) - set(row.interfaces):
+                    self._iface_port.pop(iface, None)
+            self.ports[row.uuid] = row
+            for iface in row.interfaces:
+                self._iface_port[iface] = row.uuid
+        elif isinstance(row, InterfaceRow):
+            self.interfaces[row.uuid] = row
+        elif isinstance(row, RootRow):
+            self.root = row
+
+    def _remove(self, table: str, row: Row) -> None:
+        if isinstance(row, BridgeRow):
+            self.bridges.pop(row.uuid, None)
+            if self._by_name.get(row.name) == row.uuid:
+                del self._by_name[row.name]
+        elif isinstance(row, PortRow):
+            self.ports.pop(row.uuid, None)
+            self._port_bridge.pop(row.uuid, None)
+        elif isinstance(row, InterfaceRow):
+            self.interfaces.pop(row.uuid, None)
+            self._iface_port.pop(row.uuid, None)
+        elif isinstance(row, RootRow):
+            self.root = None
+
+
+class OvsdbClient:
+    def __init__(self, remote: str, *, apply_timeout: float = 10.0) -> None:
+        self.remote = remote
+        self.apply_timeout = apply_timeout
+        self.cache = OvsCache()
+        self.connected = False
+        self.detail = f"connecting to ovsdb-server at {remote}"
+        self.on_status: list[Callable[[bool, str], None]] = []
+        self.on_change: list[Callable[[Changes], None]] = []
+        self._thread: IdlThread | None = None
+        self._cfg_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._synced = asyncio.Event()
+
+    async def start(self) -> None:
+        self._thread = IdlThread(self.remote, asyncio.get_running_loop(), self._on_update)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._thread.stop()
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        self._fail_waiters("the daemon is stopping")
+
+    async def wait_synced(self, timeout: float) -> bool:
+        """Wait until the first snapshot arrived (True) or the time ran out (False)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._synced.wait()
+        return self._synced.is_set()
+
+    async def transact(self, build: Callable[[Txn], T], *, apply: bool = True) -> T:
+        """Run ``build`` as one transaction in the IDL thread; wait for ovs-vswitchd to apply it."""
+        if self._thread is None or not self.connected:
+            raise BackendUnavailable(self.detail)
+        value, next_cfg = await self._thread.submit(build)
+        if apply and next_cfg is not None:
+            await self._applied(next_cfg)
+        return value
+
+    async def _applied(self, next_cfg: int) -> None:
+        root = self.cache.root
+        if root is not None and root.cur_cfg >= next_cfg:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._cfg_waiters.append((next_cfg, waiter))
+        try:
+            async with asyncio.timeout(self.apply_timeout):
+                await waiter
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"ovs-vswitchd did not apply the change within {self.apply_timeout:g} s; "
+                "is ovs-vswitchd running?"
+            ) from None
+        finally:
+            self._cfg_waiters = [(cfg, w) for cfg, w in self._cfg_waiters if w is not waiter]
+
+    def _on_update(self, update: Update) -> None:
+        if isinstance(update, Status):
+            self.connected = update.connected
+            self.detail = update.detail
+            if not update.connected:
+                self._fail_waiters(update.detail)
+            for status_callback in self.on_status:
+                status_callback(update.connected, update.detail)
+            return
+        if isinstance(update, Snapshot):
+            changes = self.cache.load(update)
+            self._synced.set()
+        else:
+            changes = self.cache.apply(update)
+        root = self.cache.root
+        if root is not None and self._cfg_waiters:
+            for cfg, waiter in self._cfg_waiters:
+                if cfg <= root.cur_cfg and not waiter.done():
+                    waiter.set_result(None)
+        if changes:
+            for change_callback in self.on_change:
+                change_callback(changes)
+
+    def _fail_waiters(self, detail: str) -> None:
+        for _, waiter in self._cfg_waiters:
+            if not waiter.done():
+                waiter.set_exception(BackendUnavailable(detail))

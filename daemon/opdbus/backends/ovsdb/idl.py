@@ -1,0 +1,431 @@
+"""The one thread that owns the OVSDB connection (python ``ovs`` IDL).
+
+Everything that touches the IDL happens here: connecting (and reconnecting
+by itself, with the IDL's backoff), replicating the tables op-dbus reads, and
+running transactions. Only frozen copies of rows leave, as updates handed to
+the event loop with ``call_soon_threadsafe``:
+
+- a ``Snapshot`` of every replicated row after each (re)connection,
+- a list of ``RowEvent`` after each batch of changes (from anyone: us,
+  ``ovs-vsctl``, ovs-vswitchd),
+- a ``Status`` when the connection comes or goes.
+
+Requests (transactions) are queued from the loop and executed here one by
+one; each is a single OVSDB transaction, retried on TRY_AGAIN. The events a
+transaction caused are handed over before its result, so the loop's cache
+already shows a change when its caller hears that it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import ovs.db.idl
+import ovs.jsonrpc
+import ovs.poller
+import ovs.stream
+
+from opdbus.backends.ovsdb.rows import COLUMNS, RootRow, Row, freeze
+from opdbus.errors import BackendFailed, BackendUnavailable, OpdbusError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_TIMEOUT = 5.0
+MAX_TRIES = 5
+# idl.wait() alone once left the loop asleep with data pending: wake anyway.
+MAX_SLEEP_MS = 1000
+
+_EVENTS = {
+    ovs.db.idl.ROW_CREATE: "create",
+    ovs.db.idl.ROW_UPDATE: "update",
+    ovs.db.idl.ROW_DELETE: "delete",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RowEvent:
+    kind: str  # create, update, delete
+    table: str
+    row: Row
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    rows: dict[str, dict[str, Row]]  # table -> uuid -> row
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    connected: bool
+    detail: str
+
+
+Update = list[RowEvent] | Snapshot | Status
+
+
+class Txn:
+    """One OVSDB transaction being built in the IDL thread (commands use only this)."""
+
+    def __init__(self, idl: ovs.db.idl.Idl, names: dict[str, dict[str, str]]) -> None:
+        self._idl = idl
+        self._names = names
+        self._txn = ovs.db.idl.Transaction(idl)
+        self.changed = False
+        self.bump = False
+
+    @property
+    def root(self) -> Any:
+        rows = self._idl.tables["Open_vSwitch"].rows
+        if not rows:
+            raise BackendFailed("the Open_vSwitch table is empty: run `ovs-vsctl --no-wait init`")
+        return next(iter(rows.values()))
+
+    def find(self, table: str, name: str) -> Any | None:
+        uuid = self._names[table].get(name)
+        return None if uuid is None else self._idl.tables[table].rows.get(_to_uuid(uuid))
+
+    def row(self, table: str, uuid: str) -> Any | None:
+        return self._idl.tables[table].rows.get(_to_uuid(uuid))
+
+    def insert(self, table: str, **columns: Any) -> Any:
+        row = self._txn.insert(self._idl.tables[table])
+        for column, value in columns.items():
+            setattr(row, column, value)
+        self.changed = True
+        return row
+
+    def set(self, row: Any, **columns: Any) -> None:
+        for column, value in columns.items():
+            setattr(row, column, value)
+        self.changed = True
+
+    def add_ref(self, row: Any, column: str, target: Any) -> None:
+        row.addvalue(column, target.uuid)  # a "mutate insert": O(1), not a rewrite of the set
+        self.changed = True
+
+    def remove_ref(self, row: Any, column: str, target: Any) -> None:
+        row.delvalue(column, target.uuid)
+        self.changed = True
+
+    def delete(self, row: Any) -> None:
+        row.delete()
+        self.changed = True
+
+    def commit(self) -> tuple[str, int | None]:
+        """Commit (blocking, in this thread): (status, next_cfg if vswitchd must apply it)."""
+        if not self.changed:
+            self._txn.abort()
+            return ovs.db.idl.Transaction.UNCHANGED, None
+        if self.bump:
+            self.root.increment("next_cfg")
+        status = self._txn.commit_block()
+        if status == ovs.db.idl.Transaction.SUCCESS:
+            return status, self._txn.get_increment_new_value() if self.bump else None
+        if status in (ovs.db.idl.Transaction.UNCHANGED, ovs.db.idl.Transaction.TRY_AGAIN):
+            return status, None
+        raise BackendFailed(f"OVSDB refused the transaction ({status}): {self._txn.get_error()}")
+
+    def abort(self) -> None:
+        self._txn.abort()
+
+
+def _to_uuid(text: str) -> uuid.UUID:
+    return uuid.UUID(text)
+
+
+@dataclass
+class _Request(Generic[T]):
+    build: Callable[[Txn], T]
+    future: asyncio.Future[tuple[T, int | None]]
+
+
+class _Idl(ovs.db.idl.Idl):  # type: ignore[misc]
+    def __init__(self, remote: str, helper: Any, on_notify: Callable[[int, Any], None]) -> None:
+        super().__init__(remote, helper)
+        self._on_notify = on_notify
+
+    def notify(self, event: int, row: Any, updates: Any = None) -> None:
+        self._on_notify(event, row)
+
+
+class IdlThread(threading.Thread):
+    def __init__(
+        self, remote: str, loop: asyncio.AbstractEventLoop, sink: Callable[[Update], None]
+    ) -> None:
+        super().__init__(name="ovsdb-idl", daemon=False)
+        self.remote = remote
+        self._loop = loop
+        self._sink = sink
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._requests: collections.deque[_Request[Any]] = collections.deque()
+        self._idl: _Idl | None = None
+        self._names: dict[str, dict[str, str]] = {
+            table: {} for table in ("Bridge", "Port", "Interface")
+        }
+        self._events: list[RowEvent] = []
+        self._connected: bool | None = None
+        self._resync = True
+        self._status_detail = ""
+
+    # -- from the event loop -----------------------------------------------------
+
+    def submit(self, build: Callable[[Txn], T]) -> asyncio.Future[tuple[T, int | None]]:
+        future: asyncio.Future[tuple[T, int | None]] = self._loop.create_future()
+        with self._lock:
+            self._requests.append(_Request(build, future))
+        self._wake()
+        return future
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # already woken
+            os.write(self._wake_w, b"x")
+
+    # -- in the thread -------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                if self._idl is None and not self._connect():
+                    continue
+                assert self._idl is not None
+                self._idl.run()
+                self._publish()
+                self._serve()
+                self._sleep()
+        except Exception as e:
+            log.exception("the OVSDB thread failed")
+            self._post(Status(False, f"the OVSDB thread failed: {e}"))
+        finally:
+            self._fail_pending(BackendUnavailable("the OVSDB connection is closed"))
+            if self._idl is not None:
+                self._idl.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _connect(self) -> bool:
+        """Fetch the server's schema and make the IDL; False (after a pause) if not reachable."""
+        try:
+            schema = _fetch_schema(self.remote, SCHEMA_TIMEOUT)
+        except OSError as e:
+            self._set_status(
+                False, f"ovsdb-server not reachable at {self.remote}: {e.strerror or e}"
+            )
+            self._fail_pending(BackendUnavailable(self._status_detail))
+            self._stopping.wait(1.0)
+            return False
+        helper = ovs.db.idl.SchemaHelper(schema_json=schema)
+        tables = schema["tables"]
+        for table, columns in COLUMNS.items():
+            helper.register_columns(table, [c for c in columns if c in tables[table]["columns"]])
+        self._idl = _Idl(self.remote, helper, self._on_notify)
+        return True
+
+    def _on_notify(self, event: int, row: Any) -> None:
+        table = row._table.name
+        if table not in COLUMNS:
+            return
+        frozen = freeze(table, row)
+        kind = _EVENTS[event]
+        if table in self._names:
+            names = self._names[table]
+            name = getattr(frozen, "name", "")
+            if kind == "delete":
+                if names.get(name) == frozen.uuid:
+                    del names[name]
+            else:
+                stale = [
+                    key for key, value in names.items() if value == frozen.uuid and key != name
+                ]
+                for key in stale:  # renamed
+                    del names[key]
+                names[name] = frozen.uuid
+        self._events.append(RowEvent(kind, table, frozen))
+
+    def _publish(self) -> None:
+        idl = self._idl
+        assert idl is not None
+        connected = idl._session.is_connected() and idl.state == idl.IDL_S_MONITORING
+        if not connected:
+            if self._connected is None:
+                self._set_status(False, f"connecting to ovsdb-server at {self.remote}")
+            elif self._connected:
+                self._set_status(False, f"lost ovsdb-server at {self.remote}; reconnecting")
+            self._resync = True
+            self._events.clear()  # the resync after reconnecting replaces them
+            return
+        if self._resync:
+            self._events.clear()
+            self._post(Snapshot(self._snapshot()))
+            self._resync = False
+            version = next((r.ovs_version for r in self._roots()), "")
+            suffix = f" (Open vSwitch {version})" if version else ""
+            self._set_status(True, f"ovsdb-server at {self.remote}{suffix}")
+        elif self._events:
+            events, self._events = self._events, []
+            self._post(events)
+
+    def _roots(self) -> list[RootRow]:
+        assert self._idl is not None
+        rows = self._idl.tables["Open_vSwitch"].rows.values()
+        return [r for r in (freeze("Open_vSwitch", row) for row in rows) if isinstance(r, RootRow)]
+
+    def _snapshot(self) -> dict[str, dict[str, Row]]:
+        assert self._idl is not None
+        out: dict[str, dict[str, Row]] = {}
+        for table in COLUMNS:
+            rows = {
+                str(key): freeze(table, row) for key, row in self._idl.tables[table].rows.items()
+            }
+            out[table] = rows
+            if table in self._names:
+                self._names[table] = {getattr(r, "name", ""): u for u, r in rows.items()}
+        return out
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                if not self._requests:
+                    return
+                request = self._requests.popleft()
+            if request.future.cancelled():
+                continue
+            try:
+                result = self._execute(request.build)
+            except OpdbusError as e:
+                self._publish()
+                self._resolve(request.future, error=e)
+            except Exception as e:
+                log.exception("OVSDB transaction failed")
+                self._publish()
+                self._resolve(request.future, error=BackendFailed(f"OVSDB transaction failed: {e}"))
+            else:
+                self._publish()  # the events first, then the answer
+                self._resolve(request.future, result=result)
+
+    def _execute(self, build: Callable[[Txn], T]) -> tuple[T, int | None]:
+        assert self._idl is not None
+        for _ in range(MAX_TRIES):
+            if self._connected is not True or self._resync:
+                raise BackendUnavailable(self._status_detail or "not connected to ovsdb-server yet")
+            txn = Txn(self._idl, self._names)
+            try:
+                value = build(txn)
+            except BaseException:
+                txn.abort()
+                raise
+            status, next_cfg = txn.commit()
+            if status != ovs.db.idl.Transaction.TRY_AGAIN:
+                return value, next_cfg
+            # Someone changed what we read: catch up, then build it again.
+            self._idl.run()
+            self._publish()
+        raise BackendFailed(f"OVSDB asked to try again {MAX_TRIES} times; giving up")
+
+    def _sleep(self) -> None:
+        assert self._idl is not None
+        poller = ovs.poller.Poller()
+        self._idl.wait(poller)
+        poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
+        poller.timer_wait(MAX_SLEEP_MS)
+        poller.block()
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- handing things to the loop ----------------------------------------------------
+
+    def _set_status(self, connected: bool, detail: str) -> None:
+        if self._connected == connected and self._status_detail == detail:
+            return
+        self._connected = connected
+        self._status_detail = detail
+        self._post(Status(connected, detail))
+
+    def _post(self, update: Update) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
+            self._loop.call_soon_threadsafe(self._sink, update)
+
+    def _resolve(
+        self, future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
+    ) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(settle)
+
+    def _fail_pending(self, error: OpdbusError) -> None:
+        with self._lock:
+            pending, self._requests = list(self._requests), collections.deque()
+        for request in pending:
+            self._resolve(request.future, error=type(error)(error.message))
+
+
+def _fetch_schema(remote: str, timeout: float) -> dict[str, Any]:
+    """get_schema("Open_vSwitch") over a short-lived JSON-RPC connection, bounded in time."""
+    deadline = time.monotonic() + timeout
+
+    def wait(register: Callable[[ovs.poller.Poller], object]) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise OSError(errno.ETIMEDOUT, "timed out")
+        poller = ovs.poller.Poller()
+        register(poller)
+        poller.timer_wait(int(remaining * 1000))
+        poller.block()
+
+    error, stream = ovs.stream.Stream.open(remote)
+    if error:
+        raise OSError(error, os.strerror(error))
+    try:
+        while (error := stream.connect()) == errno.EAGAIN:
+            wait(lambda p: (stream.run_wait(p), stream.connect_wait(p)))
+        if error:
+            raise OSError(error, os.strerror(error))
+        rpc = ovs.jsonrpc.Connection(stream)
+        stream = None
+        try:
+            rpc.send(ovs.jsonrpc.Message.create_request("get_schema", ["Open_vSwitch"]))
+            while True:
+                rpc.run()
+                error, msg = rpc.recv()
+                if error == 0 and msg is not None:
+                    break
+                if error not in (0, errno.EAGAIN):
+                    raise OSError(error, os.strerror(error))
+                wait(lambda p: (rpc.wait(p), rpc.recv_wait(p)))
+        finally:
+            rpc.close()
+    finally:
+        if stream is not None:
+            stream.close()
+    if msg.type != ovs.jsonrpc.Message.T_REPLY:
+        raise OSError(errno.EPROTO, f"get_schema failed: {msg.error}")
+    result: dict[str, Any] = msg.result
+    return result

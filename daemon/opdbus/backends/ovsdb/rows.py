@@ -1,0 +1,154 @@
+"""Frozen copies of OVSDB rows: the only form in which rows leave the IDL thread.
+
+An IDL Row is live (it changes under the thread's feet and is not
+thread-safe); these are immutable snapshots of the columns op-dbus reads.
+Optional OVSDB columns (0 or 1 value) become ``None`` or the value; sets
+become tuples; references become the referenced row's UUID string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+# Columns replicated per table. Statistics and the like are left out on
+# purpose: ovs-vswitchd rewrites them every few seconds, and every rewrite
+# would otherwise cross into the daemon as a change.
+COLUMNS: dict[str, list[str]] = {
+    "Open_vSwitch": ["bridges", "next_cfg", "cur_cfg", "ovs_version"],
+    "Bridge": ["name", "ports", "datapath_type", "fail_mode", "stp_enable", "external_ids"],
+    "Port": ["name", "interfaces", "tag", "trunks", "external_ids"],
+    "Interface": [
+        "name",
+        "type",
+        "options",
+        "ofport",
+        "link_state",
+        "admin_state",
+        "mtu",
+        "mtu_request",
+        "error",
+        "external_ids",
+    ],
+}
+
+EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class RootRow:
+    uuid: str
+    bridges: tuple[str, ...] = ()
+    next_cfg: int = 0
+    cur_cfg: int = 0
+    ovs_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeRow:
+    uuid: str
+    name: str
+    ports: tuple[str, ...] = ()
+    datapath_type: str = ""
+    fail_mode: str = ""
+    stp_enable: bool = False
+    external_ids: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class PortRow:
+    uuid: str
+    name: str
+    interfaces: tuple[str, ...] = ()
+    tag: int | None = None
+    trunks: tuple[int, ...] = ()
+    external_ids: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceRow:
+    uuid: str
+    name: str
+    type: str = ""
+    options: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    ofport: int | None = None
+    link_state: str = ""
+    admin_state: str = ""
+    mtu: int | None = None
+    mtu_request: int | None = None
+    error: str = ""
+    external_ids: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+
+
+Row = RootRow | BridgeRow | PortRow | InterfaceRow
+
+
+def _one(value: Any) -> Any:
+    """An optional column: [] -> None, [x] -> x, x -> x."""
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+def _uuids(rows: Any) -> tuple[str, ...]:
+    return tuple(str(row.uuid) for row in rows)
+
+
+def _map(value: Any) -> Mapping[str, str]:
+    return MappingProxyType(dict(value)) if value else EMPTY
+
+
+def _get(row: Any, column: str, default: Any) -> Any:
+    try:
+        return getattr(row, column)
+    except AttributeError:  # a deleted row keeps only the columns it had
+        return default
+
+
+def freeze(table: str, row: Any) -> Row:
+    """Copy an IDL Row of ``table`` (in the IDL thread)."""
+    uuid = str(row.uuid)
+    if table == "Bridge":
+        return BridgeRow(
+            uuid=uuid,
+            name=_get(row, "name", ""),
+            ports=_uuids(_get(row, "ports", [])),
+            datapath_type=_get(row, "datapath_type", ""),
+            fail_mode=_one(_get(row, "fail_mode", [])) or "",
+            stp_enable=bool(_get(row, "stp_enable", False)),
+            external_ids=_map(_get(row, "external_ids", {})),
+        )
+    if table == "Port":
+        return PortRow(
+            uuid=uuid,
+            name=_get(row, "name", ""),
+            interfaces=_uuids(_get(row, "interfaces", [])),
+            tag=_one(_get(row, "tag", [])),
+            trunks=tuple(sorted(_get(row, "trunks", []))),
+            external_ids=_map(_get(row, "external_ids", {})),
+        )
+    if table == "Interface":
+        return InterfaceRow(
+            uuid=uuid,
+            name=_get(row, "name", ""),
+            type=_get(row, "type", ""),
+            options=_map(_get(row, "options", {})),
+            ofport=_one(_get(row, "ofport", [])),
+            link_state=_one(_get(row, "link_state", [])) or "",
+            admin_state=_one(_get(row, "admin_state", [])) or "",
+            mtu=_one(_get(row, "mtu", [])),
+            mtu_request=_one(_get(row, "mtu_request", [])),
+            error=_one(_get(row, "error", [])) or "",
+            external_ids=_map(_get(row, "external_ids", {})),
+        )
+    if table == "Open_vSwitch":
+        return RootRow(
+            uuid=uuid,
+            bridges=_uuids(_get(row, "bridges", [])),
+            next_cfg=int(_get(row, "next_cfg", 0)),
+            cur_cfg=int(_get(row, "cur_cfg", 0)),
+            ovs_version=_one(_get(row, "ovs_version", [])) or "",
+        )
+    raise ValueError(f"op-dbus does not replicate table {table}")

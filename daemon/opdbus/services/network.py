@@ -1,0 +1,347 @@
+"""Bridges and ports on Open vSwitch, and layer 3 on a bridge's own interface.
+
+OVSDB (through the IDL cache) is the truth for bridges and ports; the kernel
+(through netlink) for addresses, gateway and link state. A bridge's wanted
+addressing is kept with the bridge, in its ``external_ids`` (``opdbus:*``
+keys) and ``mtu_request``, so it survives daemon restarts and is applied
+again whenever the bridge's interface (re)appears -- for instance after
+ovs-vswitchd restarts and recreates it.
+
+Every change, whoever made it, ends in one refresh of the bridges it
+touched; observers (the bus adapter) hear only about fields that changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from opdbus.backends.netlink import LinkState, Netlink
+from opdbus.backends.ovsdb import commands
+from opdbus.backends.ovsdb.client import Changes, OvsdbClient
+from opdbus.backends.ovsdb.idl import Txn
+from opdbus.errors import BackendFailed, InvalidArgs, NotFound, OpdbusError
+from opdbus.models.network import (
+    Addressing,
+    BridgeInfo,
+    BridgeOptions,
+    PortInfo,
+    PortSpec,
+    PortType,
+)
+
+log = logging.getLogger(__name__)
+
+KEY_ADDRESSES = "opdbus:addresses"
+KEY_GATEWAY = "opdbus:gateway"
+KEY_DHCP = "opdbus:dhcp"
+RESERVED_PREFIX = "opdbus:"
+LINK_TIMEOUT = 5.0
+
+
+class NetworkObserver(Protocol):
+    def bridge_added(self, info: BridgeInfo) -> None: ...
+    def bridge_changed(self, info: BridgeInfo, fields: set[str]) -> None: ...
+    def bridge_removed(self, name: str) -> None: ...
+
+
+def wanted_addressing(external_ids: dict[str, str], mtu: int | None) -> Addressing:
+    addresses = [a for a in external_ids.get(KEY_ADDRESSES, "").split(",") if a]
+    return Addressing(
+        addresses=addresses,
+        gateway=external_ids.get(KEY_GATEWAY) or None,
+        dhcp=external_ids.get(KEY_DHCP) == "true",
+        mtu=mtu,
+    )
+
+
+def addressing_ids(addressing: Addressing) -> dict[str, str]:
+    """The opdbus:* external_ids that record what a bridge's addressing should be."""
+    ids = {}
+    if addressing.addresses:
+        ids[KEY_ADDRESSES] = ",".join(addressing.addresses)
+    if addressing.gateway:
+        ids[KEY_GATEWAY] = addressing.gateway
+    if addressing.dhcp:
+        ids[KEY_DHCP] = "true"
+    return ids
+
+
+def user_ids(external_ids: dict[str, str]) -> dict[str, str]:
+    if any(key.startswith(RESERVED_PREFIX) for key in external_ids):
+        raise InvalidArgs(f"external_ids keys starting with {RESERVED_PREFIX!r} are op-dbus's own")
+    return dict(external_ids)
+
+
+class NetworkService:
+    def __init__(
+        self,
+        ovsdb: OvsdbClient,
+        netlink: Netlink,
+        *,
+        default_datapath: str,
+        on_status: Callable[[bool, str], None],
+    ) -> None:
+        self.ovsdb = ovsdb
+        self.netlink = netlink
+        self.default_datapath = default_datapath
+        self.bridges: dict[str, BridgeInfo] = {}
+        self.observers: list[NetworkObserver] = []
+        self._on_status = on_status
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._refresher: asyncio.Task[None] | None = None
+        self._link_index: dict[str, int] = {}  # bridge -> ifindex when last configured
+        # One configuration of a bridge's interface at a time (a caller's and
+        # the reconciler's would otherwise race to add the same address).
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        self.ovsdb.on_status.append(self._status)
+        self.ovsdb.on_change.append(self._ovs_changed)
+        self.netlink.on_change.append(self._link_changed)
+        await self.netlink.start()
+        await self.ovsdb.start()
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="network-refresh")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.ovsdb.stop()
+        await self.netlink.stop()
+
+    def _status(self, connected: bool, detail: str) -> None:
+        self._on_status(connected, detail)
+
+    def _ovs_changed(self, changes: Changes) -> None:
+        self._mark(changes.added | changes.changed | changes.removed)
+
+    def _link_changed(self, name: str) -> None:
+        if name in self.bridges or self.ovsdb.cache.bridge(name) is not None:
+            self._mark({name})
+
+    def _mark(self, names: set[str]) -> None:
+        self._dirty |= names
+        self._wake.set()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            names, self._dirty = self._dirty, set()
+            for name in sorted(names):
+                try:
+                    await self.refresh(name)
+                except OpdbusError as e:
+                    log.warning("bridge %s: %s", name, e)
+
+    async def refresh_all(self) -> None:
+        for name in sorted(set(self.ovsdb.cache.bridge_names()) | set(self.bridges)):
+            await self.refresh(name)
+
+    async def refresh(self, name: str) -> BridgeInfo | None:
+        """Recompute one bridge from OVSDB and the kernel; tell observers what changed."""
+        info = await self._info(name)
+        old = self.bridges.get(name)
+        if info is None:
+            if old is not None:
+                del self.bridges[name]
+                self._link_index.pop(name, None)
+                for observer in self.observers:
+                    observer.bridge_removed(name)
+            return None
+        self.bridges[name] = info
+        if old is None:
+            for observer in self.observers:
+                observer.bridge_added(info)
+        else:
+            fields = {key for key, value in info if getattr(old, key) != value}
+            if fields:
+                for observer in self.observers:
+                    observer.bridge_changed(info, fields)
+        await self._reconcile(info)
+        return info
+
+    async def _info(self, name: str) -> BridgeInfo | None:
+        cache = self.ovsdb.cache
+        row = cache.bridge(name)
+        if row is None:
+            return None
+        ports = []
+        own_error = ""
+        own_admin = own_link = "unknown"
+        mtu_request: int | None = None
+        for port in cache.ports_of(row):
+            ifaces = cache.interfaces_of(port)
+            first = ifaces[0] if ifaces else None
+            if port.name == name and first is not None:
+                own_error, mtu_request = first.error, first.mtu_request
+                own_admin = first.admin_state or "unknown"
+                own_link = first.link_state or "unknown"
+            ports.append(
+                PortInfo(
+                    name=port.name,
+                    type=(first.type or "system") if first else "",
+                    tag=port.tag,
+                    trunks=list(port.trunks),
+                    ofport=first.ofport if first else None,
+                    interfaces=[i.name for i in ifaces],
+                    peer=first.options.get("peer") if first else None,
+                )
+            )
+        ports.sort(key=lambda p: p.name)
+        link = await self.netlink.state(name)
+        wanted = wanted_addressing(dict(row.external_ids), mtu_request)
+        return BridgeInfo(
+            name=name,
+            uuid=row.uuid,
+            datapath_type=row.datapath_type or "system",
+            fail_mode=row.fail_mode,
+            stp=row.stp_enable,
+            ports=ports,
+            external_ids=dict(row.external_ids),
+            addresses=list(link.addresses) if link else [],
+            gateway=link.gateway if link else "",
+            mtu=link.mtu if link else 0,
+            link_state=own_link if link else "down",
+            admin_state=own_admin,
+            dhcp=wanted.dhcp,
+            error=own_error,
+        )
+
+    async def _reconcile(self, info: BridgeInfo) -> None:
+        """Apply the wanted addressing when the bridge's interface is new (or recreated)."""
+        wanted = wanted_addressing(info.external_ids, None)
+        if not (wanted.addresses or wanted.gateway):
+            return
+        link = await self.netlink.state(info.name)
+        if link is None or self._link_index.get(info.name) == link.index:
+            return
+        self._link_index[info.name] = link.index  # once per interface, even if it fails
+        log.info(
+            "bridge %s: interface appeared; applying %s", info.name, ", ".join(wanted.addresses)
+        )
+        await self.configure(info.name, wanted)
+
+    # -- queries ---------------------------------------------------------------
+
+    def get(self, name: str) -> BridgeInfo:
+        info = self.bridges.get(name)
+        if info is None:
+            raise NotFound(f"no bridge {name}")
+        return info
+
+    def all(self) -> list[BridgeInfo]:
+        return [self.bridges[name] for name in sorted(self.bridges)]
+
+    # -- changes -----------------------------------------------------------------
+
+    async def create_bridge(self, name: str, options: BridgeOptions) -> BridgeInfo:
+        ids = {**user_ids(options.external_ids), **addressing_ids(options)}
+
+        def build(tx: Txn) -> None:
+            commands.add_bridge(
+                tx,
+                name,
+                datapath_type=options.datapath_type or self.default_datapath,
+                fail_mode=options.fail_mode,
+                stp=options.stp,
+                external_ids=ids,
+                mtu=options.mtu,
+            )
+
+        await self.ovsdb.transact(build)
+        try:
+            await self.check_interface_error(name, name)
+            if options.addresses or options.gateway:
+                await self.netlink.wait_for(name, LINK_TIMEOUT)
+                await self.configure(name, options)
+        except BaseException:
+            # No half-made bridge: take it out again, then report why.
+            await asyncio.shield(self._undo(lambda tx: commands.delete_bridge(tx, name)))
+            raise
+        return await self._fresh(name)
+
+    async def delete_bridge(self, name: str) -> None:
+        await self.ovsdb.transact(lambda tx: commands.delete_bridge(tx, name))
+        await self.refresh(name)
+
+    async def add_port(self, bridge: str, spec: PortSpec) -> BridgeInfo:
+        self.get(bridge)
+        if spec.type is PortType.SYSTEM and await self.netlink.index(spec.name) is None:
+            raise NotFound(f"there is no network interface {spec.name} to add (create it first)")
+        await self.ovsdb.transact(lambda tx: commands.add_port(tx, bridge, spec))
+        try:
+            await self.check_interface_error(bridge, spec.name)
+        except BaseException:
+            await asyncio.shield(self._undo(lambda tx: commands.delete_port(tx, bridge, spec.name)))
+            raise
+        return await self._fresh(bridge)
+
+    async def remove_port(self, bridge: str, name: str) -> BridgeInfo:
+        self.get(bridge)
+        await self.ovsdb.transact(lambda tx: commands.delete_port(tx, bridge, name))
+        return await self._fresh(bridge)
+
+    async def set_addresses(self, bridge: str, addressing: Addressing) -> BridgeInfo:
+        info = self.get(bridge)
+        kept = {k: v for k, v in info.external_ids.items() if not k.startswith(RESERVED_PREFIX)}
+        ids = {**kept, **addressing_ids(addressing)}
+        before = wanted_addressing(info.external_ids, None)
+        await self.ovsdb.transact(
+            lambda tx: commands.update_bridge(tx, bridge, external_ids=ids, mtu=addressing.mtu)
+        )
+        try:
+            await self.netlink.wait_for(bridge, LINK_TIMEOUT)
+            await self.configure(bridge, addressing, manage_gateway=True)
+        except BaseException:
+            await asyncio.shield(
+                self._undo(
+                    lambda tx: commands.update_bridge(tx, bridge, external_ids=info.external_ids)
+                )
+            )
+            with contextlib.suppress(OpdbusError):
+                await self.configure(bridge, before, manage_gateway=True)
+            raise
+        return await self._fresh(bridge)
+
+    async def configure(
+        self, name: str, addressing: Addressing, *, manage_gateway: bool = False
+    ) -> LinkState:
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            link = await self.netlink.configure(
+                name,
+                addresses=list(addressing.addresses),
+                gateway=addressing.gateway,
+                manage_gateway=manage_gateway,
+            )
+            self._link_index[name] = link.index
+            return link
+
+    async def check_interface_error(self, bridge: str, iface: str) -> None:
+        """ovs-vswitchd records why it could not open an interface: treat that as failure."""
+        cache = self.ovsdb.cache
+        row = cache.bridge(bridge)
+        for port in cache.ports_of(row) if row else []:
+            for interface in cache.interfaces_of(port):
+                if interface.name == iface and interface.error:
+                    raise BackendFailed(f"ovs-vswitchd could not set up {iface}: {interface.error}")
+
+    async def _undo(self, build: Callable[[Txn], None]) -> None:
+        try:
+            await self.ovsdb.transact(build)
+        except OpdbusError as e:
+            log.error("could not undo a failed change: %s", e)
+
+    async def _fresh(self, name: str) -> BridgeInfo:
+        info = await self.refresh(name)
+        if info is None:
+            raise NotFound(f"bridge {name} vanished meanwhile")
+        return info
