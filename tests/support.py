@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,53 @@ CALM: dict[str, Any] = {
         "memory_fail_mib": 0,
     },
 }
+
+
+def _structure(interface: ET.Element) -> dict[str, Any]:
+    """What a client depends on: members, argument names and types, property access."""
+
+    def args(element: ET.Element, direction: str | None) -> list[tuple[str | None, str]]:
+        return [
+            (arg.attrib.get("name") if direction != "out" else None, arg.attrib["type"])
+            for arg in element.iter("arg")
+            if direction is None or arg.attrib.get("direction", "in") == direction
+        ]
+
+    return {
+        "methods": {
+            m.attrib["name"]: (args(m, "in"), args(m, "out")) for m in interface.iter("method")
+        },
+        "signals": {
+            s.attrib["name"]: [t for _, t in args(s, None)] for s in interface.iter("signal")
+        },
+        "properties": {
+            p.attrib["name"]: (p.attrib["type"], p.attrib["access"])
+            for p in interface.iter("property")
+        },
+    }
+
+
+def assert_introspection_matches(live: dict[str, ET.Element], interfaces: list[str]) -> None:
+    """The running daemon's interfaces equal the committed XML, which documents every member."""
+    doc = "org.gtk.GDBus.DocString"
+    for name in interfaces:
+        (committed,) = (
+            ET.parse(REPO / "daemon" / "opdbus" / "introspection" / f"{name}.xml")
+            .getroot()
+            .iter("interface")
+        )
+        assert _structure(live[name]) == _structure(committed), (
+            f"{name}.xml differs from the daemon"
+        )
+        for member in committed:
+            if member.tag in ("method", "signal", "property"):
+                assert any(a.attrib["name"] == doc for a in member.iter("annotation")), (
+                    f"{name}.{member.attrib['name']} has no documentation"
+                )
+        served = [a for a in live[name].iter("annotation") if a.attrib["name"] == doc]
+        assert len(served) >= len(committed.findall(f".//annotation[@name='{doc}']")), (
+            "docs not served"
+        )
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:

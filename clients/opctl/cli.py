@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NoReturn
 
-from opctl import render
+from opctl import cli_net, render
+from opctl.cli_net import NetCommands
 from opctl.client import Client, Unreachable, job_ref_to_path
 from opdbus import errors
 from opdbus.models.job import JobRecord, JobState, LogLine
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     alist.add_argument("--last", type=int, default=20, metavar="N", help="the last N entries")
     command(asub, "verify", "recompute the chain; exit 1 naming the first bad entry")
 
+    cli_net.add_parser(sub, command)
     command(sub, "watch", "print every signal op-dbusd sends until interrupted")
     return p
 
@@ -134,10 +136,6 @@ def job_exit_code(record: JobRecord) -> int:
     return errors.ERRORS_BY_NAME.get(record.error_name, errors.Failed).exit_code
 
 
-def dump(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
-
-
 class Cli:
     def __init__(self, args: argparse.Namespace, client: Client) -> None:
         self.args = args
@@ -153,7 +151,7 @@ class Cli:
         for record in jobs:
             counts[record.state.value] = counts.get(record.state.value, 0) + 1
         if self.args.json:
-            dump(
+            render.dump(
                 {
                     "version": status.version,
                     "mode": status.mode,
@@ -202,7 +200,7 @@ class Cli:
 
     def finish_job(self, record: JobRecord) -> int:
         if self.args.json:
-            dump(record.model_dump(mode="json"))
+            render.dump(record.model_dump(mode="json"))
         elif record.state is not JobState.SUCCEEDED:
             print(f"job {record.id} {record.state.value}: {record.result}", file=sys.stderr)
         else:
@@ -238,7 +236,7 @@ class Cli:
         if action == "show":
             record = await self.client.job(path)
             if self.args.json:
-                dump(record.model_dump(mode="json"))
+                render.dump(record.model_dump(mode="json"))
             else:
                 self._show(path, record)
             return 0
@@ -248,7 +246,7 @@ class Cli:
             await self.client.cancel(path)
             record = await self.client.job(path)
             if self.args.json:
-                dump(record.model_dump(mode="json"))
+                render.dump(record.model_dump(mode="json"))
             else:
                 print(f"job {record.id} {record.state.value}")
             return 0
@@ -257,7 +255,7 @@ class Cli:
     async def _jobs_list(self) -> int:
         records = await self.client.jobs()
         if self.args.json:
-            dump([record.model_dump(mode="json") for record in records])
+            render.dump([record.model_dump(mode="json") for record in records])
         elif not records:
             print("no jobs")
         else:
@@ -283,36 +281,38 @@ class Cli:
             return job_exit_code(await self.follow(path))
         lines = await self.client.job_log(path, self.args.start, 0)
         if self.args.json:
-            dump([line._asdict() for line in lines])
+            render.dump([line._asdict() for line in lines])
         else:
             for line in lines:
                 print(render.log_line(line))
         return 0
 
     def _show(self, path: str, r: JobRecord) -> None:
-        rows = [
-            ("job", f"{r.id} ({path})"),
-            ("operation", r.operation),
-            ("state", r.state.value),
-            ("progress", f"{r.progress * 100:.0f}%" if r.progress_valid else "-"),
-            ("targets", ", ".join(r.targets) or "-"),
-            ("started by", f"uid {r.started_by_uid}"),
-            ("created", render.when(r.created_at)),
-            ("started", render.when(r.started_at)),
-            ("finished", render.when(r.finished_at)),
-            ("result", r.result or "-"),
-            ("error", r.error_name or "-"),
-            ("log lines", str(r.log_lines)),
-        ]
-        width = max(len(key) for key, _ in rows)
-        for key, value in rows:
-            print(f"{key.rjust(width)}: {value}")
+        render.pairs(
+            [
+                ("job", f"{r.id} ({path})"),
+                ("operation", r.operation),
+                ("state", r.state.value),
+                ("progress", f"{r.progress * 100:.0f}%" if r.progress_valid else "-"),
+                ("targets", ", ".join(r.targets) or "-"),
+                ("started by", f"uid {r.started_by_uid}"),
+                ("created", render.when(r.created_at)),
+                ("started", render.when(r.started_at)),
+                ("finished", render.when(r.finished_at)),
+                ("result", r.result or "-"),
+                ("error", r.error_name or "-"),
+                ("log lines", str(r.log_lines)),
+            ]
+        )
+
+    async def net(self) -> int:
+        return await NetCommands(self).run()
 
     async def audit(self) -> int:
         if self.args.audit_command == "verify":
             verdict = await self.client.verify_audit()
             if self.args.json:
-                dump(verdict.model_dump())
+                render.dump(verdict.model_dump())
             elif verdict.ok:
                 print(f"audit log intact: {verdict.reason}")
             else:
@@ -328,7 +328,7 @@ class Cli:
             start = max(head - limit + 1, 1)
         entries = await self.client.audit(start, limit)
         if self.args.json:
-            dump([entry.model_dump() for entry in entries])
+            render.dump([entry.model_dump() for entry in entries])
         else:
             render.table(
                 ["seq", "time", "uid", "kind", "method", "object", "job", "result"],

@@ -22,6 +22,7 @@ from opdbus import errors, names
 from opdbus.bus.transport import FlowControlledBus
 from opdbus.models.audit import AuditEntry, AuditVerdict
 from opdbus.models.job import JobRecord, JobState, LogLine
+from opdbus.models.network import BridgeInfo, PortInfo
 
 
 class Unreachable(errors.OpdbusError):
@@ -96,6 +97,60 @@ def job_record(props: dict[str, Any]) -> JobRecord:
         output=json.loads(props["Output"] or "{}"),
         log_lines=props["LogLines"],
     )
+
+
+def bridge_info(props: dict[str, Any]) -> BridgeInfo:
+    """Bridge1 properties -> the model the daemon serves them from."""
+    return BridgeInfo(
+        name=props["Name"],
+        uuid=props["UUID"],
+        datapath_type=props["DatapathType"],
+        fail_mode=props["FailMode"],
+        stp=props["STP"],
+        ports=[
+            PortInfo(
+                name=name,
+                type=kind,
+                tag=None if tag < 0 else tag,
+                trunks=list(trunks),
+                ofport=None if ofport < 0 else ofport,
+                interfaces=list(ifaces),
+                peer=peer or None,
+            )
+            for name, kind, tag, trunks, ofport, ifaces, peer in props["Ports"]
+        ],
+        external_ids=dict(props["ExternalIds"]),
+        addresses=list(props["Addresses"]),
+        gateway=props["Gateway"],
+        mtu=props["MTU"],
+        link_state=props["LinkState"],
+        admin_state=props["AdminState"],
+        dhcp=props["DHCP"],
+        error=props["Error"],
+    )
+
+
+def to_variants(options: dict[str, Any]) -> dict[str, Variant]:
+    """Plain option values -> a{sv} (None means: leave the option out)."""
+    out: dict[str, Variant] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = Variant("b", value)
+        elif isinstance(value, int):
+            out[key] = Variant("i", value)
+        elif isinstance(value, str):
+            out[key] = Variant("s", value)
+        elif isinstance(value, dict):
+            out[key] = Variant("a{ss}", {str(k): str(v) for k, v in value.items()})
+        elif isinstance(value, list) and all(isinstance(v, int) for v in value) and value:
+            out[key] = Variant("ai", value)
+        elif isinstance(value, list):
+            out[key] = Variant("as", [str(v) for v in value])
+        else:
+            raise TypeError(f"option {key}: cannot send {type(value).__name__}")
+    return out
 
 
 def job_ref_to_path(ref: str) -> str:
@@ -261,6 +316,64 @@ class Client:
         options = {"quick": Variant("b", quick), "fix": Variant("b", fix)}
         (path,) = await self.call(
             names.ROOT_PATH, names.MANAGER_IFACE, "Validate", "a{sv}", [options]
+        )
+        return str(path)
+
+    # -- bridges -------------------------------------------------------------------
+
+    async def bridges(self) -> list[BridgeInfo]:
+        (objects,) = await self.call(
+            names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
+        )
+        out = [
+            bridge_info({k: _plain(v) for k, v in ifaces[names.BRIDGE_IFACE].items()})
+            for ifaces in objects.values()
+            if names.BRIDGE_IFACE in ifaces
+        ]
+        return sorted(out, key=lambda bridge: bridge.name)
+
+    async def bridge(self, name: str) -> BridgeInfo:
+        return bridge_info(await self.get_all(names.bridge_path(name), names.BRIDGE_IFACE))
+
+    async def create_bridge(self, name: str, options: dict[str, Any]) -> str:
+        (path,) = await self.call(
+            names.ROOT_PATH,
+            names.MANAGER_IFACE,
+            "CreateBridge",
+            "sa{sv}",
+            [name, to_variants(options)],
+        )
+        return str(path)
+
+    async def delete_bridge(self, name: str) -> None:
+        await self.call(names.bridge_path(name), names.BRIDGE_IFACE, "Delete")
+
+    async def add_port(self, bridge: str, name: str, options: dict[str, Any]) -> None:
+        await self.call(
+            names.bridge_path(bridge),
+            names.BRIDGE_IFACE,
+            "AddPort",
+            "sa{sv}",
+            [name, to_variants(options)],
+        )
+
+    async def remove_port(self, bridge: str, name: str) -> None:
+        await self.call(names.bridge_path(bridge), names.BRIDGE_IFACE, "RemovePort", "s", [name])
+
+    async def set_addresses(
+        self, bridge: str, addresses: list[str], options: dict[str, Any]
+    ) -> None:
+        await self.call(
+            names.bridge_path(bridge),
+            names.BRIDGE_IFACE,
+            "SetAddresses",
+            "asa{sv}",
+            [addresses, to_variants(options)],
+        )
+
+    async def apply_bridges(self, document: str) -> str:
+        (path,) = await self.call(
+            names.ROOT_PATH, names.MANAGER_IFACE, "ApplyBridges", "s", [document]
         )
         return str(path)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from opdbus.models.job import JobRecord, LogLine
 
@@ -25,6 +26,18 @@ def table(
     out.write(line.rstrip() + "\n")
     for row in cells:
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
+
+
+def dump(value: Any) -> None:
+    """--json output: one document, stable key order."""
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def pairs(rows: Sequence[tuple[str, str]], out: TextIO = sys.stdout) -> None:
+    """``key: value`` lines with the keys right-aligned."""
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        out.write(f"{key.rjust(width)}: {value}\n")
 
 
 def when(us: int) -> str:

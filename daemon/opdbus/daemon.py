@@ -34,7 +34,7 @@ from opdbus.services.validate import HostPaths, Validator
 
 log = logging.getLogger(__name__)
 
-OVSDB_SYNC_WAIT = 3.0
+OVSDB_SYNC_WAIT = 2.0
 
 
 def _installed_version() -> str:
@@ -133,7 +133,7 @@ class Daemon:
         await network.start()
         # Bounded: with ovsdb-server up, the bridges are on the bus at READY;
         # without it, we serve anyway and they appear when it comes.
-        if await ovsdb.wait_synced(OVSDB_SYNC_WAIT):
+        if await ovsdb.wait_settled(OVSDB_SYNC_WAIT):
             await network.refresh_all()
         return network
 

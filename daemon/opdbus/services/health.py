@@ -69,14 +69,13 @@ class BackendHealth:
         self._record(name, Probe(available, detail))
 
     async def probe(self, name: str) -> Probe:
-        """Probe one backend now and record the answer (a live one: its last report)."""
+        """Probe one backend now; record the answer unless the backend reports its own."""
         if not self.enabled(name):
             result = Probe(False, f"off in {self._config.mode.value} mode")
-        elif name in self._live:
-            return self.status[name]
         else:
             result = await self._run_probe(name)
-        self._record(name, result)
+        if name not in self._live:
+            self._record(name, result)
         return result
 
     async def _run_probe(self, name: str) -> Probe:

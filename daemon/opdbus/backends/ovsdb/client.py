@@ -166,6 +166,7 @@ class OvsdbClient:
         self._thread: IdlThread | None = None
         self._cfg_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._synced = asyncio.Event()
+        self._settled = asyncio.Event()  # synced, or known to be unreachable
 
     async def start(self) -> None:
         self._thread = IdlThread(self.remote, asyncio.get_running_loop(), self._on_update)
@@ -179,11 +180,11 @@ class OvsdbClient:
         self._thread = None
         self._fail_waiters("the daemon is stopping")
 
-    async def wait_synced(self, timeout: float) -> bool:
-        """Wait until the first snapshot arrived (True) or the time ran out (False)."""
+    async def wait_settled(self, timeout: float) -> bool:
+        """Wait for the first answer: synced (True), or unreachable or out of time (False)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._synced.wait()
+                await self._settled.wait()
         return self._synced.is_set()
 
     async def transact(self, build: Callable[[Txn], T], *, apply: bool = True) -> T:
@@ -218,12 +219,15 @@ class OvsdbClient:
             self.detail = update.detail
             if not update.connected:
                 self._fail_waiters(update.detail)
+                if update.settled:
+                    self._settled.set()
             for status_callback in self.on_status:
                 status_callback(update.connected, update.detail)
             return
         if isinstance(update, Snapshot):
             changes = self.cache.load(update)
             self._synced.set()
+            self._settled.set()
         else:
             changes = self.cache.apply(update)
         root = self.cache.root

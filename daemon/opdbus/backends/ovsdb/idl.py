@@ -24,6 +24,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import threading
 import time
 import uuid
@@ -71,6 +72,7 @@ class Snapshot:
 class Status:
     connected: bool
     detail: str
+    settled: bool = True  # False while a first connection attempt is still under way
 
 
 Update = list[RowEvent] | Snapshot | Status
@@ -224,8 +226,10 @@ class IdlThread(threading.Thread):
     def _connect(self) -> bool:
         """Fetch the server's schema and make the IDL; False (after a pause) if not reachable."""
         try:
-            schema = _fetch_schema(self.remote, SCHEMA_TIMEOUT)
+            schema = _fetch_schema(self.remote, SCHEMA_TIMEOUT, self._wake_r)
         except OSError as e:
+            if self._stopping.is_set():
+                return False
             self._set_status(
                 False, f"ovsdb-server not reachable at {self.remote}: {e.strerror or e}"
             )
@@ -266,7 +270,7 @@ class IdlThread(threading.Thread):
         connected = idl._session.is_connected() and idl.state == idl.IDL_S_MONITORING
         if not connected:
             if self._connected is None:
-                self._set_status(False, f"connecting to ovsdb-server at {self.remote}")
+                self._set_status(False, f"connecting to ovsdb-server at {self.remote}", settled=False)
             elif self._connected:
                 self._set_status(False, f"lost ovsdb-server at {self.remote}; reconnecting")
             self._resync = True
@@ -355,12 +359,12 @@ class IdlThread(threading.Thread):
 
     # -- handing things to the loop ----------------------------------------------------
 
-    def _set_status(self, connected: bool, detail: str) -> None:
+    def _set_status(self, connected: bool, detail: str, *, settled: bool = True) -> None:
         if self._connected == connected and self._status_detail == detail:
             return
         self._connected = connected
         self._status_detail = detail
-        self._post(Status(connected, detail))
+        self._post(Status(connected, detail, settled))
 
     def _post(self, update: Update) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
@@ -387,8 +391,11 @@ class IdlThread(threading.Thread):
             self._resolve(request.future, error=type(error)(error.message))
 
 
-def _fetch_schema(remote: str, timeout: float) -> dict[str, Any]:
-    """get_schema("Open_vSwitch") over a short-lived JSON-RPC connection, bounded in time."""
+def _fetch_schema(remote: str, timeout: float, wake_fd: int) -> dict[str, Any]:
+    """get_schema("Open_vSwitch") over a short-lived JSON-RPC connection.
+
+    Bounded in time, and given up as soon as ``wake_fd`` turns readable (stop).
+    """
     deadline = time.monotonic() + timeout
 
     def wait(register: Callable[[ovs.poller.Poller], object]) -> None:
@@ -397,8 +404,11 @@ def _fetch_schema(remote: str, timeout: float) -> dict[str, Any]:
             raise OSError(errno.ETIMEDOUT, "timed out")
         poller = ovs.poller.Poller()
         register(poller)
+        poller.fd_wait(wake_fd, ovs.poller.POLLIN)
         poller.timer_wait(int(remaining * 1000))
         poller.block()
+        if select.select([wake_fd], [], [], 0)[0]:
+            raise OSError(errno.ECANCELED, "interrupted")
 
     error, stream = ovs.stream.Stream.open(remote)
     if error:
