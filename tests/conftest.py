@@ -24,6 +24,7 @@ from opctl.client import Client
 from opdbus.config import Config, parse_config
 from opdbus.daemon import Daemon
 from opdbus.sandbox import PrivateBus, start_private_bus
+from opdbus.sandbox_ovs import PrivateOvs, ovs_installed, start_private_ovs
 from tests.support import (
     ADMIN_GROUP,
     ADMIN_USER,
@@ -34,7 +35,7 @@ from tests.support import (
     write_config,
 )
 
-WATCHED = ("dbus-daemon", "opdbus", "op-dbusd", "polkitd")
+WATCHED = ("dbus-daemon", "opdbus", "op-dbusd", "polkitd", "ovsdb-server", "ovs-vswitchd")
 
 
 def _our_processes() -> dict[int, str]:
@@ -222,6 +223,18 @@ def test_users() -> Iterator[dict[str, str]]:
         subprocess.run(["userdel", name], check=False)
     if made_group:
         subprocess.run(["groupdel", ADMIN_GROUP], check=False)
+
+
+@pytest.fixture
+def ovs(tmp_path: Path) -> Iterator[PrivateOvs]:
+    """A real ovsdb-server + ovs-vswitchd (userspace datapath) of the test's own."""
+    if not ovs_installed():
+        pytest.skip("Open vSwitch is not installed (make deps installs openvswitch-switch)")
+    switch = start_private_ovs(tmp_path / "ovs")
+    try:
+        yield switch
+    finally:
+        switch.stop()
 
 
 @pytest.fixture

@@ -11,9 +11,13 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+
+from opdbus.config import parse_config
+from opdbus.daemon import Daemon
+from opdbus.sandbox import PrivateBus
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -108,6 +112,21 @@ def assert_introspection_matches(live: dict[str, ET.Element], interfaces: list[s
         assert len(served) >= len(committed.findall(f".//annotation[@name='{doc}']")), (
             "docs not served"
         )
+
+
+@contextlib.asynccontextmanager
+async def running(tmp: Path, bus: PrivateBus, **overrides: Any) -> AsyncIterator[Daemon]:
+    """op-dbusd in this event loop (so blockbuster watches it), stopped on exit."""
+    raw = base_config(tmp, **overrides)
+    config_path = write_config(tmp / "config.json", raw)
+    daemon = Daemon(
+        parse_config(raw, config_path), bus_address=bus.address, config_path=config_path
+    )
+    try:
+        await daemon.start()
+        yield daemon
+    finally:
+        await daemon.stop()
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:

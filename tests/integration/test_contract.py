@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import stat
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ from dbus_fast import Variant
 
 from opctl.client import Client, SignalEvent
 from opdbus import errors, names
-from opdbus.config import parse_config
 from opdbus.daemon import Daemon
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
@@ -23,24 +20,9 @@ from tests.support import (
     CALM,
     REPO,
     assert_introspection_matches,
-    base_config,
+    running,
     silent_socket,
-    write_config,
 )
-
-
-@contextlib.asynccontextmanager
-async def running(tmp: Path, bus: PrivateBus, **overrides: Any) -> AsyncIterator[Daemon]:
-    raw = base_config(tmp, **overrides)
-    config_path = write_config(tmp / "config.json", raw)
-    daemon = Daemon(
-        parse_config(raw, config_path), bus_address=bus.address, config_path=config_path
-    )
-    try:
-        await daemon.start()
-        yield daemon
-    finally:
-        await daemon.stop()
 
 
 async def drain(queue: asyncio.Queue[SignalEvent]) -> list[SignalEvent]:

@@ -326,12 +326,16 @@ class NetworkService:
             return link
 
     async def check_interface_error(self, bridge: str, iface: str) -> None:
-        """ovs-vswitchd records why it could not open an interface: treat that as failure."""
+        """ovs-vswitchd records why it could not open an interface: treat that as failure.
+
+        Not for patch ports: a missing peer is the normal state between adding
+        one end and the other, and shows in the bridge's Ports meanwhile.
+        """
         cache = self.ovsdb.cache
         row = cache.bridge(bridge)
         for port in cache.ports_of(row) if row else []:
             for interface in cache.interfaces_of(port):
-                if interface.name == iface and interface.error:
+                if interface.name == iface and interface.error and interface.type != "patch":
                     raise BackendFailed(f"ovs-vswitchd could not set up {iface}: {interface.error}")
 
     async def _undo(self, build: Callable[[Txn], None]) -> None:

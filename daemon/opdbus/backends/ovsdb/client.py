@@ -177,6 +177,7 @@ class OvsdbClient:
             return
         self._thread.stop()
         await asyncio.to_thread(self._thread.join)
+        self._thread.close()
         self._thread = None
         self._fail_waiters("the daemon is stopping")
 

@@ -220,8 +220,12 @@ class IdlThread(threading.Thread):
             self._fail_pending(BackendUnavailable("the OVSDB connection is closed"))
             if self._idl is not None:
                 self._idl.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+
+    def close(self) -> None:
+        """Release the wake pipe; only after join() (stop() may still be writing to it)."""
+        assert not self.is_alive()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def _connect(self) -> bool:
         """Fetch the server's schema and make the IDL; False (after a pause) if not reachable."""
@@ -270,7 +274,9 @@ class IdlThread(threading.Thread):
         connected = idl._session.is_connected() and idl.state == idl.IDL_S_MONITORING
         if not connected:
             if self._connected is None:
-                self._set_status(False, f"connecting to ovsdb-server at {self.remote}", settled=False)
+                self._set_status(
+                    False, f"connecting to ovsdb-server at {self.remote}", settled=False
+                )
             elif self._connected:
                 self._set_status(False, f"lost ovsdb-server at {self.remote}; reconnecting")
             self._resync = True
