@@ -87,6 +87,10 @@ class Txn:
         self._txn = ovs.db.idl.Transaction(idl)
         self.changed = False
         self.bump = False
+        # What this transaction made or removed, so that later commands in the
+        # same transaction see it (ApplyBridges adds a bridge, then its ports).
+        self._inserted: dict[tuple[str, str], Any] = {}
+        self._deleted: set[str] = set()
 
     @property
     def root(self) -> Any:
@@ -96,8 +100,13 @@ class Txn:
         return next(iter(rows.values()))
 
     def find(self, table: str, name: str) -> Any | None:
+        new = self._inserted.get((table, name))
+        if new is not None:
+            return new
         uuid = self._names[table].get(name)
-        return None if uuid is None else self._idl.tables[table].rows.get(_to_uuid(uuid))
+        if uuid is None or uuid in self._deleted:
+            return None
+        return self._idl.tables[table].rows.get(_to_uuid(uuid))
 
     def row(self, table: str, uuid: str) -> Any | None:
         return self._idl.tables[table].rows.get(_to_uuid(uuid))
@@ -106,6 +115,8 @@ class Txn:
         row = self._txn.insert(self._idl.tables[table])
         for column, value in columns.items():
             setattr(row, column, value)
+        if "name" in columns:
+            self._inserted[(table, columns["name"])] = row
         self.changed = True
         return row
 
@@ -123,6 +134,10 @@ class Txn:
         self.changed = True
 
     def delete(self, row: Any) -> None:
+        self._deleted.add(str(row.uuid))
+        for key, new in list(self._inserted.items()):
+            if new is row:
+                del self._inserted[key]
         row.delete()
         self.changed = True
 
