@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 # Debian 12 packages the daemon and its tests use (busctl comes with systemd;
 # installing it does not make it PID 1).
 APT_PACKAGES := dbus-daemon dbus-bin systemd polkitd python3-venv python3-dev gcc \
-                util-linux bsdutils passwd nix-bin
+                util-linux bsdutils passwd nix-bin \
+                openvswitch-switch openvswitch-common iproute2 iputils-ping
 
 .PHONY: run test deps venv lint typecheck pytest bench clean
 

@@ -32,8 +32,13 @@ from tests.support import (
     POLICY_USER,
     Opdbusd,
     base_config,
+    private_network_namespace,
     write_config,
 )
+
+# Before anything else (and before any thread exists): nothing a test does to
+# networking may reach the host's own interfaces and routes.
+private_network_namespace()
 
 WATCHED = ("dbus-daemon", "opdbus", "op-dbusd", "polkitd", "ovsdb-server", "ovs-vswitchd")
 

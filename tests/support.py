@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -20,6 +21,28 @@ from opdbus.daemon import Daemon
 from opdbus.sandbox import PrivateBus
 
 REPO = Path(__file__).resolve().parent.parent
+
+CLONE_NEWNET = 0x40000000
+
+
+def private_network_namespace() -> bool:
+    """Move this process into a fresh network namespace (root only).
+
+    Tests and benchmarks make bridges, addresses, routes and veth pairs; in a
+    namespace of their own none of that can touch the host's network (a
+    bridge's gateway would otherwise replace the host's default route). Call
+    it while the process has a single thread: threads keep the namespace
+    they had, and new ones inherit it from their creator.
+    """
+    if os.geteuid() != 0:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    return True
+
+
 PYTHON = sys.executable
 
 # Users the authorization tests act as (created by the test_users fixture).

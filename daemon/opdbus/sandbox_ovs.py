@@ -123,6 +123,18 @@ class PrivateOvs:
             self.socket.unlink()
 
     def stop(self) -> None:
+        """Delete every bridge, then stop both daemons.
+
+        Userspace-datapath bridges are tap devices that outlive ovs-vswitchd:
+        left in place they would linger on the host after we are gone.
+        """
+        if self.db is not None and self.db.poll() is None and self.switch is not None:
+            bridges = self.vsctl("list-br", check=False).stdout.split()
+            if bridges and self.switch.poll() is None:
+                removals = [
+                    arg for name in bridges for arg in ("--", "--if-exists", "del-br", name)
+                ]
+                self.vsctl(*removals, check=False)
         self._end(self.switch)
         self._end(self.db)
         self.switch = self.db = None

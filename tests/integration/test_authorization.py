@@ -303,3 +303,58 @@ def test_only_root_may_own_the_name(
     assert result.returncode == 1
     assert "not allowed to own org.opdbus" in result.stderr
     assert "lets only root own it" in result.stderr
+
+
+def test_only_admins_change_bridges(
+    make_daemon: Any, auth_bus: PrivateBus, ovs: Any, test_users: dict[str, str], tmp_path: Path
+) -> None:
+    config = base_config(tmp_path, ovsdb={"remote": ovs.remote, "datapath_type": "netdev"})
+    make_daemon(auth_bus, config)
+    address = auth_bus.address
+
+    def create(name: str, user: str) -> subprocess.CompletedProcess[str]:
+        return busctl(
+            address,
+            "call",
+            "org.opdbus",
+            "/org/opdbus",
+            "org.opdbus.Manager1",
+            "CreateBridge",
+            "sa{sv}",
+            name,
+            "0",
+            user=user,
+        )
+
+    assert create("ta0", "root").returncode == 0
+    for user in (test_users["plain"], test_users["policy"]):
+        assert create("ta1", user).returncode != 0
+        result = dbus_send(
+            address, "/org/opdbus/bridge/ta0", "org.opdbus.Bridge1.Delete", user=user
+        )
+        expected = (
+            "org.freedesktop.DBus.Error.AccessDenied"
+            if user == test_users["plain"]
+            else "org.opdbus.Error.NotAuthorized"
+        )
+        assert error_name(result) == expected, result.stderr
+    # Anyone may read the bridge's properties.
+    ports = busctl(
+        address,
+        "get-property",
+        "org.opdbus",
+        "/org/opdbus/bridge/ta0",
+        "org.opdbus.Bridge1",
+        "Ports",
+        user=test_users["plain"],
+    )
+    assert ports.returncode == 0 and '"ta0" "internal"' in ports.stdout
+    assert create("ta2", test_users["admin"]).returncode == 0
+    assert ovs.vsctl("list-br").stdout.split() == ["ta0", "ta2"]
+    for name in ("ta0", "ta2"):
+        assert (
+            dbus_send(
+                address, f"/org/opdbus/bridge/{name}", "org.opdbus.Bridge1.Delete", user="root"
+            ).returncode
+            == 0
+        )

@@ -92,3 +92,15 @@ def test_bus_errors_map_to_kinds_a_person_can_act_on() -> None:
     assert isinstance(
         map_error(DBusError("org.freedesktop.DBus.Error.ServiceUnknown", "x")), Unreachable
     )
+
+
+def test_the_suite_runs_in_its_own_network_namespace() -> None:
+    """A safety net, not a feature: tests must not be able to reach the host's routes."""
+    import os
+
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("only root can unshare the network namespace")
+    parent = os.getppid()  # make, a shell: still in the host's namespace
+    assert os.readlink("/proc/self/ns/net") != os.readlink(f"/proc/{parent}/ns/net")
