@@ -35,7 +35,19 @@ def test_sandbox_runs_serves_and_cleans_up(tmp_path: Path) -> None:
         status = json.loads(opctl(address, "--json", "status").stdout)
         assert status["mode"] == "full"
         assert "libvirt test driver" in status["backends"]["libvirt"]["detail"]
-        assert f"unix:{box}/ovs/db.sock" in status["backends"]["ovsdb"]["detail"]
+        # Its own Open vSwitch, on the userspace datapath.
+        assert status["backends"]["ovsdb"] == {
+            "available": True,
+            "detail": f"ovsdb-server at unix:{box}/ovs/db.sock",
+        }
+        made = opctl(address, "net", "bridge", "create", "sbx0")
+        assert made.returncode == 0, made.stderr
+        assert (
+            json.loads(opctl(address, "--json", "net", "bridge", "show", "sbx0").stdout)[
+                "datapath_type"
+            ]
+            == "netdev"
+        )
         # The invoking user is the sandbox's admin: mutating calls work, state stays inside.
         result = opctl(address, "--json", "validate", "--quick")
         assert json.loads(result.stdout)["operation"] == "Validate"
@@ -53,3 +65,5 @@ def test_sandbox_runs_serves_and_cleans_up(tmp_path: Path) -> None:
     assert f"opctl --bus '{address}' status" in out and "busctl --address=" in out
     assert not (box / "bus-address").exists()
     assert "stopped" in err
+    # The sandbox leaves no bridge behind on the host.
+    assert run(["ip", "link", "show", "sbx0"]).returncode != 0
