@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support import base_config  # noqa: E402
+from tests.support import base_config, private_network_namespace  # noqa: E402
 
 from opdbus.sandbox import PrivateBus, start_private_bus, user_grant  # noqa: E402
 
@@ -79,9 +80,11 @@ def environment() -> Iterator[tuple[PrivateBus, Path]]:
             bus.stop()
 
 
-def start_opdbusd(bus: PrivateBus, workdir: Path, name: str = "opdbusd") -> Started:
+def start_opdbusd(
+    bus: PrivateBus, workdir: Path, name: str = "opdbusd", **overrides: Any
+) -> Started:
     config = workdir / f"{name}.json"
-    config.write_text(json.dumps(base_config(workdir / name)))
+    config.write_text(json.dumps(base_config(workdir / name, **overrides)))
     return start_ready(
         [sys.executable, "-m", "opdbus", "--bus", bus.address, "--config", str(config)],
         workdir,
@@ -91,6 +94,12 @@ def start_opdbusd(bus: PrivateBus, workdir: Path, name: str = "opdbusd") -> Star
 
 def start_echo(bus: PrivateBus, workdir: Path, name: str = "echo") -> Started:
     return start_ready([sys.executable, str(HERE / "echo_service.py"), bus.address], workdir, name)
+
+
+def isolated() -> None:
+    """Benchmarks that make bridges run in a network namespace of their own."""
+    if not private_network_namespace():
+        raise SystemExit("this benchmark needs root (it runs Open vSwitch in its own namespace)")
 
 
 def report(name: str, ratio: float, target: str, ok: bool, detail: str) -> None:

@@ -1,8 +1,12 @@
 """Addresses, routes and link state through netlink (pyroute2), never by running `ip`.
 
 pyroute2's AsyncIPRoute speaks rtnetlink on the event loop itself, so
-nothing here blocks. A second socket joined to the link, IPv4-address and
-IPv4-route groups reports every change, whoever made it, by interface name.
+nothing here blocks. A monitor socket (rtnl.py) joined to the link,
+IPv4-address and IPv4-route groups keeps an in-memory view of every link,
+its IPv4 addresses and the main table's default routes, whoever changes
+them: reading a link's state costs no syscall (pyroute2's name lookup dumps
+every link, which made a refresh of N bridges cost O(N^2)). Changes, and
+the one initial dump, go through pyroute2.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
+from opdbus.backends.rtnl import RtnlMonitor
 from opdbus.errors import BackendFailed, BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,16 @@ class LinkState:
     gateway: str  # the main table's default route through this link, or ""
 
 
+@dataclass
+class _Link:
+    name: str
+    flags: int = 0
+    operstate: str = "UNKNOWN"
+    mtu: int = 0
+    addresses: set[str] = field(default_factory=set)
+    gateway: str = ""
+
+
 async def _all(result: Awaitable[Any]) -> list[Any]:
     """pyroute2 answers dumps with an async iterator; collect it."""
     value = await result
@@ -47,107 +61,165 @@ async def _all(result: Awaitable[Any]) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def _is_default_route(message: Any) -> bool:
+    table = message.get("table") or message.get("RTA_TABLE")
+    return bool(
+        message.get("family") == socket.AF_INET
+        and message.get("dst_len") == 0
+        and table == MAIN_TABLE
+        and message.get("gateway")
+    )
+
+
 class Netlink:
     def __init__(self) -> None:
         self._ipr: AsyncIPRoute | None = None
-        self._monitor: AsyncIPRoute | None = None
-        self._watch: asyncio.Task[None] | None = None
-        self._names: dict[int, str] = {}
+        self._monitor = RtnlMonitor(self._on_message, self._on_overrun)
+        self._resync: asyncio.Task[None] | None = None
+        self._links: dict[int, _Link] = {}
+        self._by_name: dict[str, int] = {}
         self.on_change: list[Callable[[str], None]] = []
 
     async def start(self) -> None:
         self._ipr = AsyncIPRoute()
-        self._monitor = AsyncIPRoute()
-        await self._monitor.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE)
-        for link in await _all(self._ipr.link("dump")):
-            self._names[link["index"]] = link.get("ifname")
-        self._watch = asyncio.create_task(self._watch_events(), name="netlink-monitor")
+        # Join the groups first, then dump: an event during the dump waits in
+        # the monitor's socket and is applied after the dump, in order.
+        self._monitor.open()
+        await self._dump()
+        self._monitor.start()
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
+        self._monitor.close()
+        if self._resync is not None:
+            self._resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-        for ipr in (self._monitor, self._ipr):
-            if ipr is not None:
-                ipr.close()
-        self._ipr = self._monitor = None
+                await self._resync
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
 
-    async def _watch_events(self) -> None:
-        assert self._monitor is not None
-        while True:
-            try:
-                async for message in self._monitor.get():
-                    self._dispatch(message)
-            except NetlinkError as e:
-                log.warning("netlink monitor: %s", e)
-                await asyncio.sleep(0.1)
+    async def _dump(self) -> None:
+        ipr = self._ready()
+        self._links.clear()
+        self._by_name.clear()
+        for message in await _all(ipr.link("dump")):
+            self._apply(message)
+        for message in await _all(ipr.addr("dump", family=socket.AF_INET)):
+            self._apply(message)
+        for message in await _all(ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE)):
+            self._apply(message)
 
-    def _dispatch(self, message: Any) -> None:
-        event = message.get("event", "")
-        index = message.get("index") if "LINK" in event or "ADDR" in event else message.get("oif")
-        if "LINK" in event:
-            name = message.get("ifname")
-            if event == "RTM_DELLINK":
-                name = self._names.pop(index, name)
-            elif name:
-                self._names[index] = name
-        else:
-            name = self._names.get(index)
+    def _on_message(self, message: dict[str, Any]) -> None:
+        name = self._apply(message)
         if name:
             for callback in self.on_change:
                 callback(name)
+
+    def _on_overrun(self) -> None:
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.create_task(self._dump_and_tell(), name="netlink-resync")
+
+    async def _dump_and_tell(self) -> None:
+        await self._dump()
+        for name in list(self._by_name):
+            for callback in self.on_change:
+                callback(name)
+
+    def _apply(self, message: Any) -> str | None:
+        """Fold one rtnetlink message into the view; the name of the link it concerns."""
+        event = message.get("event", "")
+        if event in ("RTM_NEWLINK", "RTM_DELLINK"):
+            index, name = message["index"], message.get("ifname")
+            if event == "RTM_DELLINK":
+                gone = self._links.pop(index, None)
+                if gone is not None and self._by_name.get(gone.name) == index:
+                    del self._by_name[gone.name]
+                return gone.name if gone else name
+            link = self._links.get(index)
+            if link is None:
+                link = self._links[index] = _Link(name)
+            elif link.name != name and self._by_name.get(link.name) == index:
+                del self._by_name[link.name]  # renamed
+            link.name = name
+            link.flags = message["flags"]
+            link.operstate = message.get("operstate") or "UNKNOWN"
+            link.mtu = message.get("mtu") or 0
+            self._by_name[name] = index
+            return str(name)
+        if event in ("RTM_NEWADDR", "RTM_DELADDR") and message.get("family") == socket.AF_INET:
+            link = self._links.get(message["index"])
+            if link is None:
+                return None
+            cidr = f"{message.get('address')}/{message['prefixlen']}"
+            (link.addresses.add if event == "RTM_NEWADDR" else link.addresses.discard)(cidr)
+            return link.name
+        if event in ("RTM_NEWROUTE", "RTM_DELROUTE") and _is_default_route(message):
+            link = self._links.get(message.get("oif"))
+            if link is None:
+                return None
+            gateway = message.get("gateway")
+            if event == "RTM_NEWROUTE":
+                link.gateway = gateway
+            elif link.gateway == gateway:
+                link.gateway = ""
+            return link.name
+        return None
 
     def _ready(self) -> AsyncIPRoute:
         if self._ipr is None:
             raise BackendUnavailable("netlink is not open")
         return self._ipr
 
-    async def index(self, name: str) -> int | None:
-        found = await self._ready().link_lookup(ifname=name)
-        return found[0] if found else None
+    def index(self, name: str) -> int | None:
+        return self._by_name.get(name)
 
-    async def state(self, name: str) -> LinkState | None:
-        ipr = self._ready()
-        index = await self.index(name)
-        if index is None:
+    def state(self, name: str) -> LinkState | None:
+        """What the kernel last told us about the link (no syscall)."""
+        index = self._by_name.get(name)
+        link = None if index is None else self._links.get(index)
+        if index is None or link is None:
             return None
-        try:
-            (link,) = await _all(ipr.link("get", index=index))
-            addresses = await _all(ipr.addr("dump", index=index, family=socket.AF_INET))
-            routes = await _all(ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE))
-        except NetlinkError as e:
-            if e.code == 19:  # ENODEV: gone meanwhile
-                return None
-            raise BackendFailed(f"netlink: reading {name}: {e}") from None
-        gateway = next(
-            (
-                route.get("gateway") or ""
-                for route in routes
-                if route["dst_len"] == 0 and route.get("oif") == index and route.get("gateway")
-            ),
-            "",
-        )
         return LinkState(
             name=name,
             index=index,
-            up=bool(link["flags"] & IFF_UP),
-            operstate=link.get("operstate") or "UNKNOWN",
-            mtu=link.get("mtu") or 0,
-            addresses=tuple(f"{a.get('address')}/{a['prefixlen']}" for a in addresses),
-            gateway=gateway,
+            up=bool(link.flags & IFF_UP),
+            operstate=link.operstate,
+            mtu=link.mtu,
+            addresses=tuple(sorted(link.addresses)),
+            gateway=link.gateway,
         )
 
     async def wait_for(self, name: str, timeout: float) -> LinkState:
         """The link's state once it exists (ovs-vswitchd creates a bridge's a moment later)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            state = await self.state(name)
+            state = self.state(name)
             if state is not None:
                 return state
             if asyncio.get_running_loop().time() > deadline:
                 raise BackendUnavailable(f"interface {name} did not appear within {timeout:g} s")
             await asyncio.sleep(0.02)
+
+    async def _query(self, index: int) -> None:
+        """Read one link from the kernel (after changing it, the view must not lag)."""
+        ipr = self._ready()
+        for message in await _all(ipr.link("get", index=index)):
+            self._apply(message)
+        link = self._links.get(index)
+        if link is None:
+            return
+        link.addresses = {
+            f"{a.get('address')}/{a['prefixlen']}"
+            for a in await _all(ipr.addr("dump", index=index, family=socket.AF_INET))
+        }
+        link.gateway = next(
+            (
+                r.get("gateway")
+                for r in await _all(ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE))
+                if _is_default_route(r) and r.get("oif") == index
+            ),
+            "",
+        )
 
     async def configure(
         self,
@@ -159,12 +231,16 @@ class Netlink:
     ) -> LinkState:
         """Make the link up with exactly ``addresses``; set (or, if managed, clear) its gateway."""
         ipr = self._ready()
-        state = await self.state(name)
+        state = self.state(name)
         if state is None:
             raise BackendUnavailable(f"there is no interface {name}")
-        wanted = {str(ipaddress.IPv4Interface(a)) for a in addresses}
-        have = set(state.addresses)
         try:
+            await self._query(state.index)
+            state = self.state(name)
+            if state is None:
+                raise BackendUnavailable(f"interface {name} vanished")
+            wanted = {str(ipaddress.IPv4Interface(a)) for a in addresses}
+            have = set(state.addresses)
             for cidr in sorted(have - wanted):
                 ip, prefix = cidr.split("/")
                 await ipr.addr("del", index=state.index, address=ip, prefixlen=int(prefix))
@@ -181,9 +257,10 @@ class Netlink:
                 await ipr.route(
                     "del", dst="0.0.0.0/0", gateway=state.gateway, oif=state.index, table=MAIN_TABLE
                 )
+            await self._query(state.index)
         except NetlinkError as e:
             raise BackendFailed(f"netlink: configuring {name}: {e}") from None
-        final = await self.state(name)
+        final = self.state(name)
         if final is None:
             raise BackendUnavailable(f"interface {name} vanished while being configured")
         return final

@@ -197,7 +197,7 @@ class NetworkService:
                 )
             )
         ports.sort(key=lambda p: p.name)
-        link = await self.netlink.state(name)
+        link = self.netlink.state(name)
         wanted = wanted_addressing(dict(row.external_ids), mtu_request)
         return BridgeInfo(
             name=name,
@@ -221,7 +221,7 @@ class NetworkService:
         wanted = wanted_addressing(info.external_ids, None)
         if not (wanted.addresses or wanted.gateway):
             return
-        link = await self.netlink.state(info.name)
+        link = self.netlink.state(info.name)
         if link is None or self._link_index.get(info.name) == link.index:
             return
         self._link_index[info.name] = link.index  # once per interface, even if it fails
@@ -275,7 +275,7 @@ class NetworkService:
 
     async def add_port(self, bridge: str, spec: PortSpec) -> BridgeInfo:
         self.get(bridge)
-        if spec.type is PortType.SYSTEM and await self.netlink.index(spec.name) is None:
+        if spec.type is PortType.SYSTEM and self.netlink.index(spec.name) is None:
             raise NotFound(f"there is no network interface {spec.name} to add (create it first)")
         await self.ovsdb.transact(lambda tx: commands.add_port(tx, bridge, spec))
         try:

@@ -205,7 +205,7 @@ def apply_job(network: NetworkService, doc: BridgesDocument) -> JobBody:
                 if (
                     wanted.type is PortType.SYSTEM
                     and not known
-                    and await network.netlink.index(wanted.name) is None
+                    and network.netlink.index(wanted.name) is None
                 ):
                     raise NotFound(f"port {wanted.name} of {spec.name}: no such network interface")
         plan = make_plan(doc, network.ovsdb.cache, network.default_datapath)

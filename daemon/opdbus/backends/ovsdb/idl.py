@@ -194,6 +194,7 @@ class IdlThread(threading.Thread):
         self._names: dict[str, dict[str, str]] = {
             table: {} for table in ("Bridge", "Port", "Interface")
         }
+        self._name_of: dict[str, str] = {}  # uuid -> the name it is indexed under
         self._events: list[RowEvent] = []
         self._connected: bool | None = None
         self._resync = True
@@ -269,19 +270,18 @@ class IdlThread(threading.Thread):
         frozen = freeze(table, row)
         kind = _EVENTS[event]
         if table in self._names:
-            names = self._names[table]
-            name = getattr(frozen, "name", "")
-            if kind == "delete":
-                if names.get(name) == frozen.uuid:
-                    del names[name]
-            else:
-                stale = [
-                    key for key, value in names.items() if value == frozen.uuid and key != name
-                ]
-                for key in stale:  # renamed
-                    del names[key]
-                names[name] = frozen.uuid
+            self._index(table, kind, frozen.uuid, getattr(frozen, "name", ""))
         self._events.append(RowEvent(kind, table, frozen))
+
+    def _index(self, table: str, kind: str, uuid: str, name: str) -> None:
+        """Keep name -> uuid current in O(1) per row (renames included)."""
+        names = self._names[table]
+        old = self._name_of.pop(uuid, None)
+        if old is not None and names.get(old) == uuid:
+            del names[old]
+        if kind != "delete":
+            names[name] = uuid
+            self._name_of[uuid] = name
 
     def _publish(self) -> None:
         idl = self._idl
@@ -323,6 +323,7 @@ class IdlThread(threading.Thread):
             out[table] = rows
             if table in self._names:
                 self._names[table] = {getattr(r, "name", ""): u for u, r in rows.items()}
+                self._name_of.update({u: getattr(r, "name", "") for u, r in rows.items()})
         return out
 
     def _serve(self) -> None:

@@ -85,6 +85,25 @@ class InterfaceRow:
 Row = RootRow | BridgeRow | PortRow | InterfaceRow
 
 
+def _uuid_text(value: Any, base: Any) -> Any:
+    """Datum.to_python hands every scalar here: only references become text."""
+    return str(value) if base.ref_table_name else value
+
+
+def _get(row: Any, column: str, default: Any) -> Any:
+    """A column's committed value, references as UUID strings.
+
+    Reads the IDL's own datum instead of ``getattr(row, column)``: that
+    conversion turns every reference into a Row object, which made freezing
+    a bridge with N ports cost N Row lookups on every change of it.
+    """
+    data = row._data
+    datum = data.get(column) if data is not None else None
+    if datum is None:
+        return default
+    return datum.to_python(_uuid_text)
+
+
 def _one(value: Any) -> Any:
     """An optional column: [] -> None, [x] -> x, x -> x."""
     if isinstance(value, list):
@@ -92,19 +111,12 @@ def _one(value: Any) -> Any:
     return value
 
 
-def _uuids(rows: Any) -> tuple[str, ...]:
-    return tuple(str(row.uuid) for row in rows)
+def _uuids(values: Any) -> tuple[str, ...]:
+    return tuple(str(value) for value in values)
 
 
 def _map(value: Any) -> Mapping[str, str]:
     return MappingProxyType(dict(value)) if value else EMPTY
-
-
-def _get(row: Any, column: str, default: Any) -> Any:
-    try:
-        return getattr(row, column)
-    except AttributeError:  # a deleted row keeps only the columns it had
-        return default
 
 
 def freeze(table: str, row: Any) -> Row:
