@@ -93,14 +93,14 @@ def main() -> None:
         )
         times: dict[str, list[float]] = {"daemon": [], "separate": [], "batched": []}
         try:
+            runs = {
+                "daemon": lambda: asyncio.run(through_daemon(bus.address)),
+                "separate": lambda: vsctl_separate(ovs),
+                "batched": lambda: vsctl_batched(ovs),
+            }
             for _ in range(ROUNDS):
-                for name in times:
-                    if name == "daemon":
-                        times[name].append(asyncio.run(through_daemon(bus.address)))
-                    elif name == "separate":
-                        times[name].append(vsctl_separate(ovs))
-                    else:
-                        times[name].append(vsctl_batched(ovs))
+                for name, run in runs.items():
+                    times[name].append(run())
                     assert len(ovs.vsctl("list-br").stdout.split()) == COUNT
                     clear(ovs)
         finally:

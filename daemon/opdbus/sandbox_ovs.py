@@ -56,14 +56,16 @@ class PrivateOvs:
     def remote(self) -> str:
         return f"unix:{self.socket}"
 
-    def vsctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def vsctl(
+        self, *args: str, check: bool = True, timeout: int = 10
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["ovs-vsctl", f"--db={self.remote}", "--timeout=10", *args],
+            ["ovs-vsctl", f"--db={self.remote}", f"--timeout={timeout}", *args],
             env=self.env,
             capture_output=True,
             text=True,
             check=check,
-            timeout=30,
+            timeout=timeout + 20,
         )
 
     def start_db(self) -> None:

@@ -21,6 +21,8 @@ PortsT = Annotated[
 StringsT = Annotated[list[str], DBusSignature("as")]
 StringMapT = Annotated[dict[str, str], DBusSignature("a{ss}")]
 
+PORTS_SENT_IN_FULL = 256
+
 # BridgeInfo field -> Bridge1 property.
 FIELD_TO_PROPERTY = {
     "uuid": "UUID",
@@ -163,8 +165,15 @@ class BridgeExporter:
             self.bridge_added(info)
             return
         names = sorted(FIELD_TO_PROPERTY[f] for f in fields if f in FIELD_TO_PROPERTY)
-        if names:
-            obj.emit_properties_changed({name: getattr(obj, name) for name in names})
+        invalidated = []
+        if "Ports" in names and len(info.ports) > PORTS_SENT_IN_FULL:
+            # Marshalling every port on every change would make adding the
+            # Nth port cost O(N); past this size, say "changed" and let
+            # whoever cares read Ports (one GetAll).
+            names.remove("Ports")
+            invalidated.append("Ports")
+        if names or invalidated:
+            obj.emit_properties_changed({name: getattr(obj, name) for name in names}, invalidated)
 
     def bridge_removed(self, name: str) -> None:
         if self._objects.pop(name, None) is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 from collections.abc import Callable
 from typing import Protocol
 
@@ -23,6 +24,7 @@ from opdbus.backends.netlink import LinkState, Netlink
 from opdbus.backends.ovsdb import commands
 from opdbus.backends.ovsdb.client import Changes, OvsdbClient
 from opdbus.backends.ovsdb.idl import Txn
+from opdbus.backends.ovsdb.rows import PortRow
 from opdbus.errors import BackendFailed, InvalidArgs, NotFound, OpdbusError
 from opdbus.models.network import (
     Addressing,
@@ -40,6 +42,7 @@ KEY_GATEWAY = "opdbus:gateway"
 KEY_DHCP = "opdbus:dhcp"
 RESERVED_PREFIX = "opdbus:"
 LINK_TIMEOUT = 5.0
+BY_NAME = operator.attrgetter("name")
 
 
 class NetworkObserver(Protocol):
@@ -98,6 +101,8 @@ class NetworkService:
         # One configuration of a bridge's interface at a time (a caller's and
         # the reconciler's would otherwise race to add the same address).
         self._locks: dict[str, asyncio.Lock] = {}
+        self._ports_memo: dict[str, tuple[int, PortInfo]] = {}
+        self._refreshing: set[str] = set()  # taken by the refresher, not done yet
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -136,11 +141,14 @@ class NetworkService:
             await self._wake.wait()
             self._wake.clear()
             names, self._dirty = self._dirty, set()
+            self._refreshing |= names
             for name in sorted(names):
                 try:
                     await self.refresh(name)
                 except OpdbusError as e:
                     log.warning("bridge %s: %s", name, e)
+                finally:
+                    self._refreshing.discard(name)
 
     async def refresh_all(self) -> None:
         for name in sorted(set(self.ovsdb.cache.bridge_names()) | set(self.bridges)):
@@ -148,7 +156,10 @@ class NetworkService:
 
     async def refresh(self, name: str) -> BridgeInfo | None:
         """Recompute one bridge from OVSDB and the kernel; tell observers what changed."""
-        info = await self._info(name)
+        # Computed from the current cache, this satisfies any pending mark: the
+        # refresher need not do it again (a change's caller refreshes at once).
+        self._dirty.discard(name)
+        info = self._info(name)
         old = self.bridges.get(name)
         if info is None:
             if old is not None:
@@ -169,34 +180,48 @@ class NetworkService:
         await self._reconcile(info)
         return info
 
-    async def _info(self, name: str) -> BridgeInfo | None:
+    def _port_info(self, port: PortRow) -> PortInfo:
+        """PortInfo of a port, made again only when its rows changed.
+
+        Without this, every change to a bridge with N ports rebuilt N models.
+        """
+        version = self.ovsdb.cache.port_version.get(port.uuid, -1)
+        memo = self._ports_memo.get(port.uuid)
+        if memo is not None and memo[0] == version:
+            return memo[1]
+        ifaces = self.ovsdb.cache.interfaces_of(port)
+        first = ifaces[0] if ifaces else None
+        info = PortInfo.model_construct(  # the rows are OVSDB's: nothing to validate
+            name=port.name,
+            type=(first.type or "system") if first else "",
+            tag=port.tag,
+            trunks=list(port.trunks),
+            ofport=first.ofport if first else None,
+            interfaces=[i.name for i in ifaces],
+            peer=first.options.get("peer") if first else None,
+        )
+        self._ports_memo[port.uuid] = (version, info)
+        return info
+
+    def _info(self, name: str) -> BridgeInfo | None:
         cache = self.ovsdb.cache
         row = cache.bridge(name)
         if row is None:
             return None
-        ports = []
         own_error = ""
         own_admin = own_link = "unknown"
         mtu_request: int | None = None
+        ports = []
         for port in cache.ports_of(row):
-            ifaces = cache.interfaces_of(port)
-            first = ifaces[0] if ifaces else None
-            if port.name == name and first is not None:
-                own_error, mtu_request = first.error, first.mtu_request
-                own_admin = first.admin_state or "unknown"
-                own_link = first.link_state or "unknown"
-            ports.append(
-                PortInfo(
-                    name=port.name,
-                    type=(first.type or "system") if first else "",
-                    tag=port.tag,
-                    trunks=list(port.trunks),
-                    ofport=first.ofport if first else None,
-                    interfaces=[i.name for i in ifaces],
-                    peer=first.options.get("peer") if first else None,
-                )
-            )
-        ports.sort(key=lambda p: p.name)
+            ports.append(self._port_info(port))
+            if port.name == name:
+                for iface in cache.interfaces_of(port)[:1]:
+                    own_error, mtu_request = iface.error, iface.mtu_request
+                    own_admin = iface.admin_state or "unknown"
+                    own_link = iface.link_state or "unknown"
+        if len(self._ports_memo) > 2 * len(cache.ports) + 64:  # ports deleted meanwhile
+            self._ports_memo = {k: v for k, v in self._ports_memo.items() if k in cache.ports}
+        ports.sort(key=BY_NAME)
         link = self.netlink.state(name)
         wanted = wanted_addressing(dict(row.external_ids), mtu_request)
         return BridgeInfo(
@@ -345,7 +370,15 @@ class NetworkService:
             log.error("could not undo a failed change: %s", e)
 
     async def _fresh(self, name: str) -> BridgeInfo:
-        info = await self.refresh(name)
+        """The bridge as it is now that a change of ours is in the cache.
+
+        The change's events were folded in (and the bridge marked) before the
+        transaction returned; if the refresher has already recomputed it,
+        that result is current and is not made a second time.
+        """
+        info = self.bridges.get(name)
+        if info is None or name in self._dirty or name in self._refreshing:
+            info = await self.refresh(name)
         if info is None:
             raise NotFound(f"bridge {name} vanished meanwhile")
         return info

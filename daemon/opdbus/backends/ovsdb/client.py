@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+PER_INTERFACE_SECONDS = 0.05
+
 
 @dataclass
 class Changes:
@@ -48,6 +50,10 @@ class OvsCache:
         self._by_name: dict[str, str] = {}
         self._port_bridge: dict[str, str] = {}
         self._iface_port: dict[str, str] = {}
+        # Bumped whenever a port's row or one of its interfaces' rows changes:
+        # lets a reader tell an unchanged port in O(1).
+        self.port_version: dict[str, int] = {}
+        self._versions = 0
 
     def bridge(self, name: str) -> BridgeRow | None:
         uuid = self._by_name.get(name)
@@ -117,15 +123,17 @@ class OvsCache:
     def _store(self, table: str, row: Row) -> None:
         if isinstance(row, BridgeRow):
             old = self.bridges.get(row.uuid)
+            before: set[str] = set()
             if old is not None:
                 if self._by_name.get(old.name) == row.uuid:
                     del self._by_name[old.name]
-                for port in set(old.ports) - set(row.ports):
-                    self._port_bridge.pop(port, None)
+                before = set(old.ports)
+            now = set(row.ports)
+            for port in before - now:
+                self._port_bridge.pop(port, None)
+            self._port_bridge.update(dict.fromkeys(now - before, row.uuid))
             self.bridges[row.uuid] = row
             self._by_name[row.name] = row.uuid
-            for port in row.ports:
-                self._port_bridge[port] = row.uuid
         elif isinstance(row, PortRow):
             old_port = self.ports.get(row.uuid)
             if old_port is not None:
@@ -134,10 +142,18 @@ class OvsCache:
             self.ports[row.uuid] = row
             for iface in row.interfaces:
                 self._iface_port[iface] = row.uuid
+            self._bump(row.uuid)
         elif isinstance(row, InterfaceRow):
             self.interfaces[row.uuid] = row
+            owner = self._iface_port.get(row.uuid)
+            if owner is not None:
+                self._bump(owner)
         elif isinstance(row, RootRow):
             self.root = row
+
+    def _bump(self, port: str) -> None:
+        self._versions += 1
+        self.port_version[port] = self._versions
 
     def _remove(self, table: str, row: Row) -> None:
         if isinstance(row, BridgeRow):
@@ -147,6 +163,7 @@ class OvsCache:
         elif isinstance(row, PortRow):
             self.ports.pop(row.uuid, None)
             self._port_bridge.pop(row.uuid, None)
+            self.port_version.pop(row.uuid, None)
         elif isinstance(row, InterfaceRow):
             self.interfaces.pop(row.uuid, None)
             self._iface_port.pop(row.uuid, None)
@@ -192,23 +209,25 @@ class OvsdbClient:
         """Run ``build`` as one transaction in the IDL thread; wait for ovs-vswitchd to apply it."""
         if self._thread is None or not self.connected:
             raise BackendUnavailable(self.detail)
-        value, next_cfg = await self._thread.submit(build)
-        if apply and next_cfg is not None:
-            await self._applied(next_cfg)
-        return value
+        done = await self._thread.submit(build)
+        if apply and done.next_cfg is not None:
+            # ovs-vswitchd takes longer the more interfaces it opens or closes.
+            timeout = self.apply_timeout + PER_INTERFACE_SECONDS * done.interfaces
+            await self._applied(done.next_cfg, timeout)
+        return done.value
 
-    async def _applied(self, next_cfg: int) -> None:
+    async def _applied(self, next_cfg: int, timeout: float) -> None:
         root = self.cache.root
         if root is not None and root.cur_cfg >= next_cfg:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._cfg_waiters.append((next_cfg, waiter))
         try:
-            async with asyncio.timeout(self.apply_timeout):
+            async with asyncio.timeout(timeout):
                 await waiter
         except TimeoutError:
             raise BackendUnavailable(
-                f"ovs-vswitchd did not apply the change within {self.apply_timeout:g} s; "
+                f"ovs-vswitchd did not apply the change within {timeout:g} s; "
                 "is ovs-vswitchd running?"
             ) from None
         finally:

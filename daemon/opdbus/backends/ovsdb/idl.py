@@ -91,6 +91,8 @@ class Txn:
         # same transaction see it (ApplyBridges adds a bridge, then its ports).
         self._inserted: dict[tuple[str, str], Any] = {}
         self._deleted: set[str] = set()
+        # Interfaces made or removed: ovs-vswitchd's work (and wait) grows with them.
+        self.interfaces_touched = 0
 
     @property
     def root(self) -> Any:
@@ -117,6 +119,8 @@ class Txn:
             setattr(row, column, value)
         if "name" in columns:
             self._inserted[(table, columns["name"])] = row
+        if table == "Interface":
+            self.interfaces_touched += 1
         self.changed = True
         return row
 
@@ -134,6 +138,8 @@ class Txn:
         self.changed = True
 
     def delete(self, row: Any) -> None:
+        if row._table.name == "Interface":
+            self.interfaces_touched += 1
         self._deleted.add(str(row.uuid))
         for key, new in list(self._inserted.items()):
             if new is row:
@@ -163,10 +169,19 @@ def _to_uuid(text: str) -> uuid.UUID:
     return uuid.UUID(text)
 
 
+@dataclass(frozen=True)
+class Committed(Generic[T]):
+    """What a transaction returned, and what ovs-vswitchd now has to do."""
+
+    value: T
+    next_cfg: int | None  # wait for cur_cfg to reach this; None: nothing to apply
+    interfaces: int  # interfaces made or removed
+
+
 @dataclass
 class _Request(Generic[T]):
     build: Callable[[Txn], T]
-    future: asyncio.Future[tuple[T, int | None]]
+    future: asyncio.Future[Committed[T]]
 
 
 class _Idl(ovs.db.idl.Idl):  # type: ignore[misc]
@@ -202,8 +217,8 @@ class IdlThread(threading.Thread):
 
     # -- from the event loop -----------------------------------------------------
 
-    def submit(self, build: Callable[[Txn], T]) -> asyncio.Future[tuple[T, int | None]]:
-        future: asyncio.Future[tuple[T, int | None]] = self._loop.create_future()
+    def submit(self, build: Callable[[Txn], T]) -> asyncio.Future[Committed[T]]:
+        future: asyncio.Future[Committed[T]] = self._loop.create_future()
         with self._lock:
             self._requests.append(_Request(build, future))
         self._wake()
@@ -347,7 +362,7 @@ class IdlThread(threading.Thread):
                 self._publish()  # the events first, then the answer
                 self._resolve(request.future, result=result)
 
-    def _execute(self, build: Callable[[Txn], T]) -> tuple[T, int | None]:
+    def _execute(self, build: Callable[[Txn], T]) -> Committed[T]:
         assert self._idl is not None
         for _ in range(MAX_TRIES):
             if self._connected is not True or self._resync:
@@ -360,7 +375,7 @@ class IdlThread(threading.Thread):
                 raise
             status, next_cfg = txn.commit()
             if status != ovs.db.idl.Transaction.TRY_AGAIN:
-                return value, next_cfg
+                return Committed(value, next_cfg, txn.interfaces_touched)
             # Someone changed what we read: catch up, then build it again.
             self._idl.run()
             self._publish()
