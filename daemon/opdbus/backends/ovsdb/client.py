@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from opdbus.backends.ovsdb.idl import IdlThread, RowEvent, Snapshot, Status, Txn, Update
-from opdbus.backends.ovsdb.rows import BridgeRow, InterfaceRow, PortRow, RootRow, Row
+from opdbus.backends.ovsdb.rows import BridgeRow, InterfaceRow, PortRow, RootRow, Row, RowId
 from opdbus.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -40,19 +40,20 @@ class Changes:
 
 
 class OvsCache:
-    """Frozen rows by UUID, plus the links from interface to port to bridge."""
+    """Frozen rows by RowId, plus the links from interface to port to bridge."""
 
     def __init__(self) -> None:
         self.root: RootRow | None = None
-        self.bridges: dict[str, BridgeRow] = {}
-        self.ports: dict[str, PortRow] = {}
-        self.interfaces: dict[str, InterfaceRow] = {}
-        self._by_name: dict[str, str] = {}
-        self._port_bridge: dict[str, str] = {}
-        self._iface_port: dict[str, str] = {}
+        self.bridges: dict[RowId, BridgeRow] = {}
+        self.ports: dict[RowId, PortRow] = {}
+        self.interfaces: dict[RowId, InterfaceRow] = {}
+        self._by_name: dict[str, RowId] = {}
+        self._port_bridge: dict[RowId, RowId] = {}
+        self._iface_port: dict[RowId, RowId] = {}
+        self._port_by_name: dict[str, RowId] = {}
         # Bumped whenever a port's row or one of its interfaces' rows changes:
         # lets a reader tell an unchanged port in O(1).
-        self.port_version: dict[str, int] = {}
+        self.port_version: dict[RowId, int] = {}
         self._versions = 0
 
     def bridge(self, name: str) -> BridgeRow | None:
@@ -64,6 +65,14 @@ class OvsCache:
 
     def ports_of(self, bridge: BridgeRow) -> list[PortRow]:
         return [self.ports[uuid] for uuid in bridge.ports if uuid in self.ports]
+
+    def bridge_port(self, bridge: BridgeRow) -> PortRow | None:
+        """The bridge's own port (named like the bridge), found without a scan."""
+        uuid = self._port_by_name.get(bridge.name)
+        port = None if uuid is None else self.ports.get(uuid)
+        return (
+            port if port is not None and self._port_bridge.get(port.uuid) == bridge.uuid else None
+        )
 
     def interfaces_of(self, port: PortRow) -> list[InterfaceRow]:
         return [self.interfaces[uuid] for uuid in port.interfaces if uuid in self.interfaces]
@@ -111,10 +120,10 @@ class OvsCache:
 
     def _touched(self, event: RowEvent) -> str | None:
         """The name of the bridge a Port or Interface row belongs to, if known."""
-        uuid = event.row.uuid
+        uuid: RowId | None = event.row.uuid
         if event.table == "Interface":
-            uuid = self._iface_port.get(uuid, "")
-        if event.table in ("Port", "Interface"):
+            uuid = self._iface_port.get(event.row.uuid)
+        if event.table in ("Port", "Interface") and uuid is not None:
             owner = self._port_bridge.get(uuid)
             bridge = None if owner is None else self.bridges.get(owner)
             return None if bridge is None else bridge.name
@@ -123,7 +132,7 @@ class OvsCache:
     def _store(self, table: str, row: Row) -> None:
         if isinstance(row, BridgeRow):
             old = self.bridges.get(row.uuid)
-            before: set[str] = set()
+            before: set[RowId] = set()
             if old is not None:
                 if self._by_name.get(old.name) == row.uuid:
                     del self._by_name[old.name]
@@ -140,6 +149,7 @@ class OvsCache:
                 for iface in set(old_port.interfaces) - set(row.interfaces):
                     self._iface_port.pop(iface, None)
             self.ports[row.uuid] = row
+            self._port_by_name[row.name] = row.uuid
             for iface in row.interfaces:
                 self._iface_port[iface] = row.uuid
             self._bump(row.uuid)
@@ -151,7 +161,7 @@ class OvsCache:
         elif isinstance(row, RootRow):
             self.root = row
 
-    def _bump(self, port: str) -> None:
+    def _bump(self, port: RowId) -> None:
         self._versions += 1
         self.port_version[port] = self._versions
 
@@ -163,6 +173,8 @@ class OvsCache:
         elif isinstance(row, PortRow):
             self.ports.pop(row.uuid, None)
             self._port_bridge.pop(row.uuid, None)
+            if self._port_by_name.get(row.name) == row.uuid:
+                del self._port_by_name[row.name]
             self.port_version.pop(row.uuid, None)
         elif isinstance(row, InterfaceRow):
             self.interfaces.pop(row.uuid, None)

@@ -27,17 +27,17 @@ import os
 import select
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 import ovs.db.idl
 import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
 
-from opdbus.backends.ovsdb.rows import COLUMNS, RootRow, Row, freeze
+from opdbus.backends.ovsdb.rows import COLUMNS, RootRow, Row, RowId, freeze
 from opdbus.errors import BackendFailed, BackendUnavailable, OpdbusError
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class RowEvent:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    rows: dict[str, dict[str, Row]]  # table -> uuid -> row
+    rows: dict[str, dict[RowId, Row]]  # table -> row id -> row
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,7 @@ Update = list[RowEvent] | Snapshot | Status
 class Txn:
     """One OVSDB transaction being built in the IDL thread (commands use only this)."""
 
-    def __init__(self, idl: ovs.db.idl.Idl, names: dict[str, dict[str, str]]) -> None:
+    def __init__(self, idl: ovs.db.idl.Idl, names: dict[str, dict[str, UUID]]) -> None:
         self._idl = idl
         self._names = names
         self._txn = ovs.db.idl.Transaction(idl)
@@ -90,7 +90,7 @@ class Txn:
         # What this transaction made or removed, so that later commands in the
         # same transaction see it (ApplyBridges adds a bridge, then its ports).
         self._inserted: dict[tuple[str, str], Any] = {}
-        self._deleted: set[str] = set()
+        self._deleted: set[UUID] = set()
         # Interfaces made or removed: ovs-vswitchd's work (and wait) grows with them.
         self.interfaces_touched = 0
 
@@ -108,10 +108,7 @@ class Txn:
         uuid = self._names[table].get(name)
         if uuid is None or uuid in self._deleted:
             return None
-        return self._idl.tables[table].rows.get(_to_uuid(uuid))
-
-    def row(self, table: str, uuid: str) -> Any | None:
-        return self._idl.tables[table].rows.get(_to_uuid(uuid))
+        return self._idl.tables[table].rows.get(uuid)
 
     def insert(self, table: str, **columns: Any) -> Any:
         row = self._txn.insert(self._idl.tables[table])
@@ -140,7 +137,7 @@ class Txn:
     def delete(self, row: Any) -> None:
         if row._table.name == "Interface":
             self.interfaces_touched += 1
-        self._deleted.add(str(row.uuid))
+        self._deleted.add(row.uuid)
         for key, new in list(self._inserted.items()):
             if new is row:
                 del self._inserted[key]
@@ -163,10 +160,6 @@ class Txn:
 
     def abort(self) -> None:
         self._txn.abort()
-
-
-def _to_uuid(text: str) -> uuid.UUID:
-    return uuid.UUID(text)
 
 
 @dataclass(frozen=True)
@@ -206,10 +199,10 @@ class IdlThread(threading.Thread):
         self._lock = threading.Lock()
         self._requests: collections.deque[_Request[Any]] = collections.deque()
         self._idl: _Idl | None = None
-        self._names: dict[str, dict[str, str]] = {
+        self._names: dict[str, dict[str, UUID]] = {
             table: {} for table in ("Bridge", "Port", "Interface")
         }
-        self._name_of: dict[str, str] = {}  # uuid -> the name it is indexed under
+        self._name_of: dict[UUID, str] = {}  # uuid -> the name it is indexed under
         self._events: list[RowEvent] = []
         self._connected: bool | None = None
         self._resync = True
@@ -285,10 +278,10 @@ class IdlThread(threading.Thread):
         frozen = freeze(table, row)
         kind = _EVENTS[event]
         if table in self._names:
-            self._index(table, kind, frozen.uuid, getattr(frozen, "name", ""))
+            self._index(table, kind, row.uuid, getattr(frozen, "name", ""))
         self._events.append(RowEvent(kind, table, frozen))
 
-    def _index(self, table: str, kind: str, uuid: str, name: str) -> None:
+    def _index(self, table: str, kind: str, uuid: UUID, name: str) -> None:
         """Keep name -> uuid current in O(1) per row (renames included)."""
         names = self._names[table]
         old = self._name_of.pop(uuid, None)
@@ -328,17 +321,17 @@ class IdlThread(threading.Thread):
         rows = self._idl.tables["Open_vSwitch"].rows.values()
         return [r for r in (freeze("Open_vSwitch", row) for row in rows) if isinstance(r, RootRow)]
 
-    def _snapshot(self) -> dict[str, dict[str, Row]]:
+    def _snapshot(self) -> dict[str, dict[RowId, Row]]:
         assert self._idl is not None
-        out: dict[str, dict[str, Row]] = {}
+        out: dict[str, dict[RowId, Row]] = {}
         for table in COLUMNS:
             rows = {
-                str(key): freeze(table, row) for key, row in self._idl.tables[table].rows.items()
+                key.int: freeze(table, row) for key, row in self._idl.tables[table].rows.items()
             }
             out[table] = rows
             if table in self._names:
-                self._names[table] = {getattr(r, "name", ""): u for u, r in rows.items()}
-                self._name_of.update({u: getattr(r, "name", "") for u, r in rows.items()})
+                self._names[table] = {getattr(r, "name", ""): UUID(int=u) for u, r in rows.items()}
+                self._name_of.update({UUID(int=u): getattr(r, "name", "") for u, r in rows.items()})
         return out
 
     def _serve(self) -> None:

@@ -3,7 +3,10 @@
 An IDL Row is live (it changes under the thread's feet and is not
 thread-safe); these are immutable snapshots of the columns op-dbus reads.
 Optional OVSDB columns (0 or 1 value) become ``None`` or the value; sets
-become tuples; references become the referenced row's UUID string.
+become tuples; a row's UUID and its references become RowId, the UUID's
+128-bit integer: unlike text it needs no formatting (thousands per change of
+a big bridge) and unlike uuid.UUID it hashes and compares in C (the caches
+are dicts keyed by it).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from uuid import UUID
 
 # Columns replicated per table. Statistics and the like are left out on
 # purpose: ovs-vswitchd rewrites them every few seconds, and every rewrite
@@ -36,11 +40,18 @@ COLUMNS: dict[str, list[str]] = {
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
+RowId = int  # uuid.UUID(...).int of an OVSDB row
+
+
+def row_uuid(row_id: RowId) -> str:
+    """A RowId as OVSDB spells the UUID."""
+    return str(UUID(int=row_id))
+
 
 @dataclass(frozen=True, slots=True)
 class RootRow:
-    uuid: str
-    bridges: tuple[str, ...] = ()
+    uuid: RowId
+    bridges: tuple[RowId, ...] = ()
     next_cfg: int = 0
     cur_cfg: int = 0
     ovs_version: str = ""
@@ -48,9 +59,9 @@ class RootRow:
 
 @dataclass(frozen=True, slots=True)
 class BridgeRow:
-    uuid: str
+    uuid: RowId
     name: str
-    ports: tuple[str, ...] = ()
+    ports: tuple[RowId, ...] = ()
     datapath_type: str = ""
     fail_mode: str = ""
     stp_enable: bool = False
@@ -59,9 +70,9 @@ class BridgeRow:
 
 @dataclass(frozen=True, slots=True)
 class PortRow:
-    uuid: str
+    uuid: RowId
     name: str
-    interfaces: tuple[str, ...] = ()
+    interfaces: tuple[RowId, ...] = ()
     tag: int | None = None
     trunks: tuple[int, ...] = ()
     external_ids: Mapping[str, str] = field(default_factory=lambda: EMPTY)
@@ -69,7 +80,7 @@ class PortRow:
 
 @dataclass(frozen=True, slots=True)
 class InterfaceRow:
-    uuid: str
+    uuid: RowId
     name: str
     type: str = ""
     options: Mapping[str, str] = field(default_factory=lambda: EMPTY)
@@ -85,13 +96,13 @@ class InterfaceRow:
 Row = RootRow | BridgeRow | PortRow | InterfaceRow
 
 
-def _uuid_text(value: Any, base: Any) -> Any:
-    """Datum.to_python hands every scalar here: only references become text."""
-    return str(value) if base.ref_table_name else value
+def _row_id(value: Any, base: Any) -> Any:
+    """Datum.to_python's hook, called for every scalar: a reference becomes a RowId."""
+    return value.int if isinstance(value, UUID) else value
 
 
 def _get(row: Any, column: str, default: Any) -> Any:
-    """A column's committed value, references as UUID strings.
+    """A column's committed value, references as RowId.
 
     Reads the IDL's own datum instead of ``getattr(row, column)``: that
     conversion turns every reference into a Row object, which made freezing
@@ -101,7 +112,7 @@ def _get(row: Any, column: str, default: Any) -> Any:
     datum = data.get(column) if data is not None else None
     if datum is None:
         return default
-    return datum.to_python(_uuid_text)
+    return datum.to_python(_row_id)
 
 
 def _one(value: Any) -> Any:
@@ -111,8 +122,8 @@ def _one(value: Any) -> Any:
     return value
 
 
-def _uuids(values: Any) -> tuple[str, ...]:
-    return tuple(str(value) for value in values)
+def _uuids(values: Any) -> tuple[RowId, ...]:
+    return tuple(values)
 
 
 def _map(value: Any) -> Mapping[str, str]:
@@ -121,7 +132,7 @@ def _map(value: Any) -> Mapping[str, str]:
 
 def freeze(table: str, row: Any) -> Row:
     """Copy an IDL Row of ``table`` (in the IDL thread)."""
-    uuid = str(row.uuid)
+    uuid: RowId = row.uuid.int
     if table == "Bridge":
         return BridgeRow(
             uuid=uuid,
