@@ -104,12 +104,14 @@ def main() -> None:
         ratio,
         "<= 2x",
         ratio <= 2.0,
-        f"median of {ROUNDS} runs ({', '.join(f'{r:.2f}x' for r in ratios)}), {per_port:.1f} ms per port",
+        f"median of {ROUNDS} runs ({', '.join(f'{r:.2f}x' for r in ratios)}), "
+        f"{per_port:.1f} ms per port",
     )
     ratio, first, last = growth(ours)
     floor_ratio, floor_first, floor_last = growth(floor)
     print(
-        f"  with the real ovs-vswitchd: op-dbusd grows {ratio:.2f}x ({first:.2f} s -> {last:.2f} s), "
+        f"  with the real ovs-vswitchd: op-dbusd grows {ratio:.2f}x "
+        f"({first:.2f} s -> {last:.2f} s), "
         f"ovs-vsctl grows {floor_ratio:.2f}x ({floor_first:.2f} s -> {floor_last:.2f} s); "
         f"per port op-dbusd {1000 * sum(ours) / PORTS:.1f} ms, "
         f"ovs-vsctl {1000 * sum(floor) / PORTS:.1f} ms"
