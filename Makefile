@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # installing it does not make it PID 1).
 APT_PACKAGES := dbus-daemon dbus-bin systemd polkitd python3-venv python3-dev gcc \
                 util-linux bsdutils passwd nix-bin \
-                openvswitch-switch openvswitch-common iproute2 iputils-ping
+                openvswitch-switch openvswitch-common iproute2 iputils-ping dnsmasq-base
 
 .PHONY: run test deps venv lint typecheck pytest bench clean
 

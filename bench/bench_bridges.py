@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 from common import environment, isolated, median, report, start_opdbusd
 from opctl.client import Client
@@ -93,7 +94,7 @@ def main() -> None:
         )
         times: dict[str, list[float]] = {"daemon": [], "separate": [], "batched": []}
         try:
-            runs = {
+            runs: dict[str, Callable[[], float]] = {
                 "daemon": lambda: asyncio.run(through_daemon(bus.address)),
                 "separate": lambda: vsctl_separate(ovs),
                 "batched": lambda: vsctl_batched(ovs),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from common import HERE, environment, isolated, report, start_opdbusd
 from opctl.client import Client
+from opdbus.sandbox import PrivateBus
 from opdbus.sandbox_ovs import SCHEMA, PrivateOvs, start_private_ovs
 
 PORTS = 1000
@@ -56,7 +57,7 @@ def growth(costs: list[float]) -> tuple[float, float, float]:
     return last / first, first, last
 
 
-def with_instant_applier(bus_address: str, bus: object, workdir: Path) -> list[float]:
+def with_instant_applier(bus_address: str, bus: PrivateBus, workdir: Path) -> list[float]:
     """op-dbusd's own cost: ovsdb-server with a stand-in that acknowledges at once."""
     workdir.mkdir(parents=True, exist_ok=True)
     ovs = start_private_ovs(workdir / "ovs-instant")
@@ -69,7 +70,7 @@ def with_instant_applier(bus_address: str, bus: object, workdir: Path) -> list[f
     daemon = start_opdbusd(
         bus,
         workdir,
-        name="opdbusd-instant",  # type: ignore[arg-type]
+        name="opdbusd-instant",
         ovsdb={"remote": ovs.remote, "datapath_type": "netdev"},
     )
     try:

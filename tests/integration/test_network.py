@@ -163,6 +163,112 @@ async def test_the_datapath_really_forwards(
             await client.delete_bridge(bridge)
 
 
+@contextlib.contextmanager
+def dnsmasq(ns: str, iface: str, tmp: Path) -> Iterator[subprocess.Popen[str]]:
+    """A real DHCP server (dnsmasq, no DNS) on ``iface`` inside namespace ``ns``;
+    leases in tmp/dnsmasq.leases, its log in tmp/dnsmasq.log."""
+    server = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--bind-interfaces",
+            f"--interface={iface}",
+            "--except-interface=lo",
+            "--dhcp-range=10.95.0.50,10.95.0.59,255.255.255.0,2m",
+            "--dhcp-option=option:router,10.95.0.1",
+            f"--dhcp-leasefile={tmp / 'dnsmasq.leases'}",
+            "--pid-file=",
+            "--user=root",
+            f"--log-facility={tmp / 'dnsmasq.log'}",
+            "--log-dhcp",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield server
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+
+
+def leased(leases: Path) -> list[str]:
+    """The addresses dnsmasq's lease file lists (expiry, MAC, IP, ...)."""
+    text = leases.read_text() if leases.exists() else ""
+    return [line.split()[2] for line in text.splitlines() if line.strip()]
+
+
+async def test_dhcp_addresses_follow_a_real_dnsmasq(
+    tmp_path: Path, private_bus: PrivateBus, ovs: PrivateOvs, client: Client
+) -> None:
+    t = tag()
+    bridge, ns, leases = f"tb{t}", f"opdbus-{t}-d", tmp_path / "dnsmasq.leases"
+    path = names.bridge_path(bridge)
+
+    def acks() -> int:
+        return sum("DHCPACK(" in line for line in (tmp_path / "dnsmasq.log").open())
+
+    with veth_in_namespace(f"ve{t}", f"vf{t}", ns, "10.95.0.1/24"), dnsmasq(ns, f"vf{t}", tmp_path):
+        async with net_daemon(tmp_path, private_bus, ovs), client.signals("") as queue:
+            await client.create_bridge(bridge, {"addresses": ["10.95.0.7/24"]})
+            await client.add_port(bridge, f"ve{t}", {})
+            await client.set_addresses(bridge, [], {"dhcp": True})
+            # The static address goes at once; the lease comes from dnsmasq.
+            event = await next_event(
+                queue,
+                lambda e: (
+                    e.path == path
+                    and e.args[1].get("Addresses") not in (None, [], ["10.95.0.7/24"])
+                ),
+                timeout=20,
+            )
+            (address,) = event.args[1]["Addresses"]
+            assert address.startswith("10.95.0.5") and address.endswith("/24"), address
+
+            async def gateway_set() -> bool:
+                return (await client.bridge(bridge)).gateway == "10.95.0.1"
+
+            await until(gateway_set)
+            info = await client.bridge(bridge)
+            assert info.dhcp is True and info.addresses == [address]
+            assert info.external_ids == {"opdbus:dhcp": "true"}
+            assert kernel_addresses(bridge) == [address]
+            assert leased(leases) == [address.split("/")[0]]  # the server's view agrees
+            assert acks() == 1
+
+        # The daemon stopping keeps the host reachable: no release, address kept.
+        assert kernel_addresses(bridge) == [address]
+        assert leased(leases) == [address.split("/")[0]]
+
+        async with net_daemon(tmp_path, private_bus, ovs):
+
+            async def asked_again() -> bool:
+                return acks() == 2
+
+            await until(asked_again, timeout=20)  # the new daemon's client got its lease
+            await until(gateway_set)
+            assert (await client.bridge(bridge)).addresses == [address]
+
+            # Back to static: the DHCP address goes and the lease is given back.
+            await client.set_addresses(bridge, ["10.95.0.8/24"], {})
+            assert kernel_addresses(bridge) == ["10.95.0.8/24"]
+
+            async def released() -> bool:
+                return leased(leases) == []
+
+            await until(released)
+            info = await client.bridge(bridge)
+            assert (info.dhcp, info.gateway) == (False, "")
+            await client.delete_bridge(bridge)
+
+
 async def test_changes_made_by_hand_reach_the_bus(
     tmp_path: Path, private_bus: PrivateBus, ovs: PrivateOvs, client: Client
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -76,6 +77,7 @@ class Netlink:
         self._ipr: AsyncIPRoute | None = None
         self._monitor = RtnlMonitor(self._on_message, self._on_overrun)
         self._resync: asyncio.Task[None] | None = None
+        self._rechecks: dict[int, asyncio.Task[None]] = {}
         self._links: dict[int, _Link] = {}
         self._by_name: dict[str, int] = {}
         self.on_change: list[Callable[[str], None]] = []
@@ -90,10 +92,11 @@ class Netlink:
 
     async def stop(self) -> None:
         self._monitor.close()
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync
+        for task in [self._resync, *self._rechecks.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
@@ -112,8 +115,28 @@ class Netlink:
     def _on_message(self, message: dict[str, Any]) -> None:
         name = self._apply(message)
         if name:
-            for callback in self.on_change:
-                callback(name)
+            self._tell(name)
+        if message.get("event") == "RTM_DELADDR":
+            # The kernel drops routes through a deleted address's subnet
+            # without an RTM_DELROUTE: read the link's gateway again.
+            index = int(message.get("index") or 0)
+            link = self._links.get(index)
+            if link is not None and link.gateway and index not in self._rechecks:
+                self._rechecks[index] = asyncio.create_task(
+                    self._recheck(index), name=f"netlink-recheck-{index}"
+                )
+
+    async def _recheck(self, index: int) -> None:
+        try:
+            await self._query(index)
+        except NetlinkError as e:
+            log.debug("re-reading link %d: %s", index, e)
+        finally:
+            self._rechecks.pop(index, None)
+
+    def _tell(self, name: str) -> None:
+        for callback in self.on_change:
+            callback(name)
 
     def _on_overrun(self) -> None:
         if self._resync is None or self._resync.done():
@@ -122,8 +145,7 @@ class Netlink:
     async def _dump_and_tell(self) -> None:
         await self._dump()
         for name in list(self._by_name):
-            for callback in self.on_change:
-                callback(name)
+            self._tell(name)
 
     def _apply(self, message: Any) -> str | None:
         """Fold one rtnetlink message into the view; the name of the link it concerns."""
@@ -201,7 +223,10 @@ class Netlink:
             await asyncio.sleep(0.02)
 
     async def _query(self, index: int) -> None:
-        """Read one link from the kernel (after changing it, the view must not lag)."""
+        """Read one link from the kernel (after changing it, the view must not lag);
+        observers hear of it if the view was wrong."""
+        before = self._links.get(index)
+        seen = (before.addresses.copy(), before.gateway) if before is not None else None
         ipr = self._ready()
         for message in await _all(ipr.link("get", index=index)):
             self._apply(message)
@@ -220,16 +245,19 @@ class Netlink:
             ),
             "",
         )
+        if seen is not None and seen != (link.addresses, link.gateway):
+            self._tell(link.name)
 
     async def configure(
         self,
         name: str,
         *,
-        addresses: list[str],
+        addresses: list[str] | None,
         gateway: str | None,
         manage_gateway: bool,
     ) -> LinkState:
-        """Make the link up with exactly ``addresses``; set (or, if managed, clear) its gateway."""
+        """Make the link up with exactly ``addresses`` (None: leave them); set (or, if
+        managed, clear) its gateway."""
         ipr = self._ready()
         state = self.state(name)
         if state is None:
@@ -239,8 +267,10 @@ class Netlink:
             state = self.state(name)
             if state is None:
                 raise BackendUnavailable(f"interface {name} vanished")
-            wanted = {str(ipaddress.IPv4Interface(a)) for a in addresses}
             have = set(state.addresses)
+            wanted = (
+                have if addresses is None else {str(ipaddress.IPv4Interface(a)) for a in addresses}
+            )
             for cidr in sorted(have - wanted):
                 ip, prefix = cidr.split("/")
                 await ipr.addr("del", index=state.index, address=ip, prefixlen=int(prefix))
@@ -254,9 +284,19 @@ class Netlink:
                     "replace", dst="0.0.0.0/0", gateway=gateway, oif=state.index, table=MAIN_TABLE
                 )
             elif manage_gateway and not gateway and state.gateway:
-                await ipr.route(
-                    "del", dst="0.0.0.0/0", gateway=state.gateway, oif=state.index, table=MAIN_TABLE
-                )
+                try:
+                    await ipr.route(
+                        "del",
+                        dst="0.0.0.0/0",
+                        gateway=state.gateway,
+                        oif=state.index,
+                        table=MAIN_TABLE,
+                    )
+                except NetlinkError as e:
+                    # Deleting the address the gateway was reached through
+                    # took the route with it: gone is what we wanted.
+                    if e.code != errno.ESRCH:
+                        raise
             await self._query(state.index)
         except NetlinkError as e:
             raise BackendFailed(f"netlink: configuring {name}: {e}") from None

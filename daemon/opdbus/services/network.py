@@ -20,6 +20,7 @@ import operator
 from collections.abc import Callable
 from typing import Protocol
 
+from opdbus.backends.dhcp import DhcpClient, DhcpLease
 from opdbus.backends.netlink import LinkState, Netlink
 from opdbus.backends.ovsdb import commands
 from opdbus.backends.ovsdb.client import Changes, OvsdbClient
@@ -103,6 +104,7 @@ class NetworkService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._ports_memo: dict[RowId, tuple[int, PortInfo]] = {}
         self._refreshing: set[str] = set()  # taken by the refresher, not done yet
+        self._dhcp: dict[str, DhcpClient] = {}  # bridge -> its running client
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -119,6 +121,9 @@ class NetworkService:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        clients, self._dhcp = list(self._dhcp.values()), {}
+        for client in clients:
+            await client.stop(release=False)
         await self.ovsdb.stop()
         await self.netlink.stop()
 
@@ -167,6 +172,7 @@ class NetworkService:
                 self._link_index.pop(name, None)
                 for observer in self.observers:
                     observer.bridge_removed(name)
+            await self._follow_dhcp(name, wanted=False, release=False)
             return None
         self.bridges[name] = info
         if old is None:
@@ -253,6 +259,7 @@ class NetworkService:
     async def _reconcile(self, info: BridgeInfo) -> None:
         """Apply the wanted addressing when the bridge's interface is new (or recreated)."""
         wanted = wanted_addressing(info.external_ids, None)
+        await self._follow_dhcp(info.name, wanted=wanted.dhcp, release=True)
         if not (wanted.addresses or wanted.gateway):
             return
         link = self.netlink.state(info.name)
@@ -263,6 +270,49 @@ class NetworkService:
             "bridge %s: interface appeared; applying %s", info.name, ", ".join(wanted.addresses)
         )
         await self.configure(info.name, wanted)
+
+    async def _follow_dhcp(self, name: str, *, wanted: bool, release: bool) -> None:
+        """Run a DHCP client on the bridge's interface exactly while the bridge wants one.
+
+        The decision and the bookkeeping happen before any await, so two
+        refreshes of one bridge cannot start two clients.
+        """
+        link = self.netlink.state(name)
+        client = self._dhcp.get(name)
+        keep = wanted and link is not None and client is not None and client.ifindex == link.index
+        stale = None if keep else self._dhcp.pop(name, None)
+        new = None
+        if wanted and link is not None and not keep:
+            new = self._dhcp[name] = DhcpClient(
+                name, link.index, lambda lease: self._leased(new, lease)
+            )
+        if stale is not None:
+            # A RELEASE can only go out through the interface the lease is on.
+            same = link is not None and link.index == stale.ifindex
+            await stale.stop(release=release and same)
+        if new is not None:
+            try:
+                # Up, addresses untouched: after a restart the old lease's
+                # address keeps the host reachable until the new lease.
+                async with self._locks.setdefault(name, asyncio.Lock()):
+                    await self.netlink.configure(
+                        name, addresses=None, gateway=None, manage_gateway=False
+                    )
+            except OpdbusError as e:
+                log.warning("bridge %s: cannot bring the interface up for DHCP: %s", name, e)
+            log.info("bridge %s: starting DHCP", name)
+            new.start()
+
+    async def _leased(self, client: DhcpClient | None, lease: DhcpLease | None) -> None:
+        """A lease came or went: make the interface's addresses and gateway follow it."""
+        if client is None or self._dhcp.get(client.interface) is not client:
+            return  # stopped or replaced meanwhile: its news is stale
+        dhcp = Addressing.model_construct(addresses=[], gateway=None, dhcp=True, mtu=None)
+        try:
+            await self.configure(client.interface, dhcp, manage_gateway=True)
+        except OpdbusError as e:
+            address = lease.address if lease else "no address"
+            log.warning("bridge %s: cannot apply DHCP lease (%s): %s", client.interface, address, e)
 
     # -- queries ---------------------------------------------------------------
 
@@ -294,7 +344,7 @@ class NetworkService:
         await self.ovsdb.transact(build)
         try:
             await self.check_interface_error(name, name)
-            if options.addresses or options.gateway:
+            if options.addresses or options.gateway or options.dhcp:
                 await self.netlink.wait_for(name, LINK_TIMEOUT)
                 await self.configure(name, options)
         except BaseException:
@@ -349,12 +399,14 @@ class NetworkService:
     async def configure(
         self, name: str, addressing: Addressing, *, manage_gateway: bool = False
     ) -> LinkState:
+        addresses, gateway = list(addressing.addresses), addressing.gateway
+        if addressing.dhcp:  # whatever the current lease says; none yet: no address
+            client = self._dhcp.get(name)
+            lease = client.lease if client is not None else None
+            addresses, gateway = ([lease.address], lease.gateway) if lease else ([], None)
         async with self._locks.setdefault(name, asyncio.Lock()):
             link = await self.netlink.configure(
-                name,
-                addresses=list(addressing.addresses),
-                gateway=addressing.gateway,
-                manage_gateway=manage_gateway,
+                name, addresses=addresses, gateway=gateway, manage_gateway=manage_gateway
             )
             self._link_index[name] = link.index
             return link
