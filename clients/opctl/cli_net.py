@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 Command = Callable[..., argparse.ArgumentParser]
 
 
+BRIDGE_HELP = "the bridge's name"
+
+
 def _vlan_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part]
@@ -52,9 +55,9 @@ def add_parser(sub: Any, command: Command) -> None:
         dest="net_action", required=True, metavar="ACTION", parser_class=type(net)
     )
     command(bsub, "list", "every bridge, whoever made it")
-    command(bsub, "show", "one bridge and its ports").add_argument("name")
+    command(bsub, "show", "one bridge and its ports").add_argument("name", help=BRIDGE_HELP)
     create = command(bsub, "create", "create a bridge (its own internal port comes with it)")
-    create.add_argument("name")
+    create.add_argument("name", help="1-15 bytes of printable ASCII, no '/' or spaces")
     create.add_argument(
         "--datapath", choices=["system", "netdev"], help="default: the daemon's config"
     )
@@ -65,15 +68,15 @@ def add_parser(sub: Any, command: Command) -> None:
     )
     create.add_argument("--external-id", action="append", type=_key_value, metavar="KEY=VALUE")
     _addressing(create)
-    command(bsub, "delete", "delete a bridge with its ports").add_argument("name")
+    command(bsub, "delete", "delete a bridge with its ports").add_argument("name", help=BRIDGE_HELP)
 
     port = nsub.add_parser("port", help="add or remove ports")
     psub = port.add_subparsers(
         dest="net_action", required=True, metavar="ACTION", parser_class=type(net)
     )
     add = command(psub, "add", "add a port to a bridge")
-    add.add_argument("bridge")
-    add.add_argument("port")
+    add.add_argument("bridge", help=BRIDGE_HELP)
+    add.add_argument("port", help="the port's name (type system: an existing interface)")
     add.add_argument(
         "--type",
         choices=["system", "internal", "patch"],
@@ -84,16 +87,21 @@ def add_parser(sub: Any, command: Command) -> None:
     add.add_argument("--trunks", type=_vlan_list, metavar="V1,V2", help="trunked VLANs")
     add.add_argument("--peer", metavar="PORT", help="the other end of a patch port")
     remove = command(psub, "remove", "remove a port from a bridge")
-    remove.add_argument("bridge")
-    remove.add_argument("port")
+    remove.add_argument("bridge", help=BRIDGE_HELP)
+    remove.add_argument("port", help="the port to remove")
 
     addr = nsub.add_parser("addr", help="addresses of a bridge's own interface")
     asub = addr.add_subparsers(
         dest="net_action", required=True, metavar="ACTION", parser_class=type(net)
     )
     set_ = command(asub, "set", "set exactly these addresses (none: remove them)")
-    set_.add_argument("bridge")
-    set_.add_argument("addresses", nargs="*", metavar="CIDR")
+    set_.add_argument("bridge", help=BRIDGE_HELP)
+    set_.add_argument(
+        "addresses",
+        nargs="*",
+        metavar="CIDR",
+        help="exactly these IPv4 addresses (none: remove all)",
+    )
     _addressing(set_)
 
     apply = command(nsub, "apply", "make bridges and ports match a JSON file (a job)")
