@@ -13,7 +13,10 @@ PYTEST_ARGS ?=
 # installing it does not make it PID 1).
 APT_PACKAGES := dbus-daemon dbus-bin systemd polkitd python3-venv python3-dev gcc \
                 util-linux bsdutils passwd nix-bin \
-                openvswitch-switch openvswitch-common iproute2 iputils-ping dnsmasq-base
+                openvswitch-switch openvswitch-common iproute2 iputils-ping dnsmasq-base \
+                libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system \
+                libvirt-daemon-system-sysv libvirt-clients libvirt-dev pkg-config \
+                qemu-system-x86 qemu-utils
 
 .PHONY: run test deps venv lint typecheck pytest bench clean
 

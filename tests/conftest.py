@@ -25,6 +25,7 @@ from opdbus.config import Config, parse_config
 from opdbus.daemon import Daemon
 from opdbus.sandbox import PrivateBus, start_private_bus
 from opdbus.sandbox_ovs import PrivateOvs, ovs_installed, start_private_ovs
+from tests.libvirtd import PrivateLibvirtd, have_libvirtd, start_private_libvirtd
 from tests.support import (
     ADMIN_GROUP,
     ADMIN_USER,
@@ -228,6 +229,18 @@ def test_users() -> Iterator[dict[str, str]]:
         subprocess.run(["userdel", name], check=False)
     if made_group:
         subprocess.run(["groupdel", ADMIN_GROUP], check=False)
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[PrivateLibvirtd]:
+    """A real libvirtd + virtlogd (QEMU driver), one for the session: its first start probes QEMU."""
+    if not have_libvirtd():
+        pytest.skip("libvirtd is not installed (make deps installs libvirt-daemon-system)")
+    daemon = start_private_libvirtd()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 @pytest.fixture

@@ -377,6 +377,47 @@ class Client:
         )
         return str(path)
 
+    # -- virtual machines ---------------------------------------------------------
+
+    async def create_vm(self, profile: str, *, start: bool = False) -> str:
+        (path,) = await self.call(
+            names.ROOT_PATH,
+            names.MANAGER_IFACE,
+            "CreateVM",
+            "sa{sv}",
+            [profile, to_variants({"start": start})],
+        )
+        return str(path)
+
+    async def check_vm_profile(self, profile: str) -> tuple[str, list[str]]:
+        xml, warnings = await self.call(
+            names.ROOT_PATH, names.MANAGER_IFACE, "CheckVMProfile", "s", [profile]
+        )
+        return str(xml), [str(w) for w in warnings]
+
+    async def vms(self) -> dict[str, dict[str, Any]]:
+        """Object path -> VM1 properties of every VM (one GetManagedObjects)."""
+        (objects,) = await self.call(
+            names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
+        )
+        return {
+            str(path): {key: value.value for key, value in ifaces[names.VM_IFACE].items()}
+            for path, ifaces in objects.items()
+            if names.VM_IFACE in ifaces
+        }
+
+    async def vm_call(
+        self, path: str, member: str, signature: str = "", body: list[Any] | None = None
+    ) -> list[Any]:
+        return await self.call(path, names.VM_IFACE, member, signature, body)
+
+    async def vm_job(
+        self, path: str, member: str, signature: str = "", body: list[Any] | None = None
+    ) -> str:
+        """Call a VM1 method that returns a job; the job's path."""
+        (job,) = await self.vm_call(path, member, signature, body)
+        return str(job)
+
     async def verify_audit(self) -> AuditVerdict:
         ok, first_bad, reason = await self.call(names.ROOT_PATH, names.MANAGER_IFACE, "VerifyAudit")
         return AuditVerdict(ok=ok, first_bad_seq=first_bad, reason=reason)

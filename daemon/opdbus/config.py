@@ -76,6 +76,14 @@ class PathsConfig(_Section):
 
 class LibvirtConfig(_Section):
     uri: str = Field("qemu:///system", min_length=1)
+    pool: str = Field("opdbus", min_length=1, description="the storage pool VM disks go in")
+    pool_dir: Path | None = Field(None, description="its directory (default: STATE_DIR/images)")
+    iso_dirs: list[Path] = Field(
+        default_factory=lambda: [Path("/var/lib/hypervisor/isos"), Path("/var/lib/libvirt/images")],
+        description="profiles may only attach ISO and seed images from these directories",
+    )
+    shutdown_timeout_seconds: float = Field(60.0, gt=0, description="Shutdown waits this long")
+    stats_interval_seconds: float = Field(5.0, gt=0, description="CPU/memory refresh period")
 
 
 class OvsdbConfig(_Section):

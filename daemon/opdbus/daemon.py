@@ -31,6 +31,7 @@ from opdbus.services.job_store import JobStore
 from opdbus.services.jobs import JobManager
 from opdbus.services.network import NetworkService
 from opdbus.services.validate import HostPaths, Validator
+from opdbus.services.vms import VmService
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Daemon:
         self.server = BusServer(bus_address, config.auth, self.audit)
         self.health: BackendHealth | None = None
         self.network: NetworkService | None = None
+        self.vms: VmService | None = None
         # Awaited once org.opdbus is owned (the sandbox announces its address).
         self.ready_hooks: list[Callable[[], Awaitable[None]]] = []
         self._stopped = False
@@ -96,6 +98,8 @@ class Daemon:
         )
         if self.health.enabled("ovsdb"):
             self.network = await self._start_network(self.health)
+        if self.health.enabled("libvirt"):
+            self.vms = await self._start_vms(self.health)
         self.server.serve(
             ManagerServices(
                 version=VERSION,
@@ -105,6 +109,7 @@ class Daemon:
                 health=self.health,
                 validator=validator,
                 network=self.network,
+                vms=self.vms,
             )
         )
         self.health.start()
@@ -137,6 +142,14 @@ class Daemon:
             await network.refresh_all()
         return network
 
+    async def _start_vms(self, health: BackendHealth) -> VmService:
+        health.attach("libvirt")
+        vms = VmService(self.config.libvirt, self.config.state_dir, self.jobs)
+        vms.on_status.append(lambda ok, detail: health.report("libvirt", ok, detail))
+        # Bounded: with libvirtd up, the VMs are on the bus at READY.
+        await vms.start()
+        return vms
+
     async def stop(self) -> None:
         if self._stopped:
             return
@@ -148,6 +161,8 @@ class Daemon:
         await self.jobs.shutdown()
         if self.network is not None:
             await self.network.stop()
+        if self.vms is not None:
+            await self.vms.stop()
         if self.health is not None:
             await self.health.stop()
         await self.audit.close()

@@ -12,10 +12,12 @@ BUS_NAME: Final = "org.opdbus"
 ROOT_PATH: Final = "/org/opdbus"
 JOB_PATH_PREFIX: Final = "/org/opdbus/job"
 BRIDGE_PATH_PREFIX: Final = "/org/opdbus/bridge"
+VM_PATH_PREFIX: Final = "/org/opdbus/vm"
 
 MANAGER_IFACE: Final = "org.opdbus.Manager1"
 JOB_IFACE: Final = "org.opdbus.Job1"
 BRIDGE_IFACE: Final = "org.opdbus.Bridge1"
+VM_IFACE: Final = "org.opdbus.VM1"
 
 PROPERTIES_IFACE: Final = "org.freedesktop.DBus.Properties"
 OBJECT_MANAGER_IFACE: Final = "org.freedesktop.DBus.ObjectManager"
@@ -46,6 +48,11 @@ class Action:
     BRIDGE_APPLY: Final = "org.opdbus.bridge.apply"
     BRIDGE_PORT: Final = "org.opdbus.bridge.port"
     BRIDGE_ADDRESS: Final = "org.opdbus.bridge.address"
+    VM_CREATE: Final = "org.opdbus.vm.create"
+    VM_LIFECYCLE: Final = "org.opdbus.vm.lifecycle"
+    VM_CONFIGURE: Final = "org.opdbus.vm.configure"
+    VM_SNAPSHOT: Final = "org.opdbus.vm.snapshot"
+    VM_DELETE: Final = "org.opdbus.vm.delete"
 
 
 def job_path(job_id: int) -> str:
@@ -65,6 +72,10 @@ def job_id_from_path(path: str) -> int | None:
 
 def bridge_path(name: str) -> str:
     return f"{BRIDGE_PATH_PREFIX}/{escape_path_element(name)}"
+
+
+def vm_path(uuid: str) -> str:
+    return f"{VM_PATH_PREFIX}/{escape_path_element(uuid)}"
 
 
 def escape_path_element(text: str) -> str:

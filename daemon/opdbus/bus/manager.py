@@ -22,17 +22,20 @@ from opdbus.errors import InvalidArgs, NotSupported
 from opdbus.models.audit import AuditEntry
 from opdbus.models.network import BridgesDocument, BridgeSpec, from_seed_interfaces
 from opdbus.models.validation import ValidateOptions
-from opdbus.names import MANAGER_IFACE, ROOT_PATH, Action, bridge_path
+from opdbus.models.vm import CreateVmOptions
+from opdbus.names import MANAGER_IFACE, ROOT_PATH, Action, bridge_path, vm_path
 from opdbus.services.audit import AuditLog
 from opdbus.services.health import BackendHealth
 from opdbus.services.jobs import JobManager
 from opdbus.services.network import NetworkService
 from opdbus.services.network_apply import apply_job
 from opdbus.services.validate import Validator
+from opdbus.services.vms import VmService
 
 BackendMapT = Annotated[dict[str, tuple[bool, str]], DBusSignature("a{s(bs)}")]
 ObjectPathsT = Annotated[list[str], DBusSignature("ao")]
 AuditVerdictT = Annotated[tuple[bool, int, str], DBusSignature("bts")]
+ProfileCheckT = Annotated[tuple[str, list[str]], DBusSignature("sas")]
 AuditEntriesT = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 
 _AUDIT_TYPES = {"seq": "t", "uid": "u"}
@@ -47,6 +50,7 @@ class ManagerServices:
     health: BackendHealth
     validator: Validator
     network: NetworkService | None = None  # None: OVS is off in this mode
+    vms: VmService | None = None  # None: libvirt is off in this mode
 
 
 def audit_entry_to_dbus(entry: AuditEntry) -> dict[str, Variant]:
@@ -159,6 +163,31 @@ class Manager1(OpdbusInterface):
             uid=current_caller().uid,
         )
         return job.path
+
+    # -- virtual machines ------------------------------------------------------
+
+    def _vms(self) -> VmService:
+        if self._s.vms is None:
+            raise NotSupported(f"virtual machines are off in {self._s.mode.value} mode")
+        return self._s.vms
+
+    @bus_method(action=Action.VM_CREATE)
+    async def CreateVM(self, profile: DBusStr, options: DBusDict) -> DBusObjectPath:
+        vms = self._vms()
+        opts = decode_options(CreateVmOptions, options, "CreateVM")
+        spec, uuid = await vms.prepare_create(profile)
+        job = await self._s.jobs.submit(
+            f"CreateVM {spec.name}",
+            vms.create_job(spec, uuid, start=opts.start),
+            targets=[vm_path(uuid)],
+            uid=current_caller().uid,
+        )
+        return job.path
+
+    @bus_method(read_only=True)
+    async def CheckVMProfile(self, profile: DBusStr) -> ProfileCheckT:
+        _, xml, warnings = await self._vms().check_profile(profile)
+        return (xml, warnings)
 
     # -- audit ---------------------------------------------------------------
 

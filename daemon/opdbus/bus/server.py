@@ -17,6 +17,7 @@ from opdbus.bus.job import Job1, JobExporter
 from opdbus.bus.manager import Manager1, ManagerServices
 from opdbus.bus.peers import CallerResolver, PolkitClient, bus_call
 from opdbus.bus.transport import FlowControlledBus
+from opdbus.bus.vm import VM1, VmExporter
 from opdbus.config import AuthConfig
 from opdbus.services.audit import AuditLog
 from opdbus.services.authz import Authorizer
@@ -88,11 +89,14 @@ class BusServer:
         guard.learn(Manager1)
         guard.learn(Job1)
         guard.learn(Bridge1)
+        guard.learn(VM1)
         ctx.bus.add_message_handler(guard)
         ctx.bus.export(names.ROOT_PATH, manager)
         JobExporter(ctx, services.jobs, manager).attach()
         if services.network is not None:
             BridgeExporter(ctx, services.network).attach()
+        if services.vms is not None:
+            VmExporter(ctx, services.vms).attach()
 
     async def own_name(self) -> None:
         bus = self.ctx.bus

@@ -1,0 +1,640 @@
+"""Virtual machines: a cache of every libvirt domain, fed by events, and the verbs.
+
+The cache is what the bus shows: listing costs no libvirt call. libvirt's
+events (whoever caused them: us, `virsh` by hand, a guest powering off) mark
+a domain dirty; one task re-reads the dirty domains in a libvirt thread and
+tells the observers what changed. After libvirtd comes back the whole list is
+read again and diffed.
+
+A failed create leaves nothing behind: volumes it made are deleted and a
+domain it defined is undefined before the error is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import libvirt
+from pydantic import TypeAdapter, ValidationError
+
+from opdbus.backends.host import meminfo
+from opdbus.backends.libvirt import domains
+from opdbus.backends.libvirt.connection import LibvirtConnection
+from opdbus.backends.libvirt.domain_xml import DiskSource, Target, build_domain, to_xml
+from opdbus.config import LibvirtConfig
+from opdbus.errors import (
+    AlreadyExists,
+    BackendUnavailable,
+    Busy,
+    Conflict,
+    InvalidArgs,
+    NotFound,
+    NotSupported,
+    Timeout,
+)
+from opdbus.models.vm import VmInfo, VmName, VmProfile, VmState
+from opdbus.names import vm_path
+from opdbus.services.jobs import JobBody, JobContext, JobManager, JobOutcome
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+)
+OPEN_WAIT = 3.0
+
+
+class VmObserver(Protocol):
+    def vm_added(self, info: VmInfo) -> None: ...
+    def vm_changed(self, info: VmInfo, fields: set[str]) -> None: ...
+    def vm_removed(self, uuid: str) -> None: ...
+
+
+def parse_profile(text: str, what: str) -> VmProfile:
+    try:
+        return VmProfile.model_validate_json(text)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(profile)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        more = len(e.errors()) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise InvalidArgs(f"{what}: {where}: {message}{tail}") from None
+
+
+_NAME_CHECK: TypeAdapter[str] = TypeAdapter(VmName)
+
+
+def snapshot_name(name: str) -> str:
+    try:
+        return str(_NAME_CHECK.validate_python(name))
+    except ValidationError as e:
+        raise InvalidArgs(f"snapshot name: {e.errors()[0]['msg']}") from None
+
+
+class VmService:
+    def __init__(self, config: LibvirtConfig, state_dir: Path, jobs: JobManager) -> None:
+        self.config = config
+        self.pool_dir = config.pool_dir or state_dir / "images"
+        self.jobs = jobs
+        self.vms: dict[str, VmInfo] = {}
+        self.observers: list[VmObserver] = []
+        self.on_status: list[Callable[[bool, str], None]] = []
+        self.conn = LibvirtConnection(
+            config.uri, on_status=self._status, on_open=self._opened, on_domain=self._dirty
+        )
+        self._dirty_set: set[str] = set()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._resync_wanted = False
+
+    # -- running -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.conn.start()
+        self._spawn(self._refresh_loop(), "vm-refresh")
+        self._spawn(self._stats_loop(), "vm-stats")
+        await self.conn.wait_open(OPEN_WAIT)
+        if self.conn.connected:
+            await self._resync()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.conn.stop()
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _status(self, ok: bool, detail: str) -> None:
+        for callback in self.on_status:
+            callback(ok, detail)
+
+    def _opened(self) -> None:
+        self._resync_wanted = True
+        self._wake.set()
+
+    def _dirty(self, uuid: str) -> None:
+        self._dirty_set.add(uuid)
+        self._wake.set()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                if self._resync_wanted:
+                    self._resync_wanted = False
+                    self._dirty_set.clear()
+                    await self._resync()
+                    continue
+                dirty, self._dirty_set = self._dirty_set, set()
+                for uuid in dirty:
+                    await self.refresh(uuid)
+            except Exception as e:
+                log.warning("refreshing VMs failed: %s", e)
+                await asyncio.sleep(0.5)
+
+    async def _resync(self) -> None:
+        infos = await self.conn.call(domains.read_all, "listing domains")
+        seen = {info.uuid for info in infos}
+        for info in infos:
+            self._store(info)
+        for uuid in [u for u in self.vms if u not in seen]:
+            self._forget(uuid)
+        await self._notify()
+
+    async def refresh(self, uuid: str) -> VmInfo | None:
+        info = await self.conn.call(lambda c: domains.read_one(c, uuid), "reading a domain")
+        if info is None:
+            self._forget(uuid)
+        else:
+            self._store(info)
+        await self._notify()
+        return info
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval_seconds)
+            if not self.conn.connected or not any(
+                info.state is VmState.RUNNING for info in self.vms.values()
+            ):
+                continue
+            try:
+                values = await self.conn.call(domains.stats, "reading domain statistics")
+            except Exception as e:
+                log.debug("domain statistics: %s", e)
+                continue
+            for uuid, (cpu, memory) in values.items():
+                info = self.vms.get(uuid)
+                if info is not None:
+                    self._store(
+                        info.model_copy(update={"cpu_time_ns": cpu, "memory_used_kib": memory})
+                    )
+
+    def _store(self, info: VmInfo) -> None:
+        old = self.vms.get(info.uuid)
+        self.vms[info.uuid] = info
+        if old is None:
+            for observer in self.observers:
+                observer.vm_added(info)
+            return
+        fields = {name for name in VmInfo.model_fields if getattr(old, name) != getattr(info, name)}
+        if fields:
+            for observer in self.observers:
+                observer.vm_changed(info, fields)
+
+    def _forget(self, uuid: str) -> None:
+        if self.vms.pop(uuid, None) is not None:
+            for observer in self.observers:
+                observer.vm_removed(uuid)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _wait_for(
+        self, uuid: str, done: Callable[[VmInfo | None], bool], timeout: float
+    ) -> bool:
+        """Wait (fed by events) until the cached domain satisfies ``done``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    await self._changed.wait_for(lambda: done(self.vms.get(uuid)))
+                return True
+        return False
+
+    # -- reading -------------------------------------------------------------------
+
+    def get(self, uuid: str) -> VmInfo:
+        info = self.vms.get(uuid)
+        if info is None:
+            raise NotFound(f"no VM {uuid}")
+        return info
+
+    def all(self) -> list[VmInfo]:
+        return sorted(self.vms.values(), key=lambda info: info.name)
+
+    def by_name(self, name: str) -> VmInfo | None:
+        return next((info for info in self.vms.values() if info.name == name), None)
+
+    async def get_xml(self, uuid: str) -> str:
+        self.get(uuid)
+        return await self._on_domain(uuid, lambda d: str(d.XMLDesc(0)), "reading the domain XML")
+
+    async def list_snapshots(self, uuid: str) -> list[tuple[str, int, str, bool, str]]:
+        self.get(uuid)
+
+        def read(dom: libvirt.virDomain) -> list[tuple[str, int, str, bool, str]]:
+            out = []
+            for snap in dom.listAllSnapshots(0):
+                root = ET.fromstring(snap.getXMLDesc(0))
+                out.append(
+                    (
+                        snap.getName(),
+                        int(root.findtext("creationTime") or 0),
+                        root.findtext("state") or "",
+                        bool(snap.isCurrent(0)),
+                        root.findtext("description") or "",
+                    )
+                )
+            return sorted(out, key=lambda s: (s[1], s[0]))
+
+        return await self._on_domain(uuid, read, "listing snapshots")
+
+    # -- profiles ------------------------------------------------------------------
+
+    async def _target(self, profile: VmProfile) -> Target:
+        target = domains.target_for(self.conn.capabilities, profile.arch, self.config.uri)
+        if isinstance(target, str):
+            raise NotSupported(target)
+        return target
+
+    async def check_profile(self, text: str) -> tuple[VmProfile, str, list[str]]:
+        """Validate a profile against this host; (profile, domain XML, warnings)."""
+        profile = parse_profile(text, "profile")
+        await self._check_host(profile)
+        warnings: list[str] = []
+        if self.conn.connected:
+            target = await self._target(profile)
+        else:
+            warnings.append(f"libvirt is not connected ({self.conn.detail}): XML for KVM shown")
+            target = Target("kvm", None, None, profile.arch.value)
+        if target.domain_type == "test" and profile.arch.value != target.arch:
+            warnings.append(
+                f"libvirt's test driver simulates {target.arch} guests only; "
+                f"the profile keeps arch {profile.arch.value}"
+            )
+        sources = [
+            DiskSource(
+                disk.path or str(self.pool_dir / _volume_name(profile.name, i, disk.format)),
+                disk.format.value,
+                disk.bus,
+            )
+            for i, disk in enumerate(profile.disks)
+        ]
+        xml = to_xml(build_domain(profile, target=target, disks=sources))
+        return profile, xml, warnings
+
+    async def _check_host(self, profile: VmProfile) -> None:
+        images = [
+            p for p in (profile.iso_path, profile.cloud_init and profile.cloud_init.seed_path) if p
+        ]
+
+        def check() -> None:
+            allowed = [Path(os.path.realpath(d)) for d in self.config.iso_dirs]
+            for image in images:
+                real = Path(os.path.realpath(image))
+                if not any(real.is_relative_to(d) for d in allowed):
+                    raise InvalidArgs(
+                        f"{image} is outside the allowed image directories "
+                        f"({', '.join(str(d) for d in self.config.iso_dirs)})"
+                    )
+                if not real.is_file():
+                    raise NotFound(f"{image}: no such file")
+            for disk in profile.disks:
+                if disk.path is not None and not Path(disk.path).exists():
+                    raise NotFound(f"disk {disk.path}: no such file")
+            if not self.config.uri.startswith("test:"):
+                total_mib = meminfo().get("MemTotal", 0) // (1024 * 1024)
+                if total_mib and profile.memory_mb > total_mib:
+                    raise InvalidArgs(
+                        f"memory_mb {profile.memory_mb} is more than this host has "
+                        f"({total_mib} MiB)"
+                    )
+
+        await asyncio.to_thread(check)
+
+    # -- creating ------------------------------------------------------------------
+
+    async def prepare_create(self, text: str) -> tuple[VmProfile, str]:
+        """Checks a caller hears about at once (before a job): returns (profile, new uuid)."""
+        profile, _, _ = await self.check_profile(text)
+        if not self.conn.connected:
+            raise BackendUnavailable(self.conn.detail)
+        if self.by_name(profile.name) is not None:
+            raise AlreadyExists(f"a VM named {profile.name} already exists")
+        return profile, str(uuidlib.uuid4())
+
+    def create_job(self, profile: VmProfile, uuid: str, *, start: bool) -> JobBody:
+        async def run(ctx: JobContext) -> JobOutcome:
+            target = await self._target(profile)
+            made: list[str] = []
+            defined = False
+            try:
+                sources = await self._volumes(ctx, profile, made)
+                xml = to_xml(
+                    build_domain(
+                        profile,
+                        target=target,
+                        disks=sources,
+                        uuid=uuid,
+                        profile_json=profile.model_dump_json(exclude_defaults=True),
+                    )
+                )
+
+                def define(conn: libvirt.virConnect) -> None:
+                    dom = conn.defineXML(xml)
+                    if profile.autostart:
+                        dom.setAutostart(1)
+
+                await self.conn.call(define, f"defining {profile.name}")
+                defined = True
+                ctx.log(f"defined {profile.name} ({uuid})")
+                ctx.progress(0.7)
+                if start:
+                    await self._on_domain(uuid, lambda d: d.create(), f"starting {profile.name}")
+                    ctx.log(f"started {profile.name}")
+            except BaseException:
+                ctx.log("failed: removing what was made")
+                await asyncio.shield(self._undo_create(uuid if defined else None, made))
+                raise
+            await self.refresh(uuid)
+            return JobOutcome(
+                f"{profile.name} {'created and started' if start else 'created'}",
+                {"uuid": uuid, "path": vm_path(uuid), "volumes": made},
+            )
+
+        return run
+
+    async def _volumes(
+        self, ctx: JobContext, profile: VmProfile, made: list[str]
+    ) -> list[DiskSource]:
+        sources: list[DiskSource] = []
+        for i, disk in enumerate(profile.disks):
+            if disk.path is not None:
+                sources.append(DiskSource(disk.path, disk.format.value, disk.bus))
+                continue
+            assert disk.size_gb is not None
+            name = _volume_name(profile.name, i, disk.format)
+            size = int(disk.size_gb * 1024**3)
+
+            def create(
+                conn: libvirt.virConnect,
+                name: str = name,
+                size: int = size,
+                fmt: str = disk.format.value,
+            ) -> str:
+                pool = domains.ensure_pool(conn, self.config.pool, self.pool_dir)
+                return domains.create_volume(pool, name, size, fmt)
+
+            path = await self.conn.call(create, f"creating volume {name}")
+            made.append(path)
+            ctx.log(f"created volume {path} ({disk.size_gb:g} GB {disk.format.value})")
+            sources.append(DiskSource(path, disk.format.value, disk.bus))
+        return sources
+
+    async def _undo_create(self, uuid: str | None, volumes: list[str]) -> None:
+        def undo(conn: libvirt.virConnect) -> None:
+            if uuid is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom = conn.lookupByUUIDString(uuid)
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefineFlags(UNDEFINE_FLAGS)
+            for path in volumes:
+                with contextlib.suppress(libvirt.libvirtError):
+                    domains.delete_volume(conn, path)
+
+        try:
+            await self.conn.call(undo, "cleaning up a failed create")
+        except Exception as e:
+            log.error("cleaning up after a failed create: %s", e)
+        if uuid is not None:
+            with contextlib.suppress(Exception):
+                await self.refresh(uuid)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def _on_domain(self, uuid: str, fn: Callable[[libvirt.virDomain], T], what: str) -> T:
+        return await self.conn.call(lambda c: fn(c.lookupByUUIDString(uuid)), what)
+
+    def _idle(self, uuid: str) -> VmInfo:
+        info = self.get(uuid)
+        holder = self.jobs.active_on(vm_path(uuid))
+        if holder is not None:
+            raise Busy(f"{info.name} is busy with job {holder.id} ({holder.record.operation})")
+        return info
+
+    def start_job(self, uuid: str) -> JobBody:
+        async def run(ctx: JobContext) -> JobOutcome:
+            info = self.get(uuid)
+            if info.state in (VmState.RUNNING, VmState.BLOCKED):
+                raise Conflict(f"{info.name} is already running")
+            if info.state is VmState.PAUSED:
+                raise Conflict(f"{info.name} is suspended: resume it instead")
+            await self._on_domain(uuid, lambda d: d.create(), f"starting {info.name}")
+            await self.refresh(uuid)
+            return JobOutcome(f"{info.name} started")
+
+        return run
+
+    def stop_job(self, uuid: str) -> JobBody:
+        async def run(ctx: JobContext) -> JobOutcome:
+            info = self.get(uuid)
+            if info.state is VmState.SHUTOFF:
+                raise Conflict(f"{info.name} is not running")
+            await self._on_domain(uuid, lambda d: d.destroy(), f"stopping {info.name}")
+            await self.refresh(uuid)
+            return JobOutcome(f"{info.name} stopped")
+
+        return run
+
+    def shutdown_job(self, uuid: str, *, timeout: float | None, force: bool) -> JobBody:
+        wait = self.config.shutdown_timeout_seconds if timeout is None else timeout
+
+        async def run(ctx: JobContext) -> JobOutcome:
+            info = self.get(uuid)
+            if info.state is VmState.SHUTOFF:
+                raise Conflict(f"{info.name} is not running")
+            await self._on_domain(uuid, lambda d: d.shutdown(), f"shutting down {info.name}")
+            ctx.log(f"asked {info.name} to shut down (ACPI); waiting up to {wait:g} s")
+            off = await self._wait_for(
+                uuid, lambda i: i is None or i.state is VmState.SHUTOFF, wait
+            )
+            if off:
+                return JobOutcome(f"{info.name} shut down")
+            if not force:
+                raise Timeout(
+                    f"{info.name} did not shut down within {wait:g} s (does its guest answer "
+                    "ACPI?); use force, or Stop"
+                )
+            ctx.log(f"{info.name} ignored the request: stopping it")
+            await self._on_domain(uuid, lambda d: d.destroy(), f"stopping {info.name}")
+            await self.refresh(uuid)
+            return JobOutcome(f"{info.name} stopped after {wait:g} s without shutting down")
+
+        return run
+
+    async def reboot(self, uuid: str) -> None:
+        info = self._idle(uuid)
+        await self._on_domain(uuid, lambda d: d.reboot(0), f"rebooting {info.name}")
+
+    async def suspend(self, uuid: str) -> None:
+        info = self._idle(uuid)
+        await self._on_domain(uuid, lambda d: d.suspend(), f"suspending {info.name}")
+        await self.refresh(uuid)
+
+    async def resume(self, uuid: str) -> None:
+        info = self._idle(uuid)
+        await self._on_domain(uuid, lambda d: d.resume(), f"resuming {info.name}")
+        await self.refresh(uuid)
+
+    async def set_autostart(self, uuid: str, on: bool) -> None:
+        info = self.get(uuid)
+        if not info.persistent:
+            raise Conflict(f"{info.name} is transient: only defined VMs start with the host")
+        await self._on_domain(uuid, lambda d: d.setAutostart(int(on)), f"autostart of {info.name}")
+        await self.refresh(uuid)
+
+    def delete_job(self, uuid: str, *, remove_storage: bool, force: bool) -> JobBody:
+        async def run(ctx: JobContext) -> JobOutcome:
+            info = self.get(uuid)
+            if info.state is not VmState.SHUTOFF and not force:
+                raise Conflict(f"{info.name} is {info.state.value}: stop it first, or use force")
+            volumes = [source for _, source, device, _ in info.disks if device == "disk" and source]
+
+            def delete(conn: libvirt.virConnect) -> list[str]:
+                dom = conn.lookupByUUIDString(uuid)
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(UNDEFINE_FLAGS)
+                removed = []
+                if remove_storage:
+                    for path in volumes:
+                        if domains.delete_volume(conn, path):
+                            removed.append(path)
+                return removed
+
+            removed = await self.conn.call(delete, f"deleting {info.name}")
+            for path in removed:
+                ctx.log(f"removed volume {path}")
+            await self.refresh(uuid)
+            return JobOutcome(f"{info.name} deleted", {"removed_volumes": removed})
+
+        return run
+
+    async def update_profile(self, uuid: str, text: str) -> None:
+        info = self._idle(uuid)
+        if info.state is not VmState.SHUTOFF:
+            raise Busy(
+                f"{info.name} is {info.state.value}: its profile changes only when it is off"
+            )
+        profile, _, _ = await self.check_profile(text)
+        if profile.name != info.name:
+            raise InvalidArgs(
+                f"the profile names {profile.name}, not {info.name}: renaming is not supported"
+            )
+        target = await self._target(profile)
+        sources: list[DiskSource] = []
+        made: list[str] = []
+        for i, disk in enumerate(profile.disks):
+            if disk.path is not None:
+                sources.append(DiskSource(disk.path, disk.format.value, disk.bus))
+                continue
+            name = _volume_name(profile.name, i, disk.format)
+            size = int((disk.size_gb or 0) * 1024**3)
+
+            def find_or_create(
+                conn: libvirt.virConnect,
+                name: str = name,
+                size: int = size,
+                fmt: str = disk.format.value,
+            ) -> tuple[str, bool]:
+                pool = domains.ensure_pool(conn, self.config.pool, self.pool_dir)
+                try:
+                    return str(pool.storageVolLookupByName(name).path()), False
+                except libvirt.libvirtError:
+                    return domains.create_volume(pool, name, size, fmt), True
+
+            path, new = await self.conn.call(find_or_create, f"volume {name}")
+            if new:
+                made.append(path)
+            sources.append(DiskSource(path, disk.format.value, disk.bus))
+        xml = to_xml(
+            build_domain(
+                profile,
+                target=target,
+                disks=sources,
+                uuid=uuid,
+                profile_json=profile.model_dump_json(exclude_defaults=True),
+            )
+        )
+
+        def redefine(conn: libvirt.virConnect) -> None:
+            dom = conn.defineXML(xml)
+            dom.setAutostart(int(profile.autostart))
+
+        try:
+            await self.conn.call(redefine, f"redefining {info.name}")
+        except BaseException:
+            await self._undo_create(None, made)
+            raise
+        await self.refresh(uuid)
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def snapshot_job(self, uuid: str, name: str, description: str) -> JobBody:
+        async def run(ctx: JobContext) -> JobOutcome:
+            info = self.get(uuid)
+            root = ET.Element("domainsnapshot")
+            ET.SubElement(root, "name").text = name
+            if description:
+                ET.SubElement(root, "description").text = description
+            xml = ET.tostring(root, encoding="unicode")
+            await self._on_domain(
+                uuid, lambda d: d.snapshotCreateXML(xml, 0), f"snapshot {name} of {info.name}"
+            )
+            await self.refresh(uuid)
+            return JobOutcome(f"snapshot {name} of {info.name} taken")
+
+        return run
+
+    def revert_job(self, uuid: str, name: str) -> JobBody:
+        async def run(ctx: JobContext) -> JobOutcome:
+            info = self.get(uuid)
+            await self._on_domain(
+                uuid,
+                lambda d: d.revertToSnapshot(d.snapshotLookupByName(name, 0), 0),
+                f"reverting {info.name} to {name}",
+            )
+            await self.refresh(uuid)
+            return JobOutcome(f"{info.name} reverted to {name}")
+
+        return run
+
+    def delete_snapshot_job(self, uuid: str, name: str) -> JobBody:
+        async def run(ctx: JobContext) -> JobOutcome:
+            info = self.get(uuid)
+            await self._on_domain(
+                uuid,
+                lambda d: d.snapshotLookupByName(name, 0).delete(0),
+                f"deleting snapshot {name} of {info.name}",
+            )
+            await self.refresh(uuid)
+            return JobOutcome(f"snapshot {name} of {info.name} deleted")
+
+        return run
+
+
+def _volume_name(vm: str, index: int, fmt: Any) -> str:
+    return f"{vm}-disk{index}.{getattr(fmt, 'value', fmt)}"
