@@ -94,11 +94,7 @@ class PrivateLibvirtd:
             'auth_unix_ro = "none"\n'
             f'log_outputs = "3:file:{self.workdir}/libvirtd.log"\n'
         )
-        subprocess.run(
-            ["libvirtd", "-d", "-f", str(conf), "-p", str(self.workdir / "libvirtd.pid")],
-            check=True,
-        )
-        self.wait_ready()
+        self.restart()
         self.cleanup()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -116,6 +112,7 @@ class PrivateLibvirtd:
             self.socket.unlink()
 
     def restart(self) -> None:
+        """Start libvirtd (again) on the config start() wrote; back once it answers."""
         subprocess.run(
             [
                 "libvirtd",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from opctl.client import SignalEvent
 from opdbus.config import parse_config
 from opdbus.daemon import Daemon
 from opdbus.sandbox import PrivateBus
@@ -306,3 +308,14 @@ def opctl(
     address: str, *args: str, user: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return run([PYTHON, "-m", "opctl", "--bus", address, *args], user=user, timeout=timeout)
+
+
+async def next_event(
+    queue: asyncio.Queue[SignalEvent], match: Any, timeout: float = 1.0
+) -> SignalEvent:
+    """The first signal satisfying ``match`` within ``timeout`` (the issues' "within a second")."""
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await queue.get()
+            if match(event):
+                return event

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from dbus_fast import Variant
 
-from opctl.client import Client, SignalEvent
+from opctl.client import Client
 from opdbus import errors, names
 from opdbus.daemon import Daemon
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
 from opdbus.sandbox_ovs import PrivateOvs
-from tests.support import assert_introspection_matches, running
+from tests.support import assert_introspection_matches, next_event, running
 
 
 def tag() -> str:
@@ -75,17 +75,6 @@ async def until(condition: Any, timeout: float = 5.0) -> None:
     while not await condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
-
-
-async def next_event(
-    queue: asyncio.Queue[SignalEvent], match: Any, timeout: float = 1.0
-) -> SignalEvent:
-    """The first signal satisfying ``match`` within ``timeout`` (the issue's "within a second")."""
-    async with asyncio.timeout(timeout):
-        while True:
-            event = await queue.get()
-            if match(event):
-                return event
 
 
 async def test_bridge_lifecycle_with_addresses_and_ports(

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbus_fast import Variant
 
-from opctl.client import Client, SignalEvent
+from opctl.client import Client, SignalEvent, to_variants
 from opdbus import names
 from opdbus.errors import (
     AlreadyExists,
@@ -24,6 +23,7 @@ from opdbus.errors import (
 )
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
+from tests import support
 from tests.libvirtd import TEST_PREFIX, PrivateLibvirtd
 from tests.support import assert_introspection_matches, running
 
@@ -60,11 +60,8 @@ def profile(name: str, **fields: Any) -> str:
 async def next_event(
     queue: asyncio.Queue[SignalEvent], match: Any, timeout: float = 5.0
 ) -> SignalEvent:
-    async with asyncio.timeout(timeout):
-        while True:
-            event = await queue.get()
-            if match(event):
-                return event
+    """Like tests.support.next_event, with room for QEMU starting and libvirtd coming back."""
+    return await support.next_event(queue, match, timeout)
 
 
 def state_changed(path: str, state: str) -> Any:
@@ -132,17 +129,13 @@ async def test_lifecycle_snapshots_and_delete(
 
         await job_ok(
             client,
-            lambda: client.vm_job(path, "Delete", "a{sv}", [{"remove_storage": _b(True)}]),
+            lambda: client.vm_job(path, "Delete", "a{sv}", [to_variants({"remove_storage": True})]),
         )
         await next_event(queue, lambda e: e.member == "InterfacesRemoved" and e.args[0] == path)
         assert not Path(volume).exists()
         assert name not in libvirtd.domains()
         with pytest.raises(NotFound):
             await client.vm_call(path, "Start")
-
-
-def _b(value: bool) -> Variant:
-    return Variant("b", value)
 
 
 async def test_changes_made_with_virsh_arrive_as_signals(

@@ -108,11 +108,11 @@ class VM1(OpdbusInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Interfaces(self) -> DevicesT:
-        return [tuple(nic) for nic in self.info.interfaces]  # type: ignore[misc]
+        return list(self.info.interfaces)
 
     @dbus_property(access=PropertyAccess.READ)
     def Disks(self) -> DevicesT:
-        return [tuple(disk) for disk in self.info.disks]  # type: ignore[misc]
+        return list(self.info.disks)
 
     @dbus_property(access=PropertyAccess.READ)
     def Profile(self) -> DBusStr:

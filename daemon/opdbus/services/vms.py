@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import uuid as uuidlib
-import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-import libvirt
 from pydantic import TypeAdapter, ValidationError
 
 from opdbus.backends.host import meminfo
-from opdbus.backends.libvirt import domains
+from opdbus.backends.libvirt import domains, ops
 from opdbus.backends.libvirt.connection import LibvirtConnection
 from opdbus.backends.libvirt.domain_xml import DiskSource, Target, build_domain, to_xml
 from opdbus.config import LibvirtConfig
@@ -46,13 +45,7 @@ from opdbus.services.jobs import JobBody, JobContext, JobManager, JobOutcome
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
-UNDEFINE_FLAGS = (
-    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-)
 OPEN_WAIT = 3.0
 
 
@@ -239,27 +232,11 @@ class VmService:
 
     async def get_xml(self, uuid: str) -> str:
         self.get(uuid)
-        return await self._on_domain(uuid, lambda d: str(d.XMLDesc(0)), "reading the domain XML")
+        return await self.conn.call(lambda c: ops.xml(c, uuid), "reading the domain XML")
 
-    async def list_snapshots(self, uuid: str) -> list[tuple[str, int, str, bool, str]]:
+    async def list_snapshots(self, uuid: str) -> list[ops.Snapshot]:
         self.get(uuid)
-
-        def read(dom: libvirt.virDomain) -> list[tuple[str, int, str, bool, str]]:
-            out = []
-            for snap in dom.listAllSnapshots(0):
-                root = ET.fromstring(snap.getXMLDesc(0))
-                out.append(
-                    (
-                        snap.getName(),
-                        int(root.findtext("creationTime") or 0),
-                        root.findtext("state") or "",
-                        bool(snap.isCurrent(0)),
-                        root.findtext("description") or "",
-                    )
-                )
-            return sorted(out, key=lambda s: (s[1], s[0]))
-
-        return await self._on_domain(uuid, read, "listing snapshots")
+        return await self.conn.call(lambda c: ops.snapshots(c, uuid), "listing snapshots")
 
     # -- profiles ------------------------------------------------------------------
 
@@ -286,7 +263,7 @@ class VmService:
             )
         sources = [
             DiskSource(
-                disk.path or str(self.pool_dir / _volume_name(profile.name, i, disk.format)),
+                disk.path or str(self.pool_dir / _volume_name(profile.name, i, disk.format.value)),
                 disk.format.value,
                 disk.bus,
             )
@@ -335,38 +312,38 @@ class VmService:
             raise AlreadyExists(f"a VM named {profile.name} already exists")
         return profile, str(uuidlib.uuid4())
 
+    def _domain_xml(
+        self, profile: VmProfile, target: Target, disks: list[DiskSource], uuid: str
+    ) -> str:
+        return to_xml(
+            build_domain(
+                profile,
+                target=target,
+                disks=disks,
+                uuid=uuid,
+                profile_json=profile.model_dump_json(exclude_defaults=True),
+            )
+        )
+
     def create_job(self, profile: VmProfile, uuid: str, *, start: bool) -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
             target = await self._target(profile)
             made: list[str] = []
-            defined = False
             try:
-                sources = await self._volumes(ctx, profile, made)
-                xml = to_xml(
-                    build_domain(
-                        profile,
-                        target=target,
-                        disks=sources,
-                        uuid=uuid,
-                        profile_json=profile.model_dump_json(exclude_defaults=True),
-                    )
+                sources = await self._disks(ctx, profile, made, reuse=False)
+                xml = self._domain_xml(profile, target, sources, uuid)
+                await self.conn.call(
+                    lambda c: ops.define(c, xml, autostart=profile.autostart),
+                    f"defining {profile.name}",
                 )
-
-                def define(conn: libvirt.virConnect) -> None:
-                    dom = conn.defineXML(xml)
-                    if profile.autostart:
-                        dom.setAutostart(1)
-
-                await self.conn.call(define, f"defining {profile.name}")
-                defined = True
                 ctx.log(f"defined {profile.name} ({uuid})")
                 ctx.progress(0.7)
                 if start:
-                    await self._on_domain(uuid, lambda d: d.create(), f"starting {profile.name}")
+                    await self.conn.call(lambda c: ops.start(c, uuid), f"starting {profile.name}")
                     ctx.log(f"started {profile.name}")
             except BaseException:
                 ctx.log("failed: removing what was made")
-                await asyncio.shield(self._undo_create(uuid if defined else None, made))
+                await asyncio.shield(self._undo_create(uuid, made))
                 raise
             await self.refresh(uuid)
             return JobOutcome(
@@ -376,47 +353,39 @@ class VmService:
 
         return run
 
-    async def _volumes(
-        self, ctx: JobContext, profile: VmProfile, made: list[str]
+    async def _disks(
+        self, ctx: JobContext | None, profile: VmProfile, made: list[str], *, reuse: bool
     ) -> list[DiskSource]:
+        """Each profile disk as a file: its path, or a pool volume (new ones go in ``made``)."""
         sources: list[DiskSource] = []
         for i, disk in enumerate(profile.disks):
+            fmt = disk.format.value
             if disk.path is not None:
-                sources.append(DiskSource(disk.path, disk.format.value, disk.bus))
+                sources.append(DiskSource(disk.path, fmt, disk.bus))
                 continue
-            assert disk.size_gb is not None
-            name = _volume_name(profile.name, i, disk.format)
-            size = int(disk.size_gb * 1024**3)
-
-            def create(
-                conn: libvirt.virConnect,
-                name: str = name,
-                size: int = size,
-                fmt: str = disk.format.value,
-            ) -> str:
-                pool = domains.ensure_pool(conn, self.config.pool, self.pool_dir)
-                return domains.create_volume(pool, name, size, fmt)
-
-            path = await self.conn.call(create, f"creating volume {name}")
-            made.append(path)
-            ctx.log(f"created volume {path} ({disk.size_gb:g} GB {disk.format.value})")
-            sources.append(DiskSource(path, disk.format.value, disk.bus))
+            name = _volume_name(profile.name, i, fmt)
+            find_or_make = functools.partial(
+                ops.volume,
+                pool_name=self.config.pool,
+                pool_dir=self.pool_dir,
+                name=name,
+                size_bytes=int((disk.size_gb or 0) * 1024**3),
+                fmt=fmt,
+                reuse=reuse,
+            )
+            path, new = await self.conn.call(find_or_make, f"volume {name}")
+            if new:
+                made.append(path)
+                if ctx is not None:
+                    ctx.log(f"created volume {path} ({disk.size_gb:g} GB {fmt})")
+            sources.append(DiskSource(path, fmt, disk.bus))
         return sources
 
     async def _undo_create(self, uuid: str | None, volumes: list[str]) -> None:
-        def undo(conn: libvirt.virConnect) -> None:
-            if uuid is not None:
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom = conn.lookupByUUIDString(uuid)
-                    if dom.isActive():
-                        dom.destroy()
-                    dom.undefineFlags(UNDEFINE_FLAGS)
-            for path in volumes:
-                with contextlib.suppress(libvirt.libvirtError):
-                    domains.delete_volume(conn, path)
-
         try:
-            await self.conn.call(undo, "cleaning up a failed create")
+            await self.conn.call(
+                lambda c: ops.remove_all_traces(c, uuid, volumes), "cleaning up a failed create"
+            )
         except Exception as e:
             log.error("cleaning up after a failed create: %s", e)
         if uuid is not None:
@@ -425,8 +394,9 @@ class VmService:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def _on_domain(self, uuid: str, fn: Callable[[libvirt.virDomain], T], what: str) -> T:
-        return await self.conn.call(lambda c: fn(c.lookupByUUIDString(uuid)), what)
+    async def _verb(self, verb: Callable[[Any, str], None], uuid: str, what: str) -> None:
+        """One libvirt verb (from backends.libvirt.ops) on a domain."""
+        await self.conn.call(lambda c: verb(c, uuid), what)
 
     def _idle(self, uuid: str) -> VmInfo:
         info = self.get(uuid)
@@ -442,7 +412,7 @@ class VmService:
                 raise Conflict(f"{info.name} is already running")
             if info.state is VmState.PAUSED:
                 raise Conflict(f"{info.name} is suspended: resume it instead")
-            await self._on_domain(uuid, lambda d: d.create(), f"starting {info.name}")
+            await self._verb(ops.start, uuid, f"starting {info.name}")
             await self.refresh(uuid)
             return JobOutcome(f"{info.name} started")
 
@@ -453,7 +423,7 @@ class VmService:
             info = self.get(uuid)
             if info.state is VmState.SHUTOFF:
                 raise Conflict(f"{info.name} is not running")
-            await self._on_domain(uuid, lambda d: d.destroy(), f"stopping {info.name}")
+            await self._verb(ops.destroy, uuid, f"stopping {info.name}")
             await self.refresh(uuid)
             return JobOutcome(f"{info.name} stopped")
 
@@ -466,7 +436,7 @@ class VmService:
             info = self.get(uuid)
             if info.state is VmState.SHUTOFF:
                 raise Conflict(f"{info.name} is not running")
-            await self._on_domain(uuid, lambda d: d.shutdown(), f"shutting down {info.name}")
+            await self._verb(ops.shutdown, uuid, f"shutting down {info.name}")
             ctx.log(f"asked {info.name} to shut down (ACPI); waiting up to {wait:g} s")
             off = await self._wait_for(
                 uuid, lambda i: i is None or i.state is VmState.SHUTOFF, wait
@@ -479,7 +449,7 @@ class VmService:
                     "ACPI?); use force, or Stop"
                 )
             ctx.log(f"{info.name} ignored the request: stopping it")
-            await self._on_domain(uuid, lambda d: d.destroy(), f"stopping {info.name}")
+            await self._verb(ops.destroy, uuid, f"stopping {info.name}")
             await self.refresh(uuid)
             return JobOutcome(f"{info.name} stopped after {wait:g} s without shutting down")
 
@@ -487,23 +457,23 @@ class VmService:
 
     async def reboot(self, uuid: str) -> None:
         info = self._idle(uuid)
-        await self._on_domain(uuid, lambda d: d.reboot(0), f"rebooting {info.name}")
+        await self._verb(ops.reboot, uuid, f"rebooting {info.name}")
 
     async def suspend(self, uuid: str) -> None:
         info = self._idle(uuid)
-        await self._on_domain(uuid, lambda d: d.suspend(), f"suspending {info.name}")
+        await self._verb(ops.suspend, uuid, f"suspending {info.name}")
         await self.refresh(uuid)
 
     async def resume(self, uuid: str) -> None:
         info = self._idle(uuid)
-        await self._on_domain(uuid, lambda d: d.resume(), f"resuming {info.name}")
+        await self._verb(ops.resume, uuid, f"resuming {info.name}")
         await self.refresh(uuid)
 
     async def set_autostart(self, uuid: str, on: bool) -> None:
         info = self.get(uuid)
         if not info.persistent:
             raise Conflict(f"{info.name} is transient: only defined VMs start with the host")
-        await self._on_domain(uuid, lambda d: d.setAutostart(int(on)), f"autostart of {info.name}")
+        await self.conn.call(lambda c: ops.set_autostart(c, uuid, on), f"autostart of {info.name}")
         await self.refresh(uuid)
 
     def delete_job(self, uuid: str, *, remove_storage: bool, force: bool) -> JobBody:
@@ -511,21 +481,14 @@ class VmService:
             info = self.get(uuid)
             if info.state is not VmState.SHUTOFF and not force:
                 raise Conflict(f"{info.name} is {info.state.value}: stop it first, or use force")
-            volumes = [source for _, source, device, _ in info.disks if device == "disk" and source]
-
-            def delete(conn: libvirt.virConnect) -> list[str]:
-                dom = conn.lookupByUUIDString(uuid)
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefineFlags(UNDEFINE_FLAGS)
-                removed = []
-                if remove_storage:
-                    for path in volumes:
-                        if domains.delete_volume(conn, path):
-                            removed.append(path)
-                return removed
-
-            removed = await self.conn.call(delete, f"deleting {info.name}")
+            volumes = [
+                source
+                for _, source, device, _ in info.disks
+                if remove_storage and device == "disk" and source
+            ]
+            removed = await self.conn.call(
+                lambda c: ops.undefine(c, uuid, volumes), f"deleting {info.name}"
+            )
             for path in removed:
                 ctx.log(f"removed volume {path}")
             await self.refresh(uuid)
@@ -545,47 +508,14 @@ class VmService:
                 f"the profile names {profile.name}, not {info.name}: renaming is not supported"
             )
         target = await self._target(profile)
-        sources: list[DiskSource] = []
         made: list[str] = []
-        for i, disk in enumerate(profile.disks):
-            if disk.path is not None:
-                sources.append(DiskSource(disk.path, disk.format.value, disk.bus))
-                continue
-            name = _volume_name(profile.name, i, disk.format)
-            size = int((disk.size_gb or 0) * 1024**3)
-
-            def find_or_create(
-                conn: libvirt.virConnect,
-                name: str = name,
-                size: int = size,
-                fmt: str = disk.format.value,
-            ) -> tuple[str, bool]:
-                pool = domains.ensure_pool(conn, self.config.pool, self.pool_dir)
-                try:
-                    return str(pool.storageVolLookupByName(name).path()), False
-                except libvirt.libvirtError:
-                    return domains.create_volume(pool, name, size, fmt), True
-
-            path, new = await self.conn.call(find_or_create, f"volume {name}")
-            if new:
-                made.append(path)
-            sources.append(DiskSource(path, disk.format.value, disk.bus))
-        xml = to_xml(
-            build_domain(
-                profile,
-                target=target,
-                disks=sources,
-                uuid=uuid,
-                profile_json=profile.model_dump_json(exclude_defaults=True),
-            )
-        )
-
-        def redefine(conn: libvirt.virConnect) -> None:
-            dom = conn.defineXML(xml)
-            dom.setAutostart(int(profile.autostart))
-
         try:
-            await self.conn.call(redefine, f"redefining {info.name}")
+            sources = await self._disks(None, profile, made, reuse=True)
+            xml = self._domain_xml(profile, target, sources, uuid)
+            await self.conn.call(
+                lambda c: ops.define(c, xml, autostart=profile.autostart),
+                f"redefining {info.name}",
+            )
         except BaseException:
             await self._undo_create(None, made)
             raise
@@ -596,13 +526,9 @@ class VmService:
     def snapshot_job(self, uuid: str, name: str, description: str) -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
             info = self.get(uuid)
-            root = ET.Element("domainsnapshot")
-            ET.SubElement(root, "name").text = name
-            if description:
-                ET.SubElement(root, "description").text = description
-            xml = ET.tostring(root, encoding="unicode")
-            await self._on_domain(
-                uuid, lambda d: d.snapshotCreateXML(xml, 0), f"snapshot {name} of {info.name}"
+            await self.conn.call(
+                lambda c: ops.create_snapshot(c, uuid, name, description),
+                f"snapshot {name} of {info.name}",
             )
             await self.refresh(uuid)
             return JobOutcome(f"snapshot {name} of {info.name} taken")
@@ -612,10 +538,8 @@ class VmService:
     def revert_job(self, uuid: str, name: str) -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
             info = self.get(uuid)
-            await self._on_domain(
-                uuid,
-                lambda d: d.revertToSnapshot(d.snapshotLookupByName(name, 0), 0),
-                f"reverting {info.name} to {name}",
+            await self.conn.call(
+                lambda c: ops.revert_snapshot(c, uuid, name), f"reverting {info.name} to {name}"
             )
             await self.refresh(uuid)
             return JobOutcome(f"{info.name} reverted to {name}")
@@ -625,9 +549,8 @@ class VmService:
     def delete_snapshot_job(self, uuid: str, name: str) -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
             info = self.get(uuid)
-            await self._on_domain(
-                uuid,
-                lambda d: d.snapshotLookupByName(name, 0).delete(0),
+            await self.conn.call(
+                lambda c: ops.delete_snapshot(c, uuid, name),
                 f"deleting snapshot {name} of {info.name}",
             )
             await self.refresh(uuid)
@@ -636,5 +559,5 @@ class VmService:
         return run
 
 
-def _volume_name(vm: str, index: int, fmt: Any) -> str:
-    return f"{vm}-disk{index}.{getattr(fmt, 'value', fmt)}"
+def _volume_name(vm: str, index: int, fmt: str) -> str:
+    return f"{vm}-disk{index}.{fmt}"
