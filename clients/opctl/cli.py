@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NoReturn
 
-from opctl import cli_net, render
+from opctl import cli_net, cli_vm, render
 from opctl.cli_net import NetCommands
+from opctl.cli_vm import VmCommands
 from opctl.client import Client, Unreachable, job_ref_to_path
 from opdbus import errors
 from opdbus.models.job import JobRecord, JobState, LogLine
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(asub, "verify", "recompute the chain; exit 1 naming the first bad entry")
 
     cli_net.add_parser(sub, command)
+    cli_vm.add_parser(sub, command)
     command(sub, "watch", "print every signal op-dbusd sends until interrupted")
     return p
 
@@ -308,6 +310,9 @@ class Cli:
     async def net(self) -> int:
         return await NetCommands(self).run()
 
+    async def vm(self) -> int:
+        return await VmCommands(self).run()
+
     async def audit(self) -> int:
         if self.args.audit_command == "verify":
             verdict = await self.client.verify_audit()
@@ -400,6 +405,9 @@ class Cli:
 
 
 async def run(args: argparse.Namespace) -> int:
+    offline: Callable[[argparse.Namespace], int] | None = getattr(args, "offline", None)
+    if offline is not None:  # needs no daemon (opctl vm profile schema)
+        return offline(args)
     client = await Client.connect(args.bus)
     try:
         cli = Cli(args, client)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opctl import render
-from opdbus.errors import InvalidArgs
+from opctl.files import read_document
 from opdbus.models.network import BridgeInfo
 
 if TYPE_CHECKING:
@@ -237,13 +234,7 @@ class NetCommands:
         return 0
 
     async def apply(self) -> int:
-        try:
-            if self.args.file == "-":
-                text = await asyncio.to_thread(sys.stdin.read)
-            else:
-                text = await asyncio.to_thread(Path(self.args.file).read_text)
-        except OSError as e:
-            raise InvalidArgs(f"cannot read {self.args.file}: {e.strerror}") from None
+        text = await read_document(self.args.file)
         if self.args.no_wait:
             path = await self.client.apply_bridges(text)
             print(path)

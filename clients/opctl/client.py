@@ -23,6 +23,7 @@ from opdbus.bus.transport import FlowControlledBus
 from opdbus.models.audit import AuditEntry, AuditVerdict
 from opdbus.models.job import JobRecord, JobState, LogLine
 from opdbus.models.network import BridgeInfo, PortInfo
+from opdbus.models.vm import VmInfo, VmState
 
 
 class Unreachable(errors.OpdbusError):
@@ -130,6 +131,28 @@ def bridge_info(props: dict[str, Any]) -> BridgeInfo:
     )
 
 
+def vm_info(props: dict[str, Any]) -> VmInfo:
+    """VM1 properties -> the model the daemon serves them from."""
+    return VmInfo(
+        uuid=props["UUID"],
+        name=props["Name"],
+        state=VmState(props["State"]),
+        state_reason=props["StateReason"],
+        persistent=props["Persistent"],
+        autostart=props["Autostart"],
+        vcpus=props["VCPUs"],
+        memory_mib=props["MemoryMiB"],
+        arch=props["Arch"],
+        interfaces=tuple(tuple(nic) for nic in props["Interfaces"]),
+        disks=tuple(tuple(disk) for disk in props["Disks"]),
+        profile=props["Profile"],
+        managed=props["Managed"],
+        snapshots=props["Snapshots"],
+        cpu_time_ns=props["CPUTime"],
+        memory_used_kib=props["MemoryUsedKiB"],
+    )
+
+
 def to_variants(options: dict[str, Any]) -> dict[str, Variant]:
     """Plain option values -> a{sv} (None means: leave the option out)."""
     out: dict[str, Variant] = {}
@@ -140,6 +163,8 @@ def to_variants(options: dict[str, Any]) -> dict[str, Variant]:
             out[key] = Variant("b", value)
         elif isinstance(value, int):
             out[key] = Variant("i", value)
+        elif isinstance(value, float):
+            out[key] = Variant("d", value)
         elif isinstance(value, str):
             out[key] = Variant("s", value)
         elif isinstance(value, dict):
@@ -405,6 +430,13 @@ class Client:
             for path, ifaces in objects.items()
             if names.VM_IFACE in ifaces
         }
+
+    async def vm(self, ref: str) -> tuple[str, VmInfo]:
+        """A VM by name or UUID: its object path and properties."""
+        for path, props in (await self.vms()).items():
+            if ref in (props["Name"], props["UUID"]):
+                return path, vm_info(props)
+        raise errors.NotFound(f"no VM named {ref!r} (opctl vm list shows them)")
 
     async def vm_call(
         self, path: str, member: str, signature: str = "", body: list[Any] | None = None

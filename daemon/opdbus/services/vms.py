@@ -177,12 +177,10 @@ class VmService:
             except Exception as e:
                 log.debug("domain statistics: %s", e)
                 continue
-            for uuid, (cpu, memory) in values.items():
+            for uuid, found in values.items():
                 info = self.vms.get(uuid)
-                if info is not None:
-                    self._store(
-                        info.model_copy(update={"cpu_time_ns": cpu, "memory_used_kib": memory})
-                    )
+                if info is not None and found:
+                    self._store(info.model_copy(update=found))
 
     def _store(self, info: VmInfo) -> None:
         old = self.vms.get(info.uuid)

@@ -143,17 +143,24 @@ def read_one(conn: libvirt.virConnect, uuid: str) -> VmInfo | None:
         raise
 
 
-def stats(conn: libvirt.virConnect) -> dict[str, tuple[int, int]]:
-    """uuid -> (cpu time ns, balloon KiB) of running domains, in one RPC."""
+def stats(conn: libvirt.virConnect) -> dict[str, dict[str, int]]:
+    """uuid -> {cpu_time_ns, memory_used_kib} of running domains, in one RPC.
+
+    A value the driver does not report is left out (libvirt's test driver has
+    no balloon or CPU statistics), so the caller keeps what it had.
+    """
     wanted = libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
-    out: dict[str, tuple[int, int]] = {}
+    out: dict[str, dict[str, int]] = {}
     for dom, values in conn.getAllDomainStats(
         wanted, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
     ):
-        out[dom.UUIDString()] = (
-            int(values.get("cpu.time", 0)),
-            int(values.get("balloon.rss", values.get("balloon.current", 0))),
-        )
+        found: dict[str, int] = {}
+        if "cpu.time" in values:
+            found["cpu_time_ns"] = int(values["cpu.time"])
+        memory = values.get("balloon.rss", values.get("balloon.current"))
+        if memory is not None:
+            found["memory_used_kib"] = int(memory)
+        out[dom.UUIDString()] = found
     return out
 
 

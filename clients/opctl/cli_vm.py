@@ -1,0 +1,355 @@
+"""``opctl vm``: virtual machines, their snapshots and profiles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from opctl import render
+from opctl.client import to_variants, vm_info
+from opctl.files import read_document
+from opdbus.models.vm import VmInfo, profile_schema
+from opdbus.names import VM_IFACE
+
+if TYPE_CHECKING:
+    from opctl.cli import Cli
+
+Command = Callable[..., argparse.ArgumentParser]
+
+VM_HELP = "the VM's name or UUID"
+
+
+def _no_wait(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--no-wait", action="store_true", help="print the job path and return at once")
+    return p
+
+
+def _on_off(text: str) -> bool:
+    if text in ("on", "off"):
+        return text == "on"
+    raise argparse.ArgumentTypeError(f"{text!r}: say on or off")
+
+
+def add_parser(sub: Any, command: Command) -> None:
+    vm = sub.add_parser("vm", help="virtual machines (libvirt): lifecycle, snapshots, profiles")
+    vsub = vm.add_subparsers(
+        dest="vm_command", required=True, metavar="ACTION", parser_class=type(vm)
+    )
+    command(vsub, "list", "every VM libvirt knows, whoever made it")
+    command(vsub, "show", "one VM: state, devices, usage").add_argument("vm", help=VM_HELP)
+    create = _no_wait(command(vsub, "create", "define a VM from a profile (a job)"))
+    create.add_argument("file", help="a JSON profile (see opctl vm profile schema); - for stdin")
+    create.add_argument("--start", action="store_true", help="start it once defined")
+    for name, text in (
+        ("start", "start a stopped VM (a job)"),
+        ("stop", "stop a VM at once, like pulling the plug (a job)"),
+    ):
+        _no_wait(command(vsub, name, text)).add_argument("vm", help=VM_HELP)
+    shutdown = _no_wait(command(vsub, "shutdown", "ask the guest to power off (ACPI; a job)"))
+    shutdown.add_argument("vm", help=VM_HELP)
+    shutdown.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="how long to wait (default: config)"
+    )
+    shutdown.add_argument(
+        "--force", action="store_true", help="stop it when the guest ignores the request"
+    )
+    for name, text in (
+        ("reboot", "ask the guest to reboot"),
+        ("suspend", "pause a running VM's CPUs"),
+        ("resume", "resume a suspended VM"),
+        ("xml", "the domain XML libvirt holds"),
+    ):
+        command(vsub, name, text).add_argument("vm", help=VM_HELP)
+    autostart = command(vsub, "autostart", "start the VM when the host boots, or not")
+    autostart.add_argument("vm", help=VM_HELP)
+    autostart.add_argument("enabled", type=_on_off, metavar="on|off")
+    update = command(vsub, "update", "replace a stopped VM's profile (redefines it)")
+    update.add_argument("vm", help=VM_HELP)
+    update.add_argument("file", help="the new JSON profile; - for stdin")
+    delete = _no_wait(command(vsub, "delete", "undefine a VM (a job)"))
+    delete.add_argument("vm", help=VM_HELP)
+    delete.add_argument(
+        "--remove-storage",
+        action="store_true",
+        help="also delete its volumes in the daemon's pool (never ISOs or other paths)",
+    )
+    delete.add_argument("--force", action="store_true", help="stop it first when it runs")
+
+    snap = vsub.add_parser("snapshot", help="create, list, revert, delete snapshots")
+    ssub = snap.add_subparsers(
+        dest="snapshot_action", required=True, metavar="ACTION", parser_class=type(vm)
+    )
+    screate = _no_wait(command(ssub, "create", "take a snapshot (a job)"))
+    screate.add_argument("vm", help=VM_HELP)
+    screate.add_argument("name", help="the snapshot's name")
+    screate.add_argument("--description", default="", metavar="TEXT")
+    command(ssub, "list", "a VM's snapshots, oldest first").add_argument("vm", help=VM_HELP)
+    for name, text in (
+        ("revert", "go back to a snapshot (a job)"),
+        ("delete", "delete a snapshot (a job)"),
+    ):
+        one = _no_wait(command(ssub, name, text))
+        one.add_argument("vm", help=VM_HELP)
+        one.add_argument("name", help="the snapshot's name")
+
+    prof = vsub.add_parser("profile", help="check a profile, or print its JSON Schema")
+    psub = prof.add_subparsers(
+        dest="profile_action", required=True, metavar="ACTION", parser_class=type(vm)
+    )
+    check = command(psub, "check", "validate a profile against this host; defines nothing")
+    check.add_argument("file", help="a JSON profile; - for stdin")
+    check.add_argument("--print-xml", action="store_true", help="print the domain XML it makes")
+    schema = command(psub, "schema", "the profile's JSON Schema (needs no daemon)")
+    schema.set_defaults(offline=print_schema)
+
+
+def print_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(profile_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.0f} MiB" if kib else "-"
+
+
+def _cpu_time(ns: int) -> str:
+    if not ns:
+        return "-"
+    seconds = ns / 1e9
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, hours, days = int(seconds // 60), int(seconds // 3600), int(seconds // 86400)
+    if hours == 0:
+        return f"{minutes}m{int(seconds) % 60:02d}s"
+    if days == 0:
+        return f"{hours}h{minutes % 60:02d}m"
+    return f"{days}d{hours % 24:02d}h"
+
+
+def vm_json(path: str, info: VmInfo) -> dict[str, Any]:
+    return {"path": path, **info.model_dump(mode="json")}
+
+
+class VmCommands:
+    def __init__(self, cli: Cli) -> None:
+        self.cli = cli
+        self.args = cli.args
+        self.client = cli.client
+
+    async def run(self) -> int:
+        a = self.args
+        action = a.vm_command
+        if action in ("snapshot", "profile"):
+            action = f"{action}_{getattr(a, action + '_action')}"
+        handler: Callable[[], Awaitable[int]] = getattr(self, action)
+        return await handler()
+
+    async def _job(self, start: Callable[[], Awaitable[str]]) -> int:
+        if self.args.no_wait:
+            path = await start()
+            print(json.dumps({"job": path}) if self.args.json else path)
+            return 0
+        return self.cli.finish_job(await self.cli.follow(start))
+
+    async def _vm_job(self, member: str, signature: str = "", body: list[Any] | None = None) -> int:
+        path, _ = await self.client.vm(self.args.vm)
+        return await self._job(lambda: self.client.vm_job(path, member, signature, body))
+
+    async def _vm_call(
+        self, member: str, done: str, signature: str = "", body: list[Any] | None = None
+    ) -> int:
+        path, before = await self.client.vm(self.args.vm)
+        await self.client.vm_call(path, member, signature, body)
+        if self.args.json:
+            render.dump(vm_json(path, vm_info(await self.client.get_all(path, VM_IFACE))))
+        else:
+            print(f"{before.name} {done}")
+        return 0
+
+    # -- reading ---------------------------------------------------------------
+
+    async def list(self) -> int:
+        vms = sorted(
+            ((path, vm_info(props)) for path, props in (await self.client.vms()).items()),
+            key=lambda item: item[1].name,
+        )
+        if self.args.json:
+            render.dump([vm_json(path, info) for path, info in vms])
+        elif not vms:
+            print("no VMs")
+        else:
+            render.table(
+                ["name", "state", "cpus", "memory", "used", "cpu time", "autostart", "uuid"],
+                [
+                    (
+                        i.name,
+                        i.state.value,
+                        i.vcpus,
+                        f"{i.memory_mib} MiB",
+                        _mib(i.memory_used_kib),
+                        _cpu_time(i.cpu_time_ns),
+                        "yes" if i.autostart else "no",
+                        i.uuid,
+                    )
+                    for _, i in vms
+                ],
+            )
+        return 0
+
+    async def show(self) -> int:
+        path, i = await self.client.vm(self.args.vm)
+        if self.args.json:
+            render.dump(vm_json(path, i))
+            return 0
+        render.pairs(
+            [
+                ("vm", f"{i.name} ({i.uuid})"),
+                ("state", i.state.value + (f" ({i.state_reason})" if i.state_reason else "")),
+                ("made by", "op-dbus" if i.managed else "another tool (no profile)"),
+                ("autostart", "yes" if i.autostart else "no"),
+                ("persistent", "yes" if i.persistent else "no (transient)"),
+                ("arch", i.arch or "-"),
+                ("cpus", str(i.vcpus)),
+                ("memory", f"{i.memory_mib} MiB, {_mib(i.memory_used_kib)} in use"),
+                ("cpu time", _cpu_time(i.cpu_time_ns)),
+                ("snapshots", str(i.snapshots)),
+                ("object", path),
+            ]
+        )
+        if i.disks:
+            print()
+            render.table(
+                ["disk", "device", "format", "source"],
+                [
+                    (target, device, fmt or "-", source or "-")
+                    for target, source, device, fmt in i.disks
+                ],
+            )
+        if i.interfaces:
+            print()
+            render.table(
+                ["nic", "model", "mac", "source"],
+                [
+                    (kind, model or "-", mac or "-", source or "-")
+                    for kind, source, mac, model in i.interfaces
+                ],
+            )
+        return 0
+
+    async def xml(self) -> int:
+        path, _ = await self.client.vm(self.args.vm)
+        (xml,) = await self.client.vm_call(path, "GetXML")
+        if self.args.json:
+            render.dump({"path": path, "xml": xml})
+        else:
+            print(xml.rstrip("\n"))
+        return 0
+
+    # -- changing ---------------------------------------------------------------
+
+    async def create(self) -> int:
+        text = await read_document(self.args.file)
+        return await self._job(lambda: self.client.create_vm(text, start=self.args.start))
+
+    async def start(self) -> int:
+        return await self._vm_job("Start")
+
+    async def stop(self) -> int:
+        return await self._vm_job("Stop")
+
+    async def shutdown(self) -> int:
+        options = to_variants({"timeout": self.args.timeout, "force": self.args.force})
+        return await self._vm_job("Shutdown", "a{sv}", [options])
+
+    async def delete(self) -> int:
+        options = to_variants(
+            {"remove_storage": self.args.remove_storage, "force": self.args.force}
+        )
+        return await self._vm_job("Delete", "a{sv}", [options])
+
+    async def reboot(self) -> int:
+        return await self._vm_call("Reboot", "asked to reboot")
+
+    async def suspend(self) -> int:
+        return await self._vm_call("Suspend", "suspended")
+
+    async def resume(self) -> int:
+        return await self._vm_call("Resume", "resumed")
+
+    async def autostart(self) -> int:
+        on = self.args.enabled
+        return await self._vm_call("SetAutostart", f"autostart {'on' if on else 'off'}", "b", [on])
+
+    async def update(self) -> int:
+        text = await read_document(self.args.file)
+        return await self._vm_call("UpdateProfile", "profile updated", "s", [text])
+
+    # -- snapshots ----------------------------------------------------------------
+
+    async def snapshot_create(self) -> int:
+        options = to_variants({"description": self.args.description or None})
+        return await self._vm_job("CreateSnapshot", "sa{sv}", [self.args.name, options])
+
+    async def snapshot_revert(self) -> int:
+        return await self._vm_job("RevertSnapshot", "s", [self.args.name])
+
+    async def snapshot_delete(self) -> int:
+        return await self._vm_job("DeleteSnapshot", "s", [self.args.name])
+
+    async def snapshot_list(self) -> int:
+        path, info = await self.client.vm(self.args.vm)
+        (snaps,) = await self.client.vm_call(path, "ListSnapshots")
+        rows = [
+            {"name": n, "created": t, "state": s, "current": c, "description": d}
+            for n, t, s, c, d in snaps
+        ]
+        if self.args.json:
+            render.dump(rows)
+        elif not rows:
+            print(f"{info.name} has no snapshots")
+        else:
+            render.table(
+                ["name", "created", "state", "current", "description"],
+                [
+                    (
+                        r["name"],
+                        render.when(r["created"] * 1_000_000),
+                        r["state"],
+                        "*" if r["current"] else "",
+                        r["description"] or "-",
+                    )
+                    for r in rows
+                ],
+            )
+        return 0
+
+    # -- profiles -------------------------------------------------------------------
+
+    async def profile_check(self) -> int:
+        text = await read_document(self.args.file)
+        xml, warnings = await self.client.check_vm_profile(text)
+        name = _profile_name(text)
+        if self.args.json:
+            result: dict[str, Any] = {"valid": True, "name": name, "warnings": warnings}
+            if self.args.print_xml:
+                result["xml"] = xml
+            render.dump(result)
+            return 0
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if self.args.print_xml:
+            print(xml.rstrip("\n"))
+        else:
+            noted = (
+                f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})" if warnings else ""
+            )
+            print(f"profile {name} is valid{noted}")
+        return 0
+
+
+def _profile_name(text: str) -> str:
+    """The name of a profile the daemon has just accepted (so it parses)."""
+    return str(json.loads(text).get("name", "?"))
