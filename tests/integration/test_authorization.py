@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from opdbus import errors
 from opdbus.sandbox import POLKIT_BUS_POLICY, PrivateBus, start_private_bus, user_grant
 from tests.support import PYTHON, REPO, base_config, busctl, manager_call, opctl, run
 
@@ -358,3 +359,78 @@ def test_only_admins_change_bridges(
             ).returncode
             == 0
         )
+
+
+def test_only_admins_drive_vms(
+    make_daemon: Any, auth_bus: PrivateBus, test_users: dict[str, str], tmp_path: Path
+) -> None:
+    """libvirt's test driver is enough: the subject is who may call, not QEMU."""
+    make_daemon(auth_bus, base_config(tmp_path, libvirt={"uri": "test:///default"}))
+    address = auth_bus.address
+    vm = json.loads(opctl(address, "--json", "vm", "show", "test").stdout)
+    path = vm["path"]
+    assert vm["state"] == "running"
+
+    def vm_call(user: str, member: str, signature: str = "", *args: str) -> Any:
+        return busctl(
+            address,
+            "call",
+            "org.opdbus",
+            path,
+            "org.opdbus.VM1",
+            member,
+            signature,
+            *args,
+            user=user,
+        )
+
+    profile = json.dumps({"name": "ta-vm", "memory_mb": 64})
+    for user in (test_users["plain"], test_users["policy"]):
+        # busctl prints only the message: the bus's refusal, or the daemon's.
+        expected = "Access denied" if user == test_users["plain"] else "may not call org.opdbus"
+        refused = [
+            vm_call(user, "Stop"),
+            vm_call(user, "Start"),
+            vm_call(user, "Shutdown", "a{sv}", "0"),
+            vm_call(user, "Delete", "a{sv}", "1", "force", "b", "true"),
+            vm_call(user, "Suspend"),
+            vm_call(user, "SetAutostart", "b", "true"),
+            vm_call(user, "CreateSnapshot", "sa{sv}", "s1", "0"),
+            busctl(
+                address,
+                "call",
+                "org.opdbus",
+                "/org/opdbus",
+                "org.opdbus.Manager1",
+                "CreateVM",
+                "sa{sv}",
+                profile,
+                "0",
+                user=user,
+            ),
+        ]
+        for result in refused:
+            assert result.returncode != 0 and expected in result.stderr, result.stderr
+        named = dbus_send(address, path, "org.opdbus.VM1.Stop", user=user)
+        assert error_name(named) == (
+            "org.freedesktop.DBus.Error.AccessDenied"
+            if user == test_users["plain"]
+            else "org.opdbus.Error.NotAuthorized"
+        )
+        # Reading is open to anyone on the bus.
+        state = busctl(
+            address, "get-property", "org.opdbus", path, "org.opdbus.VM1", "State", user=user
+        )
+        assert state.returncode == 0 and state.stdout.strip() == 's "running"', state.stderr
+        assert vm_call(user, "GetXML").returncode == 0
+        assert vm_call(user, "ListSnapshots").returncode == 0
+    # opctl as the plain user: the bus's refusal maps to its exit code, and nothing changed.
+    denied = opctl(address, "vm", "stop", "test", user=test_users["plain"])
+    assert denied.returncode == errors.NotAuthorized.exit_code
+    assert "NotAuthorized: the bus policy refused this call" in denied.stderr
+    assert json.loads(opctl(address, "--json", "vm", "list").stdout)[0]["state"] == "running"
+    assert job_count(address) == 0
+    # An admin may.
+    stopped = opctl(address, "--json", "vm", "stop", "test", user=test_users["admin"])
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["state"] == "succeeded"
+    assert json.loads(opctl(address, "--json", "vm", "show", "test").stdout)["state"] == "shutoff"
