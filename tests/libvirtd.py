@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,12 @@ class PrivateLibvirtd:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
 
-    def restart(self) -> None:
-        """Start libvirtd (again) on the config start() wrote; back once it answers."""
+    def restart(self, env: dict[str, str] | None = None) -> None:
+        """Start libvirtd (again) on the config start() wrote; back once it answers.
+
+        ``env`` replaces its environment: libvirtd runs ``ovs-vsctl`` for OVS
+        ports, which finds its database through OVS_RUNDIR.
+        """
         subprocess.run(
             [
                 "libvirtd",
@@ -123,8 +128,21 @@ class PrivateLibvirtd:
                 str(self.workdir / "libvirtd.pid"),
             ],
             check=True,
+            env=env,
         )
         self.wait_ready()
+
+    @contextlib.contextmanager
+    def environment(self, **extra: str) -> Iterator[None]:
+        """libvirtd runs with these variables set, then as before."""
+        self.kill()
+        self.restart({**os.environ, **extra})
+        try:
+            yield
+        finally:
+            self.cleanup()
+            self.kill()
+            self.restart()
 
     def domains(self) -> list[str]:
         out = self.virsh("list", "--all", "--name").stdout.split()

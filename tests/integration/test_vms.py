@@ -23,6 +23,7 @@ from opdbus.errors import (
 )
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
+from opdbus.sandbox_ovs import PrivateOvs
 from tests import support
 from tests.libvirtd import TEST_PREFIX, PrivateLibvirtd
 from tests.support import assert_introspection_matches, running
@@ -268,3 +269,52 @@ async def test_committed_vm1_introspection_matches(
         (xml,) = await client.call(path, names.INTROSPECTABLE_IFACE, "Introspect")
         live = {i.attrib["name"]: i for i in ET.fromstring(xml).iter("interface")}
         assert_introspection_matches(live, [names.VM_IFACE])
+
+
+async def test_a_vm_on_an_ovs_bridge_the_daemon_made(
+    tmp_path: Path,
+    private_bus: PrivateBus,
+    libvirtd: PrivateLibvirtd,
+    ovs: PrivateOvs,
+    client: Client,
+) -> None:
+    """libvirt plugs the guest's tap into the bridge; the bridge's Ports say so, live."""
+    name = TEST_PREFIX + "ovs"
+    mac = "52:54:00:7e:57:01"
+    config = vm_config(libvirtd) | {"ovsdb": {"remote": ovs.remote, "datapath_type": "netdev"}}
+    with libvirtd.environment(OVS_RUNDIR=str(ovs.directory)):
+        async with running(tmp_path, private_bus, **config), client.signals("") as queue:
+            await client.create_bridge("vmbr0", {})
+            nic = {"kind": "ovs", "bridge": "vmbr0", "mac": mac}
+            record = await job_ok(
+                client, lambda: client.create_vm(profile("ovs", interfaces=[nic]), start=True)
+            )
+            path, uuid = record.output["path"], record.output["uuid"]
+            assert (await client.vms())[path]["Interfaces"] == [("ovs", "vmbr0", mac, "virtio")]
+            assert libvirtd.virsh("domstate", name).stdout.strip() == "running"
+
+            def tap_ports(event: SignalEvent) -> bool:
+                if event.path != names.bridge_path("vmbr0") or event.member != "PropertiesChanged":
+                    return False
+                return len(event.args[1].get("Ports", [])) == 2
+
+            await next_event(queue, tap_ports)
+            bridge = await client.bridge("vmbr0")
+            (tap,) = [p.name for p in bridge.ports if p.name != "vmbr0"]
+            assert (await asyncio.to_thread(ovs.vsctl, "port-to-br", tap)).stdout.strip() == "vmbr0"
+            ids = (
+                await asyncio.to_thread(ovs.vsctl, "get", "Interface", tap, "external_ids")
+            ).stdout
+            assert f'vm-id="{uuid}"' in ids and f'attached-mac="{mac}"' in ids
+
+            await job_ok(client, lambda: client.vm_job(path, "Stop"))
+            await next_event(
+                queue,
+                lambda e: (
+                    e.path == names.bridge_path("vmbr0")
+                    and e.member == "PropertiesChanged"
+                    and len(e.args[1].get("Ports", [None, None])) == 1
+                ),
+            )
+            assert [p.name for p in (await client.bridge("vmbr0")).ports] == ["vmbr0"]
+            assert (await asyncio.to_thread(ovs.vsctl, "list-ports", "vmbr0")).stdout.strip() == ""
