@@ -21,9 +21,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support import base_config, private_network_namespace  # noqa: E402
-
 from opdbus.sandbox import PrivateBus, start_private_bus, user_grant  # noqa: E402
+from tests.support import base_config, private_network_namespace  # noqa: E402
 
 
 @dataclass

@@ -51,6 +51,7 @@ def _kill(pid: int | None, timeout: float = 10.0) -> None:
 class PrivateLibvirtd:
     workdir: Path  # world-traversable: QEMU runs as libvirt-qemu and opens the pool's files
     started_virtlogd: bool = False
+    log_rpc: bool = False  # log every RPC libvirtd receives (benchmarks count them)
 
     @property
     def socket(self) -> Path:
@@ -89,11 +90,15 @@ class PrivateLibvirtd:
             subprocess.run(["virtlogd", "-d", "-p", str(self.workdir / "virtlogd.pid")], check=True)
             self.started_virtlogd = True
         conf = self.workdir / "libvirtd.conf"
+        # Level 1 for the RPC layer logs one RPC_SERVER_CLIENT_MSG_RX line per message.
+        filters = 'log_filters = "1:rpc.netserverclient 3:*"\n' if self.log_rpc else ""
+        level = 1 if self.log_rpc else 3
         conf.write_text(
             f'unix_sock_dir = "{self.workdir}"\n'
             'auth_unix_rw = "none"\n'
             'auth_unix_ro = "none"\n'
-            f'log_outputs = "3:file:{self.workdir}/libvirtd.log"\n'
+            f"{filters}"
+            f'log_outputs = "{level}:file:{self.workdir}/libvirtd.log"\n'
         )
         self.restart()
         self.cleanup()
@@ -144,6 +149,18 @@ class PrivateLibvirtd:
             self.kill()
             self.restart()
 
+    def rpc_messages(self) -> int:
+        """API calls libvirtd has received so far (log_rpc only).
+
+        Only the remote program's messages (0x20008086): keepalive pings come
+        on their own timer, whatever the client does.
+        """
+        log = (self.workdir / "libvirtd.log").read_text()
+        return sum(
+            "RPC_SERVER_CLIENT_MSG_RX" in line and " prog=536903814 " in line
+            for line in log.splitlines()
+        )
+
     def domains(self) -> list[str]:
         out = self.virsh("list", "--all", "--name").stdout.split()
         return [name for name in out if name.startswith(TEST_PREFIX)]
@@ -172,10 +189,10 @@ class PrivateLibvirtd:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_private_libvirtd() -> PrivateLibvirtd:
+def start_private_libvirtd(*, log_rpc: bool = False) -> PrivateLibvirtd:
     workdir = Path(tempfile.mkdtemp(prefix="libvirtd-t-", dir="/var/tmp"))
     workdir.chmod(0o755)
-    libvirtd = PrivateLibvirtd(workdir)
+    libvirtd = PrivateLibvirtd(workdir, log_rpc=log_rpc)
     libvirtd.pool_dir.mkdir(mode=0o755)
     libvirtd.iso_dir.mkdir(mode=0o755)
     try:

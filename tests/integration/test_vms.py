@@ -101,6 +101,8 @@ async def test_lifecycle_snapshots_and_delete(
         await client.vm_call(path, "Suspend")
         await next_event(queue, state_changed(path, "paused"))
         assert libvirtd.virsh("domstate", name).stdout.strip() == "paused"
+        # GetManagedObjects keeps VM1 values between reads; a change drops them.
+        assert (await client.vms())[path]["State"] == "paused"
         await client.vm_call(path, "Resume")
         await next_event(queue, state_changed(path, "running"))
 

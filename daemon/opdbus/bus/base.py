@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from dbus_fast import DBusError
+from dbus_fast import DBusError, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.service import ServiceInterface, _Method, _Property, dbus_method
 
 from opdbus.bus.codec import plain
 from opdbus.bus.peers import CallerResolver
-from opdbus.bus.transport import CURRENT_CALL, FlowControlledBus
+from opdbus.bus.transport import CURRENT_CALL, FlowControlledBus, property_values
 from opdbus.errors import Failed, OpdbusError
 from opdbus.models.audit import digest_args
 from opdbus.names import ERROR_PREFIX
@@ -190,10 +190,29 @@ def load_docs() -> dict[str, ET.Element]:
 
 class OpdbusInterface(ServiceInterface):
     INTERFACE: ClassVar[str]  # the D-Bus interface name each subclass implements
+    # True where every property change goes out through emit_properties_changed:
+    # then the values are kept between reads (GetManagedObjects over 1000 VMs
+    # re-reads nothing that has not changed).
+    CACHE_PROPERTIES: ClassVar[bool] = False
 
     def __init__(self, ctx: BusContext) -> None:
         super().__init__(self.INTERFACE)
         self.ctx = ctx
+        self._values: dict[str, Variant] | None = None
+
+    def property_values(self) -> dict[str, Variant]:
+        """Every readable property (FlowControlledBus's GetManagedObjects asks this)."""
+        if not self.CACHE_PROPERTIES:
+            return property_values(self)
+        if self._values is None:
+            self._values = property_values(self)
+        return self._values
+
+    def emit_properties_changed(
+        self, changed_properties: dict[str, Any], invalidated_properties: list[str] | None = None
+    ) -> None:
+        self._values = None
+        super().emit_properties_changed(changed_properties, invalidated_properties or [])
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_fast import Message
+from dbus_fast import Message, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio.message_bus import _future_set_exception, _future_set_result, _MessageWriter
 from dbus_fast.service import ServiceInterface, _Method
@@ -46,6 +46,23 @@ class CallInfo:
 
 
 CURRENT_CALL: ContextVar[CallInfo | None] = ContextVar("opdbus_current_call", default=None)
+
+
+def property_values(interface: ServiceInterface) -> dict[str, Variant]:
+    """Every readable property of ``interface``, read synchronously."""
+    values: dict[str, Variant] = {}
+    for prop in ServiceInterface._get_properties(interface):
+        if not prop.disabled and prop.access.readable():
+            values[prop.name] = Variant(
+                prop.signature, getattr(interface, prop.prop_getter.__name__)
+            )
+    return values
+
+
+def _values_of(interface: ServiceInterface) -> dict[str, Variant]:
+    # op-dbus interfaces may keep their values (OpdbusInterface.property_values).
+    own: Callable[[], dict[str, Variant]] | None = getattr(interface, "property_values", None)
+    return own() if own is not None else property_values(interface)
 
 
 class _FlowControlledWriter(_MessageWriter):
@@ -238,6 +255,26 @@ class FlowControlledBus(MessageBus):
             )
 
         ServiceInterface._get_all_property_values(interface, send)
+
+    def _default_get_managed_objects_handler(self, msg: Message, send_reply: Any) -> None:
+        """GetManagedObjects in one pass over the exports.
+
+        dbus-fast's own re-scans the whole reply each time one interface's
+        properties are in, and each interface's values each time one property
+        is in: quadratic, ~70 ms for 1000 VMs. op-dbus property getters are
+        all plain functions, so read them in place.
+        """
+        prefix = "/" if msg.path == "/" else f"{msg.path}/"
+        result: dict[str, dict[str, dict[str, Variant]]] = {}
+        try:
+            for node, interfaces in self._path_exports.items():
+                if node.startswith(prefix):
+                    result[node] = {name: _values_of(iface) for name, iface in interfaces.items()}
+        except Exception as e:
+            _LOG.error("GetManagedObjects on %s: %s", msg.path, e)
+            send_reply.send_error(e)
+            return
+        send_reply(Message.new_method_return(msg, "a{oa{sa{sv}}}", [result]))
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
         if self._disconnected:

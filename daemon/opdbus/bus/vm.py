@@ -49,6 +49,7 @@ FIELD_TO_PROPERTY = {
 
 class VM1(OpdbusInterface):
     INTERFACE = VM_IFACE
+    CACHE_PROPERTIES = True  # VmExporter.vm_changed signals every change
 
     def __init__(self, ctx: BusContext, vms: VmService, uuid: str) -> None:
         super().__init__(ctx)
