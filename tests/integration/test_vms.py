@@ -20,6 +20,7 @@ from opdbus.errors import (
     Conflict,
     InvalidArgs,
     NotFound,
+    Timeout,
 )
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
@@ -139,6 +140,53 @@ async def test_lifecycle_snapshots_and_delete(
         assert name not in libvirtd.domains()
         with pytest.raises(NotFound):
             await client.vm_call(path, "Start")
+
+
+async def test_shutdown_autostart_update_and_forced_delete(
+    tmp_path: Path, private_bus: PrivateBus, libvirtd: PrivateLibvirtd, client: Client
+) -> None:
+    """A guest with no OS ignores ACPI: Shutdown times out, or with force pulls the plug."""
+    name = TEST_PREFIX + "acpi"
+    async with running(tmp_path, private_bus, **vm_config(libvirtd)):
+        record = await job_ok(client, lambda: client.create_vm(profile("acpi"), start=True))
+        path = record.output["path"]
+
+        await client.vm_call(path, "SetAutostart", "b", [True])
+        assert (await client.vms())[path]["Autostart"] is True
+        assert "enable" in libvirtd.virsh("dominfo", name).stdout.split("Autostart:")[1]
+        with pytest.raises(Busy, match="changes only when it is off"):
+            await client.vm_call(path, "UpdateProfile", "s", [profile("acpi", memory_mb=128)])
+        await client.vm_call(path, "Reboot")  # sent to the guest; QEMU accepts it
+
+        patient = await client.run_job(
+            lambda: client.vm_job(path, "Shutdown", "a{sv}", [to_variants({"timeout": 1.0})])
+        )
+        assert patient.state is JobState.FAILED and patient.error_name == Timeout.dbus_name
+        assert "did not shut down within 1 s" in patient.result
+        assert libvirtd.virsh("domstate", name).stdout.strip() == "running"
+        forced = await job_ok(
+            client,
+            lambda: client.vm_job(
+                path, "Shutdown", "a{sv}", [to_variants({"timeout": 1.0, "force": True})]
+            ),
+        )
+        assert "stopped after 1 s" in forced.result
+        assert libvirtd.virsh("domstate", name).stdout.strip() == "shut off"
+
+        await client.vm_call(path, "UpdateProfile", "s", [profile("acpi", memory_mb=128)])
+        props = (await client.vms())[path]
+        assert props["MemoryMiB"] == 128 and json.loads(props["Profile"])["memory_mb"] == 128
+        root = ET.fromstring(libvirtd.virsh("dumpxml", name).stdout)
+        assert root.findtext("memory") == str(128 * 1024)
+
+        await job_ok(client, lambda: client.vm_job(path, "Start"))
+        refused = await client.run_job(lambda: client.vm_job(path, "Delete", "a{sv}", [{}]))
+        assert refused.error_name == Conflict.dbus_name and "stop it first" in refused.result
+        await job_ok(
+            client,
+            lambda: client.vm_job(path, "Delete", "a{sv}", [to_variants({"force": True})]),
+        )
+        assert libvirtd.domains() == []
 
 
 async def test_changes_made_with_virsh_arrive_as_signals(
