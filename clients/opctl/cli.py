@@ -200,6 +200,22 @@ class Cli:
             self.progress.done()
         return record
 
+    async def job(
+        self,
+        start: Callable[[], Awaitable[str]],
+        show: Callable[[JobRecord], None] | None = None,
+    ) -> int:
+        """Start a job; follow it to its end (``show`` prints its output for people),
+        or with --no-wait print its path."""
+        if getattr(self.args, "no_wait", False):
+            path = await start()
+            print(json.dumps({"job": path}) if self.args.json else path)
+            return 0
+        record = await self.follow(start)
+        if show is not None and not self.args.json:
+            show(record)
+        return self.finish_job(record)
+
     def finish_job(self, record: JobRecord) -> int:
         if self.args.json:
             render.dump(record.model_dump(mode="json"))
@@ -213,12 +229,9 @@ class Cli:
         def start() -> Awaitable[str]:
             return self.client.validate(quick=self.args.quick, fix=self.args.fix)
 
-        if self.args.no_wait:
-            path = await start()
-            print(json.dumps({"job": path}) if self.args.json else path)
-            return 0
-        record = await self.follow(start)
-        if not self.args.json and record.output.get("checks"):
+        def show(record: JobRecord) -> None:
+            if not record.output.get("checks"):
+                return
             report = ValidationReport.model_validate(record.output)
             print()
             render.table(
@@ -228,7 +241,8 @@ class Cli:
                     for c in report.checks
                 ],
             )
-        return self.finish_job(record)
+
+        return await self.job(start, show)
 
     async def jobs(self) -> int:
         action = self.args.jobs_command

@@ -235,9 +235,4 @@ class NetCommands:
 
     async def apply(self) -> int:
         text = await read_document(self.args.file)
-        if self.args.no_wait:
-            path = await self.client.apply_bridges(text)
-            print(path)
-            return 0
-        record = await self.cli.follow(lambda: self.client.apply_bridges(text))
-        return self.cli.finish_job(record)
+        return await self.cli.job(lambda: self.client.apply_bridges(text))

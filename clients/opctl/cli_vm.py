@@ -147,16 +147,9 @@ class VmCommands:
         handler: Callable[[], Awaitable[int]] = getattr(self, action)
         return await handler()
 
-    async def _job(self, start: Callable[[], Awaitable[str]]) -> int:
-        if self.args.no_wait:
-            path = await start()
-            print(json.dumps({"job": path}) if self.args.json else path)
-            return 0
-        return self.cli.finish_job(await self.cli.follow(start))
-
     async def _vm_job(self, member: str, signature: str = "", body: list[Any] | None = None) -> int:
         path, _ = await self.client.vm(self.args.vm)
-        return await self._job(lambda: self.client.vm_job(path, member, signature, body))
+        return await self.cli.job(lambda: self.client.vm_job(path, member, signature, body))
 
     async def _vm_call(
         self, member: str, done: str, signature: str = "", body: list[Any] | None = None
@@ -252,7 +245,7 @@ class VmCommands:
 
     async def create(self) -> int:
         text = await read_document(self.args.file)
-        return await self._job(lambda: self.client.create_vm(text, start=self.args.start))
+        return await self.cli.job(lambda: self.client.create_vm(text, start=self.args.start))
 
     async def start(self) -> int:
         return await self._vm_job("Start")

@@ -7,9 +7,10 @@ for the socket to become writable instead, counts the queued bytes, and lets
 producers ``await drain()`` while the backlog is above a high-water mark.
 
 It also (a) records each incoming call in a context variable before dispatch,
-so handlers know their caller (dbus-fast does not pass the message), and
+so handlers know their caller (dbus-fast does not pass the message),
 (b) finds an interface's object path in O(1) when it emits a signal (dbus-fast
-scans every export per signal).
+scans every export per signal), and (c) answers GetManagedObjects in one pass
+(dbus-fast's is quadratic), taking values an interface keeps when it offers them.
 
 The daemon and its clients both use it, so it is part of the public contract
 (``opctl`` imports it alongside names, errors and models).
