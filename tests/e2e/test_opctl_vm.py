@@ -21,7 +21,7 @@ from opdbus.models.vm import profile_schema
 from opdbus.sandbox import PrivateBus
 from tests.support import base_config, opctl
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "vm-profiles"
+EXAMPLES = Path(__file__).resolve().parents[2] / "daemon" / "opdbus" / "vm-profiles"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from opdbus.backends.libvirt.domain_xml import (
 )
 from opdbus.models.vm import VmProfile, profile_schema
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "vm-profiles"
+EXAMPLES = Path(__file__).resolve().parents[2] / "daemon" / "opdbus" / "vm-profiles"
 PROFILES = sorted(p for p in EXAMPLES.glob("*.json") if p.name != "schema.json")
 KVM = Target("kvm", "q35", "/usr/bin/qemu-system-x86_64", "x86_64")
 
@@ -44,7 +44,9 @@ def test_there_are_examples_and_each_is_a_valid_profile() -> None:
 
 def test_the_committed_schema_is_the_models_schema() -> None:
     committed = json.loads((EXAMPLES / "schema.json").read_text())
-    assert committed == profile_schema(), "regenerate: opctl vm profile schema > schema.json"
+    assert committed == profile_schema(), (
+        "regenerate: opctl vm profile schema > daemon/opdbus/vm-profiles/schema.json"
+    )
     assert committed["required"] == ["name"]
     assert set(committed["properties"]) == set(VmProfile.model_fields)
 
