@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,7 @@ from opdbus.sandbox import PrivateBus
 REPO = Path(__file__).resolve().parent.parent
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 
 
 def private_network_namespace() -> bool:
@@ -39,10 +41,31 @@ def private_network_namespace() -> bool:
     if os.geteuid() != 0:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET | CLONE_NEWNS) failed")
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    _own_sysfs_net()
     return True
+
+
+def _own_sysfs_net() -> None:
+    """/sys/class/net shows the namespace that mounted sysfs: the host's, still.
+
+    LXC looks a bridge up there before attaching a veth to it, so give this
+    namespace its own view: a fresh sysfs (mounted from inside it), bound
+    over /sys/class/net and /sys/devices/virtual/net (where those entries
+    point). The rest of /sys (cgroups above all) stays as it is; a private
+    mount namespace keeps all of it from the host.
+    """
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    fresh = tempfile.mkdtemp(prefix="sysfs-")
+    try:
+        subprocess.run(["mount", "-t", "sysfs", "sysfs", fresh], check=True)
+        for sub in ("class/net", "devices/virtual/net"):
+            subprocess.run(["mount", "--bind", f"{fresh}/{sub}", f"/sys/{sub}"], check=True)
+        subprocess.run(["umount", "-l", fresh], check=True)
+    finally:
+        os.rmdir(fresh)
 
 
 PYTHON = sys.executable

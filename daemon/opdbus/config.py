@@ -95,6 +95,13 @@ class OvsdbConfig(_Section):
 
 class LxcConfig(_Section):
     path: Path = Path("/var/lib/lxc")
+    stop_timeout_seconds: float = Field(
+        10.0, gt=0, description="Stop without force waits this long for a clean halt, then kills"
+    )
+    stats_interval_seconds: float = Field(5.0, gt=0, description="usage refresh period")
+    download_server: str | None = Field(
+        None, description="an images mirror for the download template (none: busybox only)"
+    )
 
 
 class Config(_Section):

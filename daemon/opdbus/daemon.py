@@ -26,6 +26,7 @@ from opdbus.bus.manager import ManagerServices
 from opdbus.bus.server import BusServer
 from opdbus.config import Config
 from opdbus.services.audit import AuditLog
+from opdbus.services.containers import ContainerService
 from opdbus.services.health import BackendHealth
 from opdbus.services.job_store import JobStore
 from opdbus.services.jobs import JobManager
@@ -77,6 +78,7 @@ class Daemon:
         self.health: BackendHealth | None = None
         self.network: NetworkService | None = None
         self.vms: VmService | None = None
+        self.containers: ContainerService | None = None
         # Awaited once org.opdbus is owned (the sandbox announces its address).
         self.ready_hooks: list[Callable[[], Awaitable[None]]] = []
         self._stopped = False
@@ -100,6 +102,8 @@ class Daemon:
             self.network = await self._start_network(self.health)
         if self.health.enabled("libvirt"):
             self.vms = await self._start_vms(self.health)
+        if self.health.enabled("lxc"):
+            self.containers = await self._start_containers(self.health)
         self.server.serve(
             ManagerServices(
                 version=VERSION,
@@ -110,6 +114,7 @@ class Daemon:
                 validator=validator,
                 network=self.network,
                 vms=self.vms,
+                containers=self.containers,
             )
         )
         self.health.start()
@@ -150,6 +155,22 @@ class Daemon:
         await vms.start()
         return vms
 
+    async def _start_containers(self, health: BackendHealth) -> ContainerService | None:
+        probe = await health.probe("lxc")
+        if not probe.available:
+            log.warning("containers off: %s", probe.detail)
+            return None
+        network = self.network
+        containers = ContainerService(
+            self.config.lxc,
+            self.config.state_dir,
+            self.jobs,
+            ovsdb_remote=self.config.ovsdb.remote if network is not None else None,
+            ovs_bridges=network.bridges.keys if network is not None else tuple,
+        )
+        await containers.start()
+        return containers
+
     async def stop(self) -> None:
         if self._stopped:
             return
@@ -163,6 +184,8 @@ class Daemon:
             await self.network.stop()
         if self.vms is not None:
             await self.vms.stop()
+        if self.containers is not None:
+            await self.containers.stop()
         if self.health is not None:
             await self.health.stop()
         await self.audit.close()

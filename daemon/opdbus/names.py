@@ -13,11 +13,13 @@ ROOT_PATH: Final = "/org/opdbus"
 JOB_PATH_PREFIX: Final = "/org/opdbus/job"
 BRIDGE_PATH_PREFIX: Final = "/org/opdbus/bridge"
 VM_PATH_PREFIX: Final = "/org/opdbus/vm"
+CONTAINER_PATH_PREFIX: Final = "/org/opdbus/container"
 
 MANAGER_IFACE: Final = "org.opdbus.Manager1"
 JOB_IFACE: Final = "org.opdbus.Job1"
 BRIDGE_IFACE: Final = "org.opdbus.Bridge1"
 VM_IFACE: Final = "org.opdbus.VM1"
+CONTAINER_IFACE: Final = "org.opdbus.Container1"
 
 PROPERTIES_IFACE: Final = "org.freedesktop.DBus.Properties"
 OBJECT_MANAGER_IFACE: Final = "org.freedesktop.DBus.ObjectManager"
@@ -53,6 +55,11 @@ class Action:
     VM_CONFIGURE: Final = "org.opdbus.vm.configure"
     VM_SNAPSHOT: Final = "org.opdbus.vm.snapshot"
     VM_DELETE: Final = "org.opdbus.vm.delete"
+    CONTAINER_CREATE: Final = "org.opdbus.container.create"
+    CONTAINER_LIFECYCLE: Final = "org.opdbus.container.lifecycle"
+    CONTAINER_CONFIGURE: Final = "org.opdbus.container.configure"
+    CONTAINER_EXEC: Final = "org.opdbus.container.exec"
+    CONTAINER_DELETE: Final = "org.opdbus.container.delete"
 
 
 def job_path(job_id: int) -> str:
@@ -76,6 +83,10 @@ def bridge_path(name: str) -> str:
 
 def vm_path(uuid: str) -> str:
     return f"{VM_PATH_PREFIX}/{escape_path_element(uuid)}"
+
+
+def container_path(name: str) -> str:
+    return f"{CONTAINER_PATH_PREFIX}/{escape_path_element(name)}"
 
 
 def escape_path_element(text: str) -> str:

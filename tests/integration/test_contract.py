@@ -312,12 +312,14 @@ async def test_committed_introspection_matches_the_running_daemon(
                 live[interface.attrib["name"]] = interface
     files = {f.name for f in (REPO / "daemon" / "opdbus" / "introspection").glob("*.xml")}
     # Bridge1 is compared in tests/integration/test_network.py, where OVS runs;
-    # VM1 in tests/integration/test_vms.py, where libvirtd runs.
+    # VM1 in tests/integration/test_vms.py, where libvirtd runs; Container1 in
+    # tests/integration/test_containers.py, where LXC runs.
     assert files == {
         "org.opdbus.Job1.xml",
         "org.opdbus.Manager1.xml",
         "org.opdbus.Bridge1.xml",
         "org.opdbus.VM1.xml",
+        "org.opdbus.Container1.xml",
     }
     assert_introspection_matches(live, [names.MANAGER_IFACE, names.JOB_IFACE])
     assert "org.freedesktop.DBus.ObjectManager" in live

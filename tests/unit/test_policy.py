@@ -6,13 +6,14 @@ import xml.etree.ElementTree as ET
 
 from opdbus.bus.base import MethodPolicy, method_policies
 from opdbus.bus.bridge import Bridge1
+from opdbus.bus.container import Container1
 from opdbus.bus.job import Job1
 from opdbus.bus.manager import Manager1
 from opdbus.bus.vm import VM1
 from opdbus.names import BUS_NAME
 from tests.support import REPO
 
-INTERFACES = (Manager1, Job1, Bridge1, VM1)
+INTERFACES = (Manager1, Job1, Bridge1, VM1, Container1)
 
 
 def policies() -> dict[tuple[str, str], MethodPolicy]:

@@ -20,11 +20,13 @@ from opdbus.bus.codec import decode_options, validate
 from opdbus.config import Mode
 from opdbus.errors import InvalidArgs, NotSupported
 from opdbus.models.audit import AuditEntry
+from opdbus.models.container import ContainerSpec
 from opdbus.models.network import BridgesDocument, BridgeSpec, from_seed_interfaces
 from opdbus.models.validation import ValidateOptions
 from opdbus.models.vm import CreateVmOptions
-from opdbus.names import MANAGER_IFACE, ROOT_PATH, Action, bridge_path, vm_path
+from opdbus.names import MANAGER_IFACE, ROOT_PATH, Action, bridge_path, container_path, vm_path
 from opdbus.services.audit import AuditLog
+from opdbus.services.containers import ContainerService
 from opdbus.services.health import BackendHealth
 from opdbus.services.jobs import JobManager
 from opdbus.services.network import NetworkService
@@ -51,6 +53,7 @@ class ManagerServices:
     validator: Validator
     network: NetworkService | None = None  # None: OVS is off in this mode
     vms: VmService | None = None  # None: libvirt is off in this mode
+    containers: ContainerService | None = None  # None: LXC is off in this mode
 
 
 def audit_entry_to_dbus(entry: AuditEntry) -> dict[str, Variant]:
@@ -188,6 +191,23 @@ class Manager1(OpdbusInterface):
     async def CheckVMProfile(self, profile: DBusStr) -> ProfileCheckT:
         _, xml, warnings = await self._vms().check_profile(profile)
         return (xml, warnings)
+
+    # -- containers --------------------------------------------------------------
+
+    @bus_method(action=Action.CONTAINER_CREATE)
+    async def CreateContainer(self, name: DBusStr, options: DBusDict) -> DBusObjectPath:
+        containers = self._s.containers
+        if containers is None:
+            raise NotSupported(f"containers are off in {self._s.mode.value} mode")
+        spec = decode_options(ContainerSpec, options, "CreateContainer", name=name)
+        cid = await containers.prepare_create(spec.name, spec)
+        job = await self._s.jobs.submit(
+            f"CreateContainer {spec.name}",
+            containers.create_job(spec.name, cid, spec),
+            targets=[container_path(spec.name)],
+            uid=current_caller().uid,
+        )
+        return job.path
 
     # -- audit ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from opdbus import names
 from opdbus.backends.probes import Probe
 from opdbus.bus.base import BusContext, load_docs
 from opdbus.bus.bridge import Bridge1, BridgeExporter
+from opdbus.bus.container import Container1, ContainerExporter
 from opdbus.bus.guard import CallGuard
 from opdbus.bus.job import Job1, JobExporter
 from opdbus.bus.manager import Manager1, ManagerServices
@@ -90,6 +91,7 @@ class BusServer:
         guard.learn(Job1)
         guard.learn(Bridge1)
         guard.learn(VM1)
+        guard.learn(Container1)
         ctx.bus.add_message_handler(guard)
         ctx.bus.export(names.ROOT_PATH, manager)
         JobExporter(ctx, services.jobs, manager).attach()
@@ -97,6 +99,8 @@ class BusServer:
             BridgeExporter(ctx, services.network).attach()
         if services.vms is not None:
             VmExporter(ctx, services.vms).attach()
+        if services.containers is not None:
+            ContainerExporter(ctx, services.containers).attach()
 
     async def own_name(self) -> None:
         bus = self.ctx.bus

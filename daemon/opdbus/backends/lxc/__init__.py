@@ -1,0 +1,1 @@
+"""LXC containers through the lxc-* tools (see tools.py for why not liblxc)."""

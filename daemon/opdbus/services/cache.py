@@ -1,0 +1,70 @@
+"""What the bus shows of a backend's objects: a dict kept current by events, with observers.
+
+The services store what they read; observers (the bus exporters) hear which
+fields changed. Waiters block until an object satisfies a condition, woken by
+each change rather than by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+InfoT = TypeVar("InfoT", bound=BaseModel)
+InfoT_contra = TypeVar("InfoT_contra", bound=BaseModel, contravariant=True)
+
+
+class Observer(Protocol[InfoT_contra]):
+    def added(self, key: str, info: InfoT_contra) -> None: ...
+    def changed(self, key: str, info: InfoT_contra, fields: set[str]) -> None: ...
+    def removed(self, key: str) -> None: ...
+
+
+class ObservedCache(Generic[InfoT]):
+    def __init__(self) -> None:
+        self.items: dict[str, InfoT] = {}
+        self.observers: list[Observer[InfoT]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def store(self, key: str, info: InfoT) -> None:
+        old = self.items.get(key)
+        self.items[key] = info
+        if old is None:
+            for observer in self.observers:
+                observer.added(key, info)
+        else:
+            fields = {f for f in type(info).model_fields if getattr(old, f) != getattr(info, f)}
+            if fields:
+                for observer in self.observers:
+                    observer.changed(key, info, fields)
+        self._wake()
+
+    def forget(self, key: str) -> None:
+        if self.items.pop(key, None) is not None:
+            for observer in self.observers:
+                observer.removed(key)
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_for(
+        self, key: str, done: Callable[[InfoT | None], bool], timeout: float
+    ) -> bool:
+        """Until the object under ``key`` satisfies ``done`` (None: it is gone), or False."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                while not done(self.items.get(key)):
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    self._waiters.append(waiter)
+                    await waiter
+        except TimeoutError:
+            return False
+        return True
