@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NoReturn
 
-from opctl import cli_net, cli_vm, render
+from opctl import cli_ct, cli_net, cli_vm, render
+from opctl.cli_ct import CtCommands
 from opctl.cli_net import NetCommands
 from opctl.cli_vm import VmCommands
 from opctl.client import Client, Unreachable, job_ref_to_path
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_net.add_parser(sub, command)
     cli_vm.add_parser(sub, command)
+    cli_ct.add_parser(sub, command)
     command(sub, "watch", "print every signal op-dbusd sends until interrupted")
     return p
 
@@ -326,6 +328,9 @@ class Cli:
 
     async def vm(self) -> int:
         return await VmCommands(self).run()
+
+    async def ct(self) -> int:
+        return await CtCommands(self).run()
 
     async def audit(self) -> int:
         if self.args.audit_command == "verify":

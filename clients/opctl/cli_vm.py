@@ -27,7 +27,7 @@ def _no_wait(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def _on_off(text: str) -> bool:
+def on_off(text: str) -> bool:
     if text in ("on", "off"):
         return text == "on"
     raise argparse.ArgumentTypeError(f"{text!r}: say on or off")
@@ -65,7 +65,7 @@ def add_parser(sub: Any, command: Command) -> None:
         command(vsub, name, text).add_argument("vm", help=VM_HELP)
     autostart = command(vsub, "autostart", "start the VM when the host boots, or not")
     autostart.add_argument("vm", help=VM_HELP)
-    autostart.add_argument("enabled", type=_on_off, metavar="on|off")
+    autostart.add_argument("enabled", type=on_off, metavar="on|off")
     update = command(vsub, "update", "replace a stopped VM's profile (redefines it)")
     update.add_argument("vm", help=VM_HELP)
     update.add_argument("file", help="the new JSON profile; - for stdin")

@@ -21,6 +21,7 @@ from dbus_fast._private.address import get_bus_address
 from opdbus import errors, names
 from opdbus.bus.transport import FlowControlledBus
 from opdbus.models.audit import AuditEntry, AuditVerdict
+from opdbus.models.container import ContainerInfo, ContainerState
 from opdbus.models.job import JobRecord, JobState, LogLine
 from opdbus.models.network import BridgeInfo, PortInfo
 from opdbus.models.vm import VmInfo, VmState
@@ -150,6 +151,25 @@ def vm_info(props: dict[str, Any]) -> VmInfo:
         snapshots=props["Snapshots"],
         cpu_time_ns=props["CPUTime"],
         memory_used_kib=props["MemoryUsedKiB"],
+    )
+
+
+def container_info(props: dict[str, Any]) -> ContainerInfo:
+    """Container1 properties -> the model the daemon serves them from."""
+    return ContainerInfo(
+        name=props["Name"],
+        id=props["Id"],
+        state=ContainerState(props["State"]),
+        pid=props["PID"],
+        template=props["Template"],
+        bridge=props["Bridge"],
+        veth=props["Veth"],
+        ipv4=tuple(props["IPv4"]),
+        memory_limit=props["MemoryLimit"],
+        cpus=props["CPUs"],
+        autostart=props["Autostart"],
+        memory_used=props["MemoryUsed"],
+        cpu_time_ns=props["CPUTime"],
     )
 
 
@@ -420,16 +440,50 @@ class Client:
         )
         return str(xml), [str(w) for w in warnings]
 
-    async def vms(self) -> dict[str, dict[str, Any]]:
-        """Object path -> VM1 properties of every VM (one GetManagedObjects)."""
+    async def managed(self, interface: str) -> dict[str, dict[str, Any]]:
+        """Object path -> properties of every object with ``interface`` (one GetManagedObjects)."""
         (objects,) = await self.call(
             names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
         )
         return {
-            str(path): {key: value.value for key, value in ifaces[names.VM_IFACE].items()}
+            str(path): {key: value.value for key, value in ifaces[interface].items()}
             for path, ifaces in objects.items()
-            if names.VM_IFACE in ifaces
+            if interface in ifaces
         }
+
+    async def vms(self) -> dict[str, dict[str, Any]]:
+        """Object path -> VM1 properties of every VM."""
+        return await self.managed(names.VM_IFACE)
+
+    async def containers(self) -> list[ContainerInfo]:
+        infos = [container_info(p) for p in (await self.managed(names.CONTAINER_IFACE)).values()]
+        return sorted(infos, key=lambda info: (info.id, info.name))
+
+    async def container(self, name: str) -> ContainerInfo:
+        try:
+            props = await self.get_all(names.container_path(name), names.CONTAINER_IFACE)
+        except errors.NotFound:
+            raise errors.NotFound(
+                f"no container named {name!r} (opctl ct list shows them)"
+            ) from None
+        return container_info(props)
+
+    async def create_container(self, name: str, options: dict[str, Any]) -> str:
+        (path,) = await self.call(
+            names.ROOT_PATH,
+            names.MANAGER_IFACE,
+            "CreateContainer",
+            "sa{sv}",
+            [name, to_variants(options)],
+        )
+        return str(path)
+
+    async def container_call(
+        self, name: str, member: str, signature: str = "", body: list[Any] | None = None
+    ) -> list[Any]:
+        return await self.call(
+            names.container_path(name), names.CONTAINER_IFACE, member, signature, body
+        )
 
     async def vm(self, ref: str) -> tuple[str, VmInfo]:
         """A VM by name or UUID: its object path and properties."""

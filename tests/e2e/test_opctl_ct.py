@@ -1,0 +1,72 @@
+"""opctl ct, as a user runs it, against op-dbusd and real LXC."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opdbus import errors
+from opdbus.sandbox import PrivateBus
+from tests.support import base_config, opctl
+
+pytestmark = pytest.mark.skipif(shutil.which("lxc-start") is None, reason="LXC is not installed")
+
+
+@pytest.fixture
+def ctbus(make_daemon: Any, private_bus: PrivateBus, tmp_path: Path) -> Iterator[str]:
+    lxcpath = tmp_path / "lxc"
+    make_daemon(private_bus, base_config(tmp_path, lxc={"path": str(lxcpath)}))
+    yield private_bus.address
+    for config in lxcpath.glob("*/config"):
+        for tool in ("lxc-stop", "lxc-destroy"):
+            argv = [tool, "-P", str(lxcpath), "-n", config.parent.name]
+            subprocess.run([*argv, "-k"] if tool == "lxc-stop" else argv, check=False)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_container_from_the_command_line(ctbus: str) -> None:
+    made = ok(opctl(ctbus, "ct", "create", "web", "--id", "120", "--memory", "64", "--start"))
+    assert "job 1 succeeded: web created and started" in made
+    rows = [line.split() for line in ok(opctl(ctbus, "ct", "list")).splitlines()]
+    assert rows[0][:4] == ["ID", "NAME", "STATE", "PID"]
+    assert rows[1][:3] == ["120", "web", "running"]
+    show = ok(opctl(ctbus, "ct", "show", "web"))
+    assert "template: busybox" in show and "limit 64 MiB" in show
+    assert ok(opctl(ctbus, "ct", "exec", "web", "--", "echo", "a b", "$x")) == "a b $x\n"
+    failed = opctl(ctbus, "ct", "exec", "web", "--", "sh", "-c", "echo oops >&2; exit 7")
+    assert (failed.returncode, failed.stderr) == (7, "oops\n")
+    data = json.loads(ok(opctl(ctbus, "--json", "ct", "exec", "web", "--", "hostname")))
+    assert data == {"status": 0, "stdout": "web\n", "stderr": ""}
+    assert ok(opctl(ctbus, "ct", "freeze", "web")).strip() == "web frozen"
+    assert json.loads(ok(opctl(ctbus, "--json", "ct", "show", "web")))["state"] == "frozen"
+    assert ok(opctl(ctbus, "ct", "unfreeze", "web")).strip() == "web running again"
+    assert json.loads(ok(opctl(ctbus, "--json", "ct", "autostart", "web", "on")))["autostart"]
+    assert "web stopped" in ok(opctl(ctbus, "ct", "stop", "web", "--force"))
+    conflict = opctl(ctbus, "ct", "exec", "web", "--", "true")
+    assert conflict.returncode == errors.Conflict.exit_code
+    assert "Exec needs it running" in conflict.stderr
+    job = ok(opctl(ctbus, "ct", "delete", "web", "--no-wait")).strip()
+    assert "web deleted" in ok(opctl(ctbus, "jobs", "wait", job))
+    assert ok(opctl(ctbus, "ct", "list")).strip() == "no containers"
+
+
+def test_mistakes_get_named_errors(ctbus: str) -> None:
+    missing = opctl(ctbus, "ct", "start", "ghost")
+    assert missing.returncode == errors.NotFound.exit_code
+    assert "no container named 'ghost'" in missing.stderr
+    bad = opctl(ctbus, "ct", "create", "a.b")
+    assert bad.returncode == errors.InvalidArgs.exit_code and "name" in bad.stderr
+    nobridge = opctl(ctbus, "ct", "create", "c1", "--bridge", "nosuchbr")
+    assert nobridge.returncode == errors.NotFound.exit_code
+    empty = opctl(ctbus, "ct", "exec", "c1", "--")
+    assert empty.returncode == errors.InvalidArgs.exit_code and "no command" in empty.stderr
