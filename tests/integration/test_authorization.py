@@ -434,3 +434,59 @@ def test_only_admins_drive_vms(
     stopped = opctl(address, "--json", "vm", "stop", "test", user=test_users["admin"])
     assert stopped.returncode == 0 and json.loads(stopped.stdout)["state"] == "succeeded"
     assert json.loads(opctl(address, "--json", "vm", "show", "test").stdout)["state"] == "shutoff"
+
+
+@pytest.mark.skipif(shutil.which("lxc-start") is None, reason="LXC is not installed")
+def test_only_admins_create_stop_delete_or_exec_in_containers(
+    make_daemon: Any, auth_bus: PrivateBus, test_users: dict[str, str], tmp_path: Path
+) -> None:
+    lxcpath = tmp_path / "lxc"
+    make_daemon(auth_bus, base_config(tmp_path, lxc={"path": str(lxcpath)}))
+    address = auth_bus.address
+    made = opctl(address, "ct", "create", "ta-ct", "--start")
+    assert made.returncode == 0, made.stderr
+    path = "/org/opdbus/container/ta_2dct"
+    try:
+
+        def ct_call(user: str, member: str, signature: str = "", *args: str) -> Any:
+            return busctl(
+                address, "call", "org.opdbus", path, "org.opdbus.Container1", member, signature,
+                *args, user=user,
+            )  # fmt: skip
+
+        for user in (test_users["plain"], test_users["policy"]):
+            expected = "Access denied" if user == test_users["plain"] else "may not call"
+            refused = [
+                busctl(
+                    address,
+                    "call",
+                    "org.opdbus",
+                    "/org/opdbus",
+                    "org.opdbus.Manager1",
+                    "CreateContainer",
+                    "sa{sv}",
+                    "ta-other",
+                    "0",
+                    user=user,
+                ),
+                ct_call(user, "Stop", "a{sv}", "1", "force", "b", "true"),
+                ct_call(user, "Delete", "a{sv}", "0"),
+                ct_call(user, "Exec", "asa{sv}", "1", "id", "0"),
+                ct_call(user, "Freeze"),
+            ]
+            for result in refused:
+                assert result.returncode != 0 and expected in result.stderr, result.stderr
+            state = busctl(
+                address, "get-property", "org.opdbus", path, "org.opdbus.Container1", "State",
+                user=user,
+            )  # fmt: skip
+            assert state.stdout.strip() == 's "running"', state.stderr
+        assert not (lxcpath / "ta-other").exists()
+        # An admin may.
+        ran = opctl(address, "ct", "exec", "ta-ct", "--", "id", "-u", user=test_users["admin"])
+        assert (ran.returncode, ran.stdout) == (0, "0\n"), ran.stderr
+        stopped = opctl(address, "ct", "stop", "ta-ct", "--force", user=test_users["admin"])
+        assert stopped.returncode == 0, stopped.stderr
+    finally:
+        subprocess.run(["lxc-stop", "-P", str(lxcpath), "-n", "ta-ct", "-k"], check=False)
+        subprocess.run(["lxc-destroy", "-P", str(lxcpath), "-n", "ta-ct"], check=False)

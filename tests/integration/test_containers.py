@@ -197,6 +197,33 @@ async def test_containers_outlive_a_daemon_restart(
         assert (p["State"], p["PID"], p["Id"]) == ("running", pid, 150)
 
 
+async def test_autostart_once_per_boot_in_id_order(
+    tmp_path: Path, private_bus: PrivateBus, lxcpath: Path, client: Client
+) -> None:
+    async with running(tmp_path, private_bus, **ct_config(lxcpath)):
+        await create(client, "late", id=110, autostart=True)
+        await create(client, "early", id=105, autostart=True)
+        await create(client, "manual", id=107)
+    # A new boot, as far as op-dbusd can tell.
+    (tmp_path / "state" / "autostart.boot").unlink()
+    async with running(tmp_path, private_bus, **ct_config(lxcpath)), client.signals("") as queue:
+        await next_event(queue, state_is("late", "running"), timeout=20)
+        starts = [r for r in await client.jobs() if r.operation.endswith("(autostart)")]
+        assert [r.operation for r in sorted(starts, key=lambda r: r.id)] == [
+            "Start early (autostart)",
+            "Start late (autostart)",
+        ]
+        for r in starts:
+            assert (await client.wait_job(names.job_path(r.id))).state is JobState.SUCCEEDED
+        assert (await props(client, "manual"))["State"] == "stopped"
+        last = (await job(client, "early", "Stop", "a{sv}", to_variants({"force": True}))).id
+    # The same boot: a daemon restart starts nothing a user stopped.
+    async with running(tmp_path, private_bus, **ct_config(lxcpath)):
+        await asyncio.sleep(0.5)
+        assert (await props(client, "early"))["State"] == "stopped"
+        assert [r.id for r in await client.jobs() if r.id > last] == []
+
+
 BAD_NAMES = ["a/b", "..", "has space", "x" * 64, "dot.ted", ""]
 
 
