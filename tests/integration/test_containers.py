@@ -269,7 +269,10 @@ async def test_two_containers_on_an_ovs_bridge_ping_each_other(
     config = ct_config(lxcpath, ovsdb={"remote": ovs.remote, "datapath_type": "netdev"})
     async with running(tmp_path, private_bus, **config), client.signals("") as queue:
         await client.create_bridge("mesh", {})
-        await create(client, "gw", id=100, bridge="mesh", ipv4=["10.77.0.1/24"], start=True)
+        await create(
+            client, "gw", id=100, bridge="mesh", ipv4=["10.77.0.1/24"], gateway="10.77.0.254",
+            start=True,
+        )  # fmt: skip
         await create(client, "peer", id=101, bridge="mesh", ipv4=["10.77.0.2/24"], start=True)
 
         def ports(count: int) -> Any:
@@ -287,6 +290,12 @@ async def test_two_containers_on_an_ovs_bridge_ping_each_other(
         assert sorted(p.name for p in bridge.ports) == ["mesh", "vi100", "vi101"]
         p = await props(client, "gw")
         assert (p["Bridge"], p["Veth"], p["IPv4"]) == ("mesh", "vi100", ["10.77.0.1"])
+        shown = await call(
+            client, "gw", "Exec", "asa{sv}", ["ip", "-4", "addr", "show", "eth0"], {}
+        )
+        assert "inet 10.77.0.1/24 brd 10.77.0.255" in shown[1]
+        routes = await call(client, "gw", "Exec", "asa{sv}", ["ip", "route"], {})
+        assert "default via 10.77.0.254 dev eth0" in routes[1]
 
         status, out, err = await call(
             client, "gw", "Exec", "asa{sv}", ["ping", "-c", "2", "-W", "2", "10.77.0.2"], {}

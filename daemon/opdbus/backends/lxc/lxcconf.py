@@ -63,7 +63,15 @@ def settings(name: str, cid: int, opts: CreateContainerOptions) -> list[tuple[st
         ]
         if opts.hwaddr:
             lines.append(("lxc.net.0.hwaddr", opts.hwaddr))
-        lines += [("lxc.net.0.ipv4.address", str(ipaddress.IPv4Interface(a))) for a in opts.ipv4]
+        for address in opts.ipv4:
+            iface = ipaddress.IPv4Interface(address)
+            # With no broadcast given, LXC sets 0.0.0.255-style nonsense: name it.
+            lines.append(
+                (
+                    "lxc.net.0.ipv4.address",
+                    f"{iface.with_prefixlen} {iface.network.broadcast_address}",
+                )
+            )
         if opts.gateway:
             lines.append(("lxc.net.0.ipv4.gateway", opts.gateway))
     memory_key, cpu_key = limit_keys()
