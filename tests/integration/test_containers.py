@@ -273,7 +273,10 @@ async def test_two_containers_on_an_ovs_bridge_ping_each_other(
             client, "gw", id=100, bridge="mesh", ipv4=["10.77.0.1/24"], gateway="10.77.0.254",
             start=True,
         )  # fmt: skip
-        await create(client, "peer", id=101, bridge="mesh", ipv4=["10.77.0.2/24"], start=True)
+        await create(
+            client, "peer", id=101, bridge="mesh", ipv4=["10.77.0.2/24"],
+            hwaddr="52:54:00:77:00:02", start=True,
+        )  # fmt: skip
 
         def ports(count: int) -> Any:
             def match(e: SignalEvent) -> bool:
@@ -296,6 +299,10 @@ async def test_two_containers_on_an_ovs_bridge_ping_each_other(
         assert "inet 10.77.0.1/24 brd 10.77.0.255" in shown[1]
         routes = await call(client, "gw", "Exec", "asa{sv}", ["ip", "route"], {})
         assert "default via 10.77.0.254 dev eth0" in routes[1]
+        mac = await call(
+            client, "peer", "Exec", "asa{sv}", ["cat", "/sys/class/net/eth0/address"], {}
+        )
+        assert mac[1] == "52:54:00:77:00:02\n"
 
         status, out, err = await call(
             client, "gw", "Exec", "asa{sv}", ["ping", "-c", "2", "-W", "2", "10.77.0.2"], {}
@@ -308,6 +315,29 @@ async def test_two_containers_on_an_ovs_bridge_ping_each_other(
         assert [p.name for p in (await client.bridge("mesh")).ports] == ["mesh", "vi100"]
         listed = (await asyncio.to_thread(ovs.vsctl, "list-ports", "mesh")).stdout.split()
         assert listed == ["vi100"]
+
+
+async def test_a_linux_bridge_and_a_create_that_fails_midway(
+    tmp_path: Path, private_bus: PrivateBus, lxcpath: Path, client: Client
+) -> None:
+    subprocess.run(["ip", "link", "add", "ctbr0", "type", "bridge"], check=True)
+    try:
+        async with running(tmp_path, private_bus, **ct_config(lxcpath)):
+            await create(client, "onlinux", id=130, bridge="ctbr0", start=True)
+            assert Path("/sys/class/net/ctbr0/brif/vi130").exists()
+            # lxc-start fails (its veth cannot be called "lo"): nothing is left.
+            record = await client.run_job(
+                lambda: client.create_container(
+                    "broken", {"bridge": "ctbr0", "veth": "lo", "start": True}
+                )
+            )
+            assert record.state is JobState.FAILED and record.error_name.endswith("BackendFailed")
+            assert "starting broken" in record.result
+            assert sorted(p.name for p in lxcpath.iterdir()) == ["onlinux"]
+            with pytest.raises(NotFound):
+                await props(client, "broken")
+    finally:
+        subprocess.run(["ip", "link", "del", "ctbr0"], check=False)
 
 
 async def test_committed_container1_introspection_matches(
