@@ -19,6 +19,7 @@ from dbus_fast.service import dbus_property
 
 from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, current_caller
 from opdbus.bus.codec import decode_options
+from opdbus.bus.exporter import CacheExporter
 from opdbus.models.container import ContainerInfo, DeleteContainerOptions, ExecOptions, StopOptions
 from opdbus.names import CONTAINER_IFACE, Action, container_path
 from opdbus.services.containers import ContainerService
@@ -46,7 +47,7 @@ FIELD_TO_PROPERTY = {
 
 class Container1(OpdbusInterface):
     INTERFACE = CONTAINER_IFACE
-    CACHE_PROPERTIES = True  # ContainerExporter.changed signals every change
+    CACHE_PROPERTIES = True  # the exporter signals every change
 
     def __init__(self, ctx: BusContext, containers: ContainerService, name: str) -> None:
         super().__init__(ctx)
@@ -159,35 +160,12 @@ class Container1(OpdbusInterface):
         await self._containers.set_autostart(self._name, enabled)
 
 
-class ContainerExporter:
+def exporter(ctx: BusContext, containers: ContainerService) -> CacheExporter[ContainerInfo]:
     """The cache observer that mirrors containers onto the bus."""
-
-    def __init__(self, ctx: BusContext, containers: ContainerService) -> None:
-        self._ctx = ctx
-        self._containers = containers
-        self._objects: dict[str, Container1] = {}
-
-    def attach(self) -> None:
-        for info in self._containers.all():
-            self.added(info.name, info)
-        self._containers.cache.observers.append(self)
-
-    def added(self, key: str, info: ContainerInfo) -> None:
-        if key in self._objects:
-            return
-        obj = Container1(self._ctx, self._containers, key)
-        self._objects[key] = obj
-        self._ctx.bus.export(container_path(key), obj)
-
-    def changed(self, key: str, info: ContainerInfo, fields: set[str]) -> None:
-        obj = self._objects.get(key)
-        if obj is None:
-            self.added(key, info)
-            return
-        names = sorted(FIELD_TO_PROPERTY[f] for f in fields if f in FIELD_TO_PROPERTY)
-        if names:
-            obj.emit_properties_changed({name: getattr(obj, name) for name in names})
-
-    def removed(self, key: str) -> None:
-        if self._objects.pop(key, None) is not None:
-            self._ctx.bus.unexport(container_path(key))
+    return CacheExporter(
+        ctx,
+        containers.cache,
+        make=lambda key: Container1(ctx, containers, key),
+        path=container_path,
+        fields=FIELD_TO_PROPERTY,
+    )

@@ -10,15 +10,16 @@ from dbus_fast._private.address import get_bus_address
 
 from opdbus import names
 from opdbus.backends.probes import Probe
+from opdbus.bus import container, vm
 from opdbus.bus.base import BusContext, load_docs
 from opdbus.bus.bridge import Bridge1, BridgeExporter
-from opdbus.bus.container import Container1, ContainerExporter
+from opdbus.bus.container import Container1
 from opdbus.bus.guard import CallGuard
 from opdbus.bus.job import Job1, JobExporter
 from opdbus.bus.manager import Manager1, ManagerServices
 from opdbus.bus.peers import CallerResolver, PolkitClient, bus_call
 from opdbus.bus.transport import FlowControlledBus
-from opdbus.bus.vm import VM1, VmExporter
+from opdbus.bus.vm import VM1
 from opdbus.config import AuthConfig
 from opdbus.services.audit import AuditLog
 from opdbus.services.authz import Authorizer
@@ -98,9 +99,9 @@ class BusServer:
         if services.network is not None:
             BridgeExporter(ctx, services.network).attach()
         if services.vms is not None:
-            VmExporter(ctx, services.vms).attach()
+            vm.exporter(ctx, services.vms).attach()
         if services.containers is not None:
-            ContainerExporter(ctx, services.containers).attach()
+            container.exporter(ctx, services.containers).attach()
 
     async def own_name(self) -> None:
         bus = self.ctx.bus

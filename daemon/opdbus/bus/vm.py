@@ -19,6 +19,7 @@ from dbus_fast.service import dbus_property
 
 from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, current_caller
 from opdbus.bus.codec import decode_options
+from opdbus.bus.exporter import CacheExporter
 from opdbus.models.vm import DeleteVmOptions, ShutdownOptions, SnapshotOptions, VmInfo
 from opdbus.names import VM_IFACE, Action, vm_path
 from opdbus.services.jobs import JobBody
@@ -49,7 +50,7 @@ FIELD_TO_PROPERTY = {
 
 class VM1(OpdbusInterface):
     INTERFACE = VM_IFACE
-    CACHE_PROPERTIES = True  # VmExporter.vm_changed signals every change
+    CACHE_PROPERTIES = True  # the exporter signals every change
 
     def __init__(self, ctx: BusContext, vms: VmService, uuid: str) -> None:
         super().__init__(ctx)
@@ -206,35 +207,12 @@ class VM1(OpdbusInterface):
         return await self._job("DeleteSnapshot", body)
 
 
-class VmExporter:
-    """The VmObserver that mirrors domains onto the bus."""
-
-    def __init__(self, ctx: BusContext, vms: VmService) -> None:
-        self._ctx = ctx
-        self._vms = vms
-        self._objects: dict[str, VM1] = {}
-
-    def attach(self) -> None:
-        for info in self._vms.all():
-            self.vm_added(info)
-        self._vms.observers.append(self)
-
-    def vm_added(self, info: VmInfo) -> None:
-        if info.uuid in self._objects:
-            return
-        obj = VM1(self._ctx, self._vms, info.uuid)
-        self._objects[info.uuid] = obj
-        self._ctx.bus.export(vm_path(info.uuid), obj)
-
-    def vm_changed(self, info: VmInfo, fields: set[str]) -> None:
-        obj = self._objects.get(info.uuid)
-        if obj is None:
-            self.vm_added(info)
-            return
-        names = sorted(FIELD_TO_PROPERTY[f] for f in fields if f in FIELD_TO_PROPERTY)
-        if names:
-            obj.emit_properties_changed({name: getattr(obj, name) for name in names})
-
-    def vm_removed(self, uuid: str) -> None:
-        if self._objects.pop(uuid, None) is not None:
-            self._ctx.bus.unexport(vm_path(uuid))
+def exporter(ctx: BusContext, vms: VmService) -> CacheExporter[VmInfo]:
+    """The cache observer that mirrors domains onto the bus."""
+    return CacheExporter(
+        ctx,
+        vms.cache,
+        make=lambda key: VM1(ctx, vms, key),
+        path=vm_path,
+        fields=FIELD_TO_PROPERTY,
+    )

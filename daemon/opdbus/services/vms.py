@@ -20,7 +20,7 @@ import os
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -41,18 +41,13 @@ from opdbus.errors import (
 )
 from opdbus.models.vm import VmInfo, VmName, VmProfile, VmState
 from opdbus.names import vm_path
+from opdbus.services.cache import ObservedCache
 from opdbus.services.jobs import JobBody, JobContext, JobManager, JobOutcome
 
 log = logging.getLogger(__name__)
 
 
 OPEN_WAIT = 3.0
-
-
-class VmObserver(Protocol):
-    def vm_added(self, info: VmInfo) -> None: ...
-    def vm_changed(self, info: VmInfo, fields: set[str]) -> None: ...
-    def vm_removed(self, uuid: str) -> None: ...
 
 
 def parse_profile(text: str, what: str) -> VmProfile:
@@ -84,15 +79,14 @@ class VmService:
         self.config = config
         self.pool_dir = config.pool_dir or state_dir / "images"
         self.jobs = jobs
-        self.vms: dict[str, VmInfo] = {}
-        self.observers: list[VmObserver] = []
+        self.cache: ObservedCache[VmInfo] = ObservedCache()  # by UUID
+        self.vms = self.cache.items
         self.on_status: list[Callable[[bool, str], None]] = []
         self.conn = LibvirtConnection(
             config.uri, on_status=self._status, on_open=self._opened, on_domain=self._dirty
         )
         self._dirty_set: set[str] = set()
         self._wake = asyncio.Event()
-        self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._resync_wanted = False
 
@@ -154,7 +148,6 @@ class VmService:
             self._store(info)
         for uuid in [u for u in self.vms if u not in seen]:
             self._forget(uuid)
-        await self._notify()
 
     async def refresh(self, uuid: str) -> VmInfo | None:
         info = await self.conn.call(lambda c: domains.read_one(c, uuid), "reading a domain")
@@ -162,7 +155,6 @@ class VmService:
             self._forget(uuid)
         else:
             self._store(info)
-        await self._notify()
         return info
 
     async def _stats_loop(self) -> None:
@@ -183,36 +175,10 @@ class VmService:
                     self._store(info.model_copy(update=found))
 
     def _store(self, info: VmInfo) -> None:
-        old = self.vms.get(info.uuid)
-        self.vms[info.uuid] = info
-        if old is None:
-            for observer in self.observers:
-                observer.vm_added(info)
-            return
-        fields = {name for name in VmInfo.model_fields if getattr(old, name) != getattr(info, name)}
-        if fields:
-            for observer in self.observers:
-                observer.vm_changed(info, fields)
+        self.cache.store(info.uuid, info)
 
     def _forget(self, uuid: str) -> None:
-        if self.vms.pop(uuid, None) is not None:
-            for observer in self.observers:
-                observer.vm_removed(uuid)
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def _wait_for(
-        self, uuid: str, done: Callable[[VmInfo | None], bool], timeout: float
-    ) -> bool:
-        """Wait (fed by events) until the cached domain satisfies ``done``."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                async with self._changed:
-                    await self._changed.wait_for(lambda: done(self.vms.get(uuid)))
-                return True
-        return False
+        self.cache.forget(uuid)
 
     # -- reading -------------------------------------------------------------------
 
@@ -436,7 +402,7 @@ class VmService:
                 raise Conflict(f"{info.name} is not running")
             await self._verb(ops.shutdown, uuid, f"shutting down {info.name}")
             ctx.log(f"asked {info.name} to shut down (ACPI); waiting up to {wait:g} s")
-            off = await self._wait_for(
+            off = await self.cache.wait_for(
                 uuid, lambda i: i is None or i.state is VmState.SHUTOFF, wait
             )
             if off:

@@ -1,0 +1,58 @@
+"""Mirror an ObservedCache onto the bus: one object per entry, PropertiesChanged per change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Generic
+
+from opdbus.bus.base import BusContext, OpdbusInterface
+from opdbus.services.cache import InfoT, ObservedCache
+
+
+class CacheExporter(Generic[InfoT]):
+    """The cache's observer: exports ``make(key)`` at ``path(key)`` while the entry exists.
+
+    ``fields`` maps model fields to property names; a changed field not in it
+    (nothing the bus shows) sends nothing.
+    """
+
+    def __init__(
+        self,
+        ctx: BusContext,
+        cache: ObservedCache[InfoT],
+        *,
+        make: Callable[[str], OpdbusInterface],
+        path: Callable[[str], str],
+        fields: Mapping[str, str],
+    ) -> None:
+        self._ctx = ctx
+        self._cache = cache
+        self._make = make
+        self._path = path
+        self._fields = fields
+        self._objects: dict[str, OpdbusInterface] = {}
+
+    def attach(self) -> None:
+        for key, info in sorted(self._cache.items.items()):
+            self.added(key, info)
+        self._cache.observers.append(self)
+
+    def added(self, key: str, info: InfoT) -> None:
+        if key in self._objects:
+            return
+        obj = self._make(key)
+        self._objects[key] = obj
+        self._ctx.bus.export(self._path(key), obj)
+
+    def changed(self, key: str, info: InfoT, fields: set[str]) -> None:
+        obj = self._objects.get(key)
+        if obj is None:
+            self.added(key, info)
+            return
+        names = sorted(self._fields[f] for f in fields if f in self._fields)
+        if names:
+            obj.emit_properties_changed({name: getattr(obj, name) for name in names})
+
+    def removed(self, key: str) -> None:
+        if self._objects.pop(key, None) is not None:
+            self._ctx.bus.unexport(self._path(key))
