@@ -117,6 +117,9 @@ def _lxc_sync(lxc_path: Path) -> Probe:
     ]
     if missing:
         return Probe(False, f"LXC tools not installed (missing {', '.join(missing)})")
+    if os.geteuid() != 0:
+        # Unprivileged LXC needs subuid maps and delegated cgroups op-dbus does not set up.
+        return Probe(False, "LXC tools found, but op-dbusd runs containers only as root")
     where = lxc_path if lxc_path.exists() else lxc_path.parent
     if not os.access(where, os.W_OK):
         return Probe(False, f"LXC tools found, but {where} is not writable")
