@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from opctl import render
 from opctl.cli_vm import on_off
-from opctl.client import to_variants
+from opctl.convert import to_variants
 from opdbus.errors import InvalidArgs
 from opdbus.models.container import ContainerInfo
 

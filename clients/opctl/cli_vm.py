@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from opctl import render
-from opctl.client import to_variants, vm_info
+from opctl.convert import to_variants, vm_info
 from opctl.files import read_document
 from opdbus.models.vm import VmInfo, profile_schema
 from opdbus.names import VM_IFACE

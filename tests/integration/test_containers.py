@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from opctl.client import Client, SignalEvent, to_variants
+from opctl.client import Client, SignalEvent
+from opctl.convert import to_variants
 from opdbus import names
 from opdbus.errors import AlreadyExists, Conflict, InvalidArgs, NotFound
 from opdbus.models.job import JobState

@@ -586,7 +586,7 @@ async def test_agent_mode_has_no_bridges(
 
 
 def test_variants_of_cli_options_reach_the_bus() -> None:
-    from opctl.client import to_variants
+    from opctl.convert import to_variants
 
     assert to_variants(
         {"tag": 5, "stp": True, "addresses": ["a"], "trunks": [1, 2], "ids": {"k": "v"}, "x": None}
