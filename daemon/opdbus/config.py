@@ -104,6 +104,29 @@ class LxcConfig(_Section):
     )
 
 
+class SyncConfig(_Section):
+    repo: str = Field(
+        "MasterofNull/Hyper-NixOS", pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        description="owner/name of the configuration source",
+    )  # fmt: skip
+    api_url: str = Field("https://api.github.com", description="the Git host's REST API")
+    raw_url: str = Field(
+        "https://raw.githubusercontent.com/{repo}/{sha}/{path}",
+        description="one file's bytes at a commit ({repo}, {sha}, {path})",
+    )
+    token_file: Path | None = Field(
+        None, description="a 0600 file holding the API token (else $GITHUB_TOKEN)"
+    )
+    concurrency: int = Field(8, ge=1, le=64, description="downloads in flight")
+    retries: int = Field(4, ge=0, le=10, description="retries of a failed request")
+    timeout_seconds: float = Field(30.0, gt=0, description="one request's bound")
+
+
+class RebuildConfig(_Section):
+    command: str = Field("nixos-rebuild", min_length=1, description="the nixos-rebuild to run")
+    kill_grace_seconds: float = Field(5.0, gt=0, description="SIGTERM to SIGKILL on cancel")
+
+
 class Config(_Section):
     mode: Mode = Mode.FULL
     state_dir: Path = DEFAULT_STATE_DIR
@@ -116,6 +139,8 @@ class Config(_Section):
     libvirt: LibvirtConfig = LibvirtConfig()
     ovsdb: OvsdbConfig = OvsdbConfig()
     lxc: LxcConfig = LxcConfig()
+    sync: SyncConfig = SyncConfig()
+    rebuild: RebuildConfig = RebuildConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

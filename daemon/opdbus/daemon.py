@@ -31,6 +31,8 @@ from opdbus.services.health import BackendHealth
 from opdbus.services.job_store import JobStore
 from opdbus.services.jobs import JobManager
 from opdbus.services.network import NetworkService
+from opdbus.services.rebuild import RebuildService
+from opdbus.services.sync import SyncService
 from opdbus.services.validate import HostPaths, Validator
 from opdbus.services.vms import VmService
 
@@ -112,6 +114,12 @@ class Daemon:
                 audit=self.audit,
                 health=self.health,
                 validator=validator,
+                sync=SyncService(
+                    self.config.sync, self.config.state_dir, self.config.paths.source_dir
+                ),
+                rebuild=RebuildService(
+                    self.config.rebuild, self.config.state_dir, self.config.paths.flake_dir
+                ),
                 network=self.network,
                 vms=self.vms,
                 containers=self.containers,

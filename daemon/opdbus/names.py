@@ -14,6 +14,9 @@ JOB_PATH_PREFIX: Final = "/org/opdbus/job"
 BRIDGE_PATH_PREFIX: Final = "/org/opdbus/bridge"
 VM_PATH_PREFIX: Final = "/org/opdbus/vm"
 CONTAINER_PATH_PREFIX: Final = "/org/opdbus/container"
+# Job targets (not objects): one sync and one rebuild at a time.
+SYNC_TARGET: Final = "/org/opdbus/sync"
+REBUILD_TARGET: Final = "/org/opdbus/rebuild"
 
 MANAGER_IFACE: Final = "org.opdbus.Manager1"
 JOB_IFACE: Final = "org.opdbus.Job1"
@@ -60,6 +63,9 @@ class Action:
     CONTAINER_CONFIGURE: Final = "org.opdbus.container.configure"
     CONTAINER_EXEC: Final = "org.opdbus.container.exec"
     CONTAINER_DELETE: Final = "org.opdbus.container.delete"
+    SYNC: Final = "org.opdbus.host.sync"
+    REBUILD: Final = "org.opdbus.host.rebuild"
+    UPDATE: Final = "org.opdbus.host.update"
 
 
 def job_path(job_id: int) -> str:

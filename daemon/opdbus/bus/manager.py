@@ -22,15 +22,28 @@ from opdbus.errors import InvalidArgs, NotSupported
 from opdbus.models.audit import AuditEntry
 from opdbus.models.container import ContainerSpec
 from opdbus.models.network import BridgesDocument, BridgeSpec, from_seed_interfaces
+from opdbus.models.sync import RebuildAction, RebuildOptions, SyncOptions, UpdateOptions
 from opdbus.models.validation import ValidateOptions
 from opdbus.models.vm import CreateVmOptions
-from opdbus.names import MANAGER_IFACE, ROOT_PATH, Action, bridge_path, container_path, vm_path
+from opdbus.names import (
+    MANAGER_IFACE,
+    REBUILD_TARGET,
+    ROOT_PATH,
+    SYNC_TARGET,
+    Action,
+    bridge_path,
+    container_path,
+    vm_path,
+)
 from opdbus.services.audit import AuditLog
 from opdbus.services.containers import ContainerService
 from opdbus.services.health import BackendHealth
 from opdbus.services.jobs import JobManager
 from opdbus.services.network import NetworkService
 from opdbus.services.network_apply import apply_job
+from opdbus.services.rebuild import RebuildService
+from opdbus.services.sync import SyncService
+from opdbus.services.update import update_job
 from opdbus.services.validate import Validator
 from opdbus.services.vms import VmService
 
@@ -51,6 +64,8 @@ class ManagerServices:
     audit: AuditLog
     health: BackendHealth
     validator: Validator
+    sync: SyncService
+    rebuild: RebuildService
     network: NetworkService | None = None  # None: OVS is off in this mode
     vms: VmService | None = None  # None: libvirt is off in this mode
     containers: ContainerService | None = None  # None: LXC is off in this mode
@@ -124,6 +139,46 @@ class Manager1(OpdbusInterface):
             "Validate",
             self._s.validator.job(opts),
             targets=[ROOT_PATH],
+            uid=current_caller().uid,
+        )
+        return job.path
+
+    # -- sync, rebuild, update ------------------------------------------------------
+
+    @bus_method(action=Action.SYNC)
+    async def Sync(self, options: DBusDict) -> DBusObjectPath:
+        opts = decode_options(SyncOptions, options, "Sync")
+        job = await self._s.jobs.submit(
+            f"Sync {opts.ref}",
+            self._s.sync.job(opts),
+            targets=[SYNC_TARGET],
+            uid=current_caller().uid,
+        )
+        return job.path
+
+    @bus_method(action=Action.REBUILD)
+    async def Rebuild(self, action: DBusStr, options: DBusDict) -> DBusObjectPath:
+        try:
+            verb = RebuildAction(action)
+        except ValueError:
+            allowed = ", ".join(a.value for a in RebuildAction)
+            raise InvalidArgs(f"Rebuild: action {action!r} is not one of {allowed}") from None
+        opts = decode_options(RebuildOptions, options, "Rebuild")
+        job = await self._s.jobs.submit(
+            f"Rebuild {verb.value}",
+            self._s.rebuild.job(verb, opts),
+            targets=[REBUILD_TARGET],
+            uid=current_caller().uid,
+        )
+        return job.path
+
+    @bus_method(action=Action.UPDATE)
+    async def Update(self, options: DBusDict) -> DBusObjectPath:
+        opts = decode_options(UpdateOptions, options, "Update")
+        job = await self._s.jobs.submit(
+            f"Update {opts.ref}",
+            update_job(self._s.validator, self._s.sync, self._s.rebuild, opts),
+            targets=[ROOT_PATH, SYNC_TARGET, REBUILD_TARGET],
             uid=current_caller().uid,
         )
         return job.path

@@ -1,0 +1,334 @@
+"""Smart sync as a job: download only what changed upstream, stage it, put it in place.
+
+1. Resolve the ref to a commit; read its tree (refusing one with paths that
+   would leave the target); compare with the local files by blob SHA-1.
+2. Download what differs, concurrently with a bound, into a staging
+   directory beside the target (the same file system), verifying each file
+   against its SHA-1. Nothing in the target is touched until every file is in.
+3. Move each file into place with rename() (a reader sees the old file or the
+   new one, never half), then delete what upstream removed.
+
+``force_full``, or a tree the API cannot list, takes the full path instead:
+the commit's tarball, unpacked with the same safety checks into a staging
+directory and swapped with the target in one renameat2(RENAME_EXCHANGE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from opdbus.backends.githost import GitHost, RateLimited, read_token
+from opdbus.config import SyncConfig
+from opdbus.errors import BackendFailed
+from opdbus.models.sync import SyncOptions
+from opdbus.services.jobs import JobBody, JobContext, JobOutcome
+from opdbus.services.sync_plan import (
+    MODE_EXEC,
+    MODE_LINK,
+    Plan,
+    Remote,
+    StatCache,
+    blob_sha,
+    check_link_target,
+    excluded,
+    plan,
+    safe_tree,
+)
+
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+class SyncService:
+    def __init__(self, config: SyncConfig, state_dir: Path, default_target: Path) -> None:
+        self.config = config
+        self.dir = state_dir / "sync"
+        self.default_target = default_target
+
+    def job(self, opts: SyncOptions) -> JobBody:
+        async def run(ctx: JobContext) -> JobOutcome:
+            output = await self.run(ctx, opts)
+            return JobOutcome(_summary(output, opts), output)
+
+        return run
+
+    async def run(self, ctx: JobContext, opts: SyncOptions) -> dict[str, Any]:
+        repo = opts.repo or self.config.repo
+        target = Path(opts.target) if opts.target else self.default_target
+        token = await asyncio.to_thread(read_token, self.config.token_file, dict(os.environ))
+        etags = await asyncio.to_thread(_load_json, self.dir / "etags.json")
+        host = GitHost(
+            self.config.api_url,
+            self.config.raw_url,
+            token=token,
+            timeout=self.config.timeout_seconds,
+            retries=self.config.retries,
+            etags={k: (v[0], v[1]) for k, v in etags.items()},
+        )
+        async with host:
+            commit = await host.resolve(repo, opts.ref)
+            ctx.log(f"{repo} {opts.ref} is {commit[:12]}")
+            output: dict[str, Any] = {"repo": repo, "ref": opts.ref, "commit": commit}
+            if opts.force_full:
+                output |= await self._full(ctx, host, repo, commit, target, opts)
+            else:
+                try:
+                    entries = await host.tree(repo, commit)
+                except BackendFailed as e:
+                    if isinstance(e, RateLimited):
+                        raise
+                    ctx.log(f"cannot list the tree ({e.message}): full download instead")
+                    output |= await self._full(ctx, host, repo, commit, target, opts)
+                else:
+                    remote = safe_tree(entries, commit)
+                    output |= await self._incremental(ctx, host, repo, commit, target, remote, opts)
+            output |= {"requests": host.requests, "not_modified": host.not_modified}
+            output["bytes"] = host.bytes
+        await asyncio.to_thread(_save_json, self.dir / "etags.json", host.etags)
+        return output
+
+    # -- incremental ---------------------------------------------------------------
+
+    async def _incremental(
+        self,
+        ctx: JobContext,
+        host: GitHost,
+        repo: str,
+        commit: str,
+        target: Path,
+        remote: dict[str, Remote],
+        opts: SyncOptions,
+    ) -> dict[str, Any]:
+        cache = StatCache(self.dir / "statcache.json")
+        await asyncio.to_thread(cache.load)
+        todo = await asyncio.to_thread(plan, target, remote, cache)
+        ctx.log(
+            f"compared {todo.compared} files ({todo.hashed} read, the rest known unchanged): "
+            f"{len(todo.fetch)} to download, {len(todo.remove)} to delete"
+        )
+        for rel in todo.fetch:
+            ctx.log(f"  changed: {rel}")
+        for rel in todo.remove:
+            ctx.log(f"  deleted upstream: {rel}")
+        result = {"mode": "incremental", "compared": todo.compared, "hashed": todo.hashed}
+        result |= {"changed": todo.fetch, "removed": todo.remove}
+        if opts.check_only or not (todo.fetch or todo.remove):
+            await asyncio.to_thread(cache.save)
+            return result
+        staging = await asyncio.to_thread(_staging_dir, target)
+        try:
+            await self._download(ctx, host, repo, commit, todo, staging, opts)
+            if opts.dry_run:
+                ctx.log("dry run: every file downloaded and verified; nothing installed")
+                return result
+            await asyncio.to_thread(_install, target, staging, todo)
+            await asyncio.to_thread(_refresh_cache, cache, target, todo)
+            await asyncio.to_thread(cache.save)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        return result
+
+    async def _download(
+        self,
+        ctx: JobContext,
+        host: GitHost,
+        repo: str,
+        commit: str,
+        todo: Plan,
+        staging: Path,
+        opts: SyncOptions,
+    ) -> None:
+        limit = asyncio.Semaphore(self.config.concurrency)
+        done = 0
+
+        async def one(rel: str) -> None:
+            nonlocal done
+            want = todo.remote[rel]
+            async with limit:
+                data = await host.raw(repo, commit, rel)
+            if not opts.skip_validation and blob_sha(data) != want.sha:
+                raise BackendFailed(
+                    f"{rel}: the downloaded bytes do not match the tree's SHA-1 {want.sha[:12]} "
+                    "(corrupted in transit or on the host); nothing was changed"
+                )
+            if want.mode == MODE_LINK:
+                check_link_target(rel, data, commit)
+            await asyncio.to_thread(_stage, staging, rel, data, want.mode)
+            done += 1
+            ctx.step(done, len(todo.fetch))
+
+        tasks = [asyncio.ensure_future(one(rel)) for rel in todo.fetch]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    # -- full ---------------------------------------------------------------------
+
+    async def _full(
+        self,
+        ctx: JobContext,
+        host: GitHost,
+        repo: str,
+        commit: str,
+        target: Path,
+        opts: SyncOptions,
+    ) -> dict[str, Any]:
+        ctx.log(f"downloading the whole of {commit[:12]}")
+        if opts.check_only:
+            return {"mode": "full", "changed": [], "removed": []}
+        data = await host.tarball(repo, commit)
+        ctx.log(f"tarball: {len(data)} bytes")
+        staging = await asyncio.to_thread(_staging_dir, target)
+        try:
+            files = await asyncio.to_thread(_unpack, data, staging / "tree", commit)
+            if opts.dry_run:
+                ctx.log(f"dry run: {files} files unpacked and checked; nothing installed")
+                return {"mode": "full", "files": files}
+            await asyncio.to_thread(_swap, target, staging / "tree")
+            ctx.log(f"{target} replaced ({files} files)")
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        await asyncio.to_thread((self.dir / "statcache.json").unlink, True)
+        return {"mode": "full", "files": files}
+
+
+# -- blocking helpers (threads) ---------------------------------------------------
+
+
+def _staging_dir(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.sync-", dir=target.parent))
+
+
+def _stage(staging: Path, rel: str, data: bytes, mode: str) -> None:
+    path = staging / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == MODE_LINK:
+        os.symlink(data.decode(), path)
+        return
+    path.write_bytes(data)
+    path.chmod(0o755 if mode == MODE_EXEC else 0o644)
+
+
+def _install(target: Path, staging: Path, todo: Plan) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for rel in todo.remove:
+        path = target / rel
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+    for rel in todo.fetch:
+        dst = target / rel
+        node = target
+        for part in rel.split("/")[:-1]:
+            node = node / part
+            if node.is_symlink() or (node.exists() and not node.is_dir()):
+                node.unlink()  # a file upstream turned into a directory
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_dir() and not dst.is_symlink():
+            shutil.rmtree(dst)  # a directory upstream turned into a file
+        os.replace(staging / rel, dst)
+    for rel in todo.remove:
+        _prune(target, (target / rel).parent)
+
+
+def _prune(target: Path, directory: Path) -> None:
+    while directory != target and directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+        directory = directory.parent
+
+
+def _refresh_cache(cache: StatCache, target: Path, todo: Plan) -> None:
+    for rel in todo.fetch:
+        if todo.remote[rel].mode != MODE_LINK:
+            st = (target / rel).lstat()
+            cache.entries[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, todo.remote[rel].sha]
+
+
+def _unpack(data: bytes, into: Path, commit: str) -> int:
+    """The tarball's files under ``into`` (its top directory stripped), checked like a tree."""
+    into.mkdir(parents=True)
+    files = 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        for member in tar:
+            rel = member.name.partition("/")[2].rstrip("/")
+            if not rel or member.isdir() or excluded(rel):
+                continue
+            parts = rel.split("/")
+            if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                raise BackendFailed(f"the tarball of {commit[:12]} is unsafe: path {rel!r}")
+            dst = into / rel
+            for parent in dst.relative_to(into).parents:
+                if parent != Path(".") and (into / parent).is_symlink():
+                    raise BackendFailed(
+                        f"the tarball of {commit[:12]} is unsafe: {rel} lies under a symlink"
+                    )
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if member.issym():
+                check_link_target(rel, member.linkname.encode(), commit)
+                os.symlink(member.linkname, dst)
+            elif member.isfile():
+                source = tar.extractfile(member)
+                assert source is not None
+                dst.write_bytes(source.read())
+                dst.chmod(0o755 if member.mode & 0o100 else 0o644)
+            else:
+                raise BackendFailed(f"the tarball of {commit[:12]} has {rel} of an odd kind")
+            files += 1
+    return files
+
+
+def _swap(target: Path, new: Path) -> None:
+    """Put ``new`` where ``target`` is in one step; keep the excluded paths the old one had."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    for prefix in (".git", "result", "target", "tools/target", "var"):
+        if os.path.lexists(target / prefix) and not os.path.lexists(new / prefix):
+            (new / prefix).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(target / prefix, new / prefix)
+    libc = ctypes.CDLL(None, use_errno=True)
+    status = libc.renameat2(
+        AT_FDCWD, os.fsencode(new), AT_FDCWD, os.fsencode(target), RENAME_EXCHANGE
+    )
+    if status != 0:
+        raise OSError(ctypes.get_errno(), f"renameat2 {new} <-> {target}")
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_json(path: Path, value: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _summary(output: dict[str, Any], opts: SyncOptions) -> str:
+    commit = output["commit"][:12]
+    if output.get("mode") == "full":
+        verb = "would replace" if opts.dry_run or opts.check_only else "replaced"
+        return f"{verb} the tree with {commit} ({output.get('files', 0)} files)"
+    changed, removed = len(output["changed"]), len(output["removed"])
+    if not changed and not removed:
+        return f"up to date at {commit}"
+    verb = "would update" if opts.dry_run or opts.check_only else "updated"
+    return f"{verb} {changed} files, deleted {removed}, at {commit}"
