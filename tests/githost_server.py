@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import tarfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -240,3 +241,31 @@ async def serve(github: FakeGitHub) -> tuple[web.AppRunner, str]:
     await site.start()
     port = runner.addresses[0][1]
     return runner, f"http://127.0.0.1:{port}"
+
+
+class ThreadedServer:
+    """The server on its own event loop in a thread, for tests that run processes."""
+
+    def __init__(self, github: FakeGitHub) -> None:
+        self.github = github
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.url = ""
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self._runner, self.url = self.loop.run_until_complete(serve(self.github))
+        self._ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()

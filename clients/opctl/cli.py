@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NoReturn
 
-from opctl import cli_ct, cli_net, cli_vm, render
+from opctl import cli_ct, cli_net, cli_sync, cli_vm, render
 from opctl.cli_ct import CtCommands
 from opctl.cli_net import NetCommands
+from opctl.cli_sync import SyncCommands
 from opctl.cli_vm import VmCommands
 from opctl.client import Client, Unreachable, job_ref_to_path
 from opdbus import errors
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_net.add_parser(sub, command)
     cli_vm.add_parser(sub, command)
     cli_ct.add_parser(sub, command)
+    cli_sync.add_parsers(sub, command)
     command(sub, "watch", "print every signal op-dbusd sends until interrupted")
     return p
 
@@ -331,6 +333,15 @@ class Cli:
 
     async def ct(self) -> int:
         return await CtCommands(self).run()
+
+    async def sync(self) -> int:
+        return await SyncCommands(self).sync()
+
+    async def rebuild(self) -> int:
+        return await SyncCommands(self).rebuild()
+
+    async def update(self) -> int:
+        return await SyncCommands(self).update()
 
     async def audit(self) -> int:
         if self.args.audit_command == "verify":

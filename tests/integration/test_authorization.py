@@ -490,3 +490,40 @@ def test_only_admins_create_stop_delete_or_exec_in_containers(
     finally:
         subprocess.run(["lxc-stop", "-P", str(lxcpath), "-n", "ta-ct", "-k"], check=False)
         subprocess.run(["lxc-destroy", "-P", str(lxcpath), "-n", "ta-ct"], check=False)
+
+
+def test_only_admins_sync_rebuild_or_update(
+    make_daemon: Any, auth_bus: PrivateBus, test_users: dict[str, str], tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    fake = tmp_path / "nixos-rebuild"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake.chmod(0o755)
+    config = base_config(
+        tmp_path,
+        mode="agent",
+        rebuild={"command": str(fake)},
+        sync={"api_url": "http://127.0.0.1:9", "retries": 0},
+    )
+    make_daemon(auth_bus, config)
+    address = auth_bus.address
+
+    def manager(user: str, member: str, signature: str, *args: str) -> Any:
+        return busctl(
+            address, "call", "org.opdbus", "/org/opdbus", "org.opdbus.Manager1", member,
+            signature, *args, user=user,
+        )  # fmt: skip
+
+    for user in (test_users["plain"], test_users["policy"]):
+        expected = "Access denied" if user == test_users["plain"] else "may not call"
+        for result in (
+            manager(user, "Sync", "a{sv}", "0"),
+            manager(user, "Rebuild", "sa{sv}", "switch", "0"),
+            manager(user, "Update", "a{sv}", "0"),
+        ):
+            assert result.returncode != 0 and expected in result.stderr, result.stderr
+    assert job_count(address) == 0 and not marker.exists()
+    # An admin may (the stand-in nixos-rebuild leaves its mark).
+    ran = opctl(address, "rebuild", "build", user=test_users["admin"])
+    assert ran.returncode == 0, ran.stderr
+    assert marker.exists()
