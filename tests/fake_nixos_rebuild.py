@@ -5,6 +5,7 @@ FAKE_REBUILD_STATUS   exit status (default 0)
 FAKE_REBUILD_DELAY    seconds between lines (default 0.01)
 FAKE_REBUILD_LINES    extra "building" lines (default 20)
 FAKE_REBUILD_RECORD   a file to write argv (one per line) and the pid of a child it starts
+FAKE_REBUILD_STAMP    when set, each line starts with the time it was printed ("@<epoch> ")
 """
 
 import os
@@ -16,6 +17,7 @@ status = int(os.environ.get("FAKE_REBUILD_STATUS", "0"))
 delay = float(os.environ.get("FAKE_REBUILD_DELAY", "0.01"))
 extra = int(os.environ.get("FAKE_REBUILD_LINES", "20"))
 record = os.environ.get("FAKE_REBUILD_RECORD")
+stamp = bool(os.environ.get("FAKE_REBUILD_STAMP"))
 
 child = subprocess.Popen(["sleep", "300"])  # like nix's builders: must die with us
 if record:
@@ -39,7 +41,7 @@ if action in ("switch", "test"):
 if status != 0:
     lines += [f"error: builder for '/nix/store/{0:032d}-broken.drv' failed with exit code {status}"]
 for line in lines:
-    print(line, flush=True)
+    print(f"@{time.time():.6f} {line}" if stamp else line, flush=True)
     time.sleep(delay)
 child.kill()
 sys.exit(status)

@@ -62,6 +62,7 @@ class GitHost:
         self._retries = retries
         # url -> (etag, decoded body): what a 304 means.
         self.etags: dict[str, tuple[str, Any]] = etags if etags is not None else {}
+        self.used: set[str] = set()  # the URLs this run asked for (worth keeping)
         self.requests = 0  # every request sent, 304s included
         self.not_modified = 0
         self.bytes = 0  # body bytes received
@@ -130,6 +131,7 @@ class GitHost:
     # -- requests ------------------------------------------------------------------
 
     async def _json(self, url: str, what: str) -> Any:
+        self.used.add(url)
         cached = self.etags.get(url)
         status, etag, body = await self._get(
             url, what, accept="application/vnd.github+json", etag=cached[0] if cached else None

@@ -93,7 +93,9 @@ class SyncService:
                     output |= await self._incremental(ctx, host, repo, commit, target, remote, opts)
             output |= {"requests": host.requests, "not_modified": host.not_modified}
             output["bytes"] = host.bytes
-        await asyncio.to_thread(_save_json, self.dir / "etags.json", host.etags)
+        # Only what this run used: an old commit's tree is not asked for again.
+        keep = {url: host.etags[url] for url in host.used if url in host.etags}
+        await asyncio.to_thread(_save_json, self.dir / "etags.json", keep)
         return output
 
     # -- incremental ---------------------------------------------------------------

@@ -124,77 +124,80 @@ class StatCache:
         tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
         os.replace(tmp, self.file)
 
-    def sha(self, rel: str, full: Path, st: os.stat_result) -> tuple[str, bool]:
+    def sha(self, root: str, rel: str, st: os.stat_result) -> tuple[str, bool]:
         """(blob sha, whether the file had to be read)."""
-        key = [st.st_size, st.st_mtime_ns, st.st_ino]
         known = self.entries.get(rel)
-        if known is not None and known[:3] == key:
+        if (
+            known is not None
+            and known[0] == st.st_size
+            and known[1] == st.st_mtime_ns
+            and known[2] == st.st_ino
+        ):
             return str(known[3]), False
-        sha = _file_sha(full, st.st_size)
-        self.entries[rel] = [*key, sha]
+        sha = _file_sha(Path(root, rel), st.st_size)
+        self.entries[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, sha]
         return sha, True
 
 
-def local_state(target: Path, rel: str, cache: StatCache) -> tuple[str, str, bool] | None:
-    """(blob sha, mode, was read) of what is at ``rel`` now, or None if nothing is."""
-    full = target / rel
-    try:
-        st = full.lstat()
-    except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        return blob_sha(os.readlink(full).encode()), MODE_LINK, False
-    if not stat.S_ISREG(st.st_mode):
-        return "", "", False  # a directory or a socket where a file goes: replace it
-    sha, read = cache.sha(rel, full, st)
-    return sha, MODE_EXEC if st.st_mode & 0o100 else MODE_FILE, read
-
-
-def walk_local(target: Path) -> list[str]:
-    """Every file and symlink under target (relative), skipping the exclusions."""
-    found: list[str] = []
-    for root, dirs, files in os.walk(target):
-        rel_root = os.path.relpath(root, target)
-        rel_root = "" if rel_root == "." else rel_root + "/"
-        kept = []
-        for d in dirs:
-            rel = rel_root + d
+def scan(target: Path) -> dict[str, os.stat_result]:
+    """Every file, symlink and odd node under target (relative path -> lstat), exclusions
+    skipped; one lstat per entry, and symlinked directories are entries, not descended."""
+    found: dict[str, os.stat_result] = {}
+    stack = [(str(target), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
             if excluded(rel):
                 continue
-            if os.path.islink(os.path.join(root, d)):
-                found.append(rel)  # a symlink to a directory is a link, not a tree
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, rel + "/"))
             else:
-                kept.append(d)
-        dirs[:] = kept
-        found += [rel_root + f for f in files if not excluded(rel_root + f)]
+                found[rel] = entry.stat(follow_symlinks=False)
     return found
 
 
 def plan(target: Path, remote: dict[str, Remote], cache: StatCache) -> Plan:
     """Compare the tree with what is under target. Blocking: call it in a thread."""
     result = Plan(remote)
+    here = scan(target)
+    root = str(target)
+    links = {rel for rel, st in here.items() if stat.S_ISLNK(st.st_mode)}
     for rel in sorted(remote):
-        _check_parents(target, rel)
-        here = local_state(target, rel, cache)
+        if links:
+            _check_parents(target, rel, links)
+        want = remote[rel]
+        st = here.get(rel)
         result.compared += 1
-        if here is not None and here[2]:
-            result.hashed += 1
-        if here is None or (here[0], here[1]) != (remote[rel].sha, remote[rel].mode):
+        if st is None:
             result.fetch.append(rel)
-    if target.is_dir():
-        result.remove = sorted(rel for rel in walk_local(target) if rel not in remote)
-    live = set(remote)
-    cache.entries = {k: v for k, v in cache.entries.items() if k in live}
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            sha, mode = blob_sha(os.readlink(target / rel).encode()), MODE_LINK
+        elif stat.S_ISREG(st.st_mode):
+            sha, read = cache.sha(root, rel, st)
+            result.hashed += read
+            mode = MODE_EXEC if st.st_mode & 0o100 else MODE_FILE
+        else:
+            sha, mode = "", ""  # a socket or device where a file goes: replace it
+        if (sha, mode) != (want.sha, want.mode):
+            result.fetch.append(rel)
+    result.remove = sorted(rel for rel in here if rel not in remote)
+    cache.entries = {k: v for k, v in cache.entries.items() if k in remote}
     return result
 
 
-def _check_parents(target: Path, rel: str) -> None:
+def _check_parents(target: Path, rel: str, links: set[str]) -> None:
     """Writing rel must not follow a symlinked directory here out of the target."""
-    parent = target
-    for part in rel.split("/")[:-1]:
-        parent = parent / part
-        if parent.is_symlink():
+    parts = rel.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        parent = "/".join(parts[:i])
+        if parent in links:
             raise Conflict(
-                f"{parent} is a symlink here, and the tree has files under it: "
+                f"{target / parent} is a symlink here, and the tree has files under it: "
                 "refusing to write through it (remove it, or sync with force_full)"
             )
