@@ -57,6 +57,7 @@ class FakeGitHub:
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
+    authorization: str = ""  # the last request's Authorization header
     corrupt: set[str] = field(default_factory=set)  # raw paths served with wrong bytes
     cut: dict[str, int] = field(default_factory=dict)  # raw path -> times to cut it mid-file
     rate_limited: bool = False
@@ -114,6 +115,7 @@ class FakeGitHub:
 
     async def _gate(self, request: web.Request, kind: str) -> web.Response | None:
         self.requests[kind] += 1
+        self.authorization = request.headers.get("Authorization", "")
         if self.latency:
             await asyncio.sleep(self.latency)
         if f"{request.match_info['owner']}/{request.match_info['name']}" != self.repo:

@@ -115,7 +115,9 @@ class SyncConfig(_Section):
         description="one file's bytes at a commit ({repo}, {sha}, {path})",
     )
     token_file: Path | None = Field(
-        None, description="a 0600 file holding the API token (else $GITHUB_TOKEN)"
+        None,
+        description="a 0600 file holding the API token (default: github-token beside the "
+        "config file; $GITHUB_TOKEN wins)",
     )
     concurrency: int = Field(8, ge=1, le=64, description="downloads in flight")
     retries: int = Field(4, ge=0, le=10, description="retries of a failed request")

@@ -115,7 +115,10 @@ class Daemon:
                 health=self.health,
                 validator=validator,
                 sync=SyncService(
-                    self.config.sync, self.config.state_dir, self.config.paths.source_dir
+                    self.config.sync,
+                    self.config.state_dir,
+                    self.config.paths.source_dir,
+                    self.config_path.parent,
                 ),
                 rebuild=RebuildService(
                     self.config.rebuild, self.config.state_dir, self.config.paths.flake_dir

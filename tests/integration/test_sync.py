@@ -257,3 +257,26 @@ async def test_faults_fail_cleanly_and_change_nothing(
         limited = await sync(client)
         assert limited.error_name.endswith("BackendUnavailable")
         assert "rate limit is used up; it resets at" in limited.result
+
+
+async def test_the_token_comes_from_the_environment_or_a_private_file(
+    tmp_path: Path,
+    private_bus: PrivateBus,
+    github: tuple[FakeGitHub, str],
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake, url = github
+    token_file = tmp_path / "github-token"  # beside config.json: the default place
+    token_file.write_text("from-file\n")
+    token_file.chmod(0o644)
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    async with running(tmp_path, private_bus, **sync_config(url)):
+        refused = await sync(client, check_only=True)
+        assert "readable by others: chmod 600 it" in refused.result
+        token_file.chmod(0o600)
+        assert (await sync(client, check_only=True)).state is JobState.SUCCEEDED
+        assert fake.authorization == "Bearer from-file"
+        monkeypatch.setenv("GITHUB_TOKEN", "from-env")
+        assert (await sync(client, check_only=True)).state is JobState.SUCCEEDED
+        assert fake.authorization == "Bearer from-env"

@@ -49,10 +49,14 @@ AT_FDCWD = -100
 
 
 class SyncService:
-    def __init__(self, config: SyncConfig, state_dir: Path, default_target: Path) -> None:
+    def __init__(
+        self, config: SyncConfig, state_dir: Path, default_target: Path, config_dir: Path
+    ) -> None:
         self.config = config
         self.dir = state_dir / "sync"
         self.default_target = default_target
+        # $GITHUB_TOKEN, else sync.token_file, else github-token beside the config file.
+        self.token_file = config.token_file or config_dir / "github-token"
 
     def job(self, opts: SyncOptions) -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
@@ -64,7 +68,7 @@ class SyncService:
     async def run(self, ctx: JobContext, opts: SyncOptions) -> dict[str, Any]:
         repo = opts.repo or self.config.repo
         target = Path(opts.target) if opts.target else self.default_target
-        token = await asyncio.to_thread(read_token, self.config.token_file, dict(os.environ))
+        token = await asyncio.to_thread(read_token, self.token_file, dict(os.environ))
         etags = await asyncio.to_thread(_load_json, self.dir / "etags.json")
         host = GitHost(
             self.config.api_url,
