@@ -34,6 +34,7 @@ from opdbus.models.audit import digest_args
 from opdbus.names import ERROR_PREFIX
 from opdbus.services.audit import PENDING_CALL, AuditLog, PendingCall
 from opdbus.services.authz import Authorizer, Caller
+from opdbus.services.jobs import JobBody, JobManager
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ def current_caller() -> Caller:
     if caller is None:
         raise RuntimeError("current_caller() outside an authorized bus method")
     return caller
+
+
+async def submit_job(jobs: JobManager, operation: str, body: JobBody, targets: list[str]) -> str:
+    """Start a job on behalf of the caller of this method call; its object path."""
+    job = await jobs.submit(operation, body, targets=targets, uid=current_caller().uid)
+    return job.path
 
 
 def bus_method(

@@ -17,7 +17,7 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import dbus_property
 
-from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, current_caller
+from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, submit_job
 from opdbus.bus.codec import decode_options
 from opdbus.bus.exporter import CacheExporter
 from opdbus.models.container import ContainerInfo, DeleteContainerOptions, ExecOptions, StopOptions
@@ -59,13 +59,9 @@ class Container1(OpdbusInterface):
         return self._containers.get(self._name)
 
     async def _job(self, operation: str, body: JobBody) -> str:
-        job = await self._containers.jobs.submit(
-            f"{operation} {self._name}",
-            body,
-            targets=[container_path(self._name)],
-            uid=current_caller().uid,
+        return await submit_job(
+            self._containers.jobs, f"{operation} {self._name}", body, [container_path(self._name)]
         )
-        return job.path
 
     # -- properties ------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import dbus_property, dbus_signal
 
-from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, current_caller
+from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, submit_job
 from opdbus.bus.codec import decode_options, validate
 from opdbus.config import Mode
 from opdbus.errors import InvalidArgs, NotSupported
@@ -135,26 +135,16 @@ class Manager1(OpdbusInterface):
     @bus_method(action=Action.VALIDATE)
     async def Validate(self, options: DBusDict) -> DBusObjectPath:
         opts = decode_options(ValidateOptions, options, "Validate")
-        job = await self._s.jobs.submit(
-            "Validate",
-            self._s.validator.job(opts),
-            targets=[ROOT_PATH],
-            uid=current_caller().uid,
-        )
-        return job.path
+        return await submit_job(self._s.jobs, "Validate", self._s.validator.job(opts), [ROOT_PATH])
 
     # -- sync, rebuild, update ------------------------------------------------------
 
     @bus_method(action=Action.SYNC)
     async def Sync(self, options: DBusDict) -> DBusObjectPath:
         opts = decode_options(SyncOptions, options, "Sync")
-        job = await self._s.jobs.submit(
-            f"Sync {opts.ref}",
-            self._s.sync.job(opts),
-            targets=[SYNC_TARGET],
-            uid=current_caller().uid,
+        return await submit_job(
+            self._s.jobs, f"Sync {opts.ref}", self._s.sync.job(opts), [SYNC_TARGET]
         )
-        return job.path
 
     @bus_method(action=Action.REBUILD)
     async def Rebuild(self, action: DBusStr, options: DBusDict) -> DBusObjectPath:
@@ -164,24 +154,19 @@ class Manager1(OpdbusInterface):
             allowed = ", ".join(a.value for a in RebuildAction)
             raise InvalidArgs(f"Rebuild: action {action!r} is not one of {allowed}") from None
         opts = decode_options(RebuildOptions, options, "Rebuild")
-        job = await self._s.jobs.submit(
-            f"Rebuild {verb.value}",
-            self._s.rebuild.job(verb, opts),
-            targets=[REBUILD_TARGET],
-            uid=current_caller().uid,
+        return await submit_job(
+            self._s.jobs, f"Rebuild {verb.value}", self._s.rebuild.job(verb, opts), [REBUILD_TARGET]
         )
-        return job.path
 
     @bus_method(action=Action.UPDATE)
     async def Update(self, options: DBusDict) -> DBusObjectPath:
         opts = decode_options(UpdateOptions, options, "Update")
-        job = await self._s.jobs.submit(
+        return await submit_job(
+            self._s.jobs,
             f"Update {opts.ref}",
             update_job(self._s.validator, self._s.sync, self._s.rebuild, opts),
-            targets=[ROOT_PATH, SYNC_TARGET, REBUILD_TARGET],
-            uid=current_caller().uid,
+            [ROOT_PATH, SYNC_TARGET, REBUILD_TARGET],
         )
-        return job.path
 
     # -- bridges ----------------------------------------------------------------
 
@@ -214,13 +199,12 @@ class Manager1(OpdbusInterface):
             except (KeyError, TypeError, ValueError) as e:
                 raise InvalidArgs(f"ApplyBridges: {e}") from None
         doc = validate(BridgesDocument, data, "ApplyBridges")
-        job = await self._s.jobs.submit(
+        return await submit_job(
+            self._s.jobs,
             "ApplyBridges",
             apply_job(network, doc),
-            targets=[bridge_path(bridge.name) for bridge in doc.bridges],
-            uid=current_caller().uid,
+            [bridge_path(bridge.name) for bridge in doc.bridges],
         )
-        return job.path
 
     # -- virtual machines ------------------------------------------------------
 
@@ -234,13 +218,12 @@ class Manager1(OpdbusInterface):
         vms = self._vms()
         opts = decode_options(CreateVmOptions, options, "CreateVM")
         spec, uuid = await vms.prepare_create(profile)
-        job = await self._s.jobs.submit(
+        return await submit_job(
+            self._s.jobs,
             f"CreateVM {spec.name}",
             vms.create_job(spec, uuid, start=opts.start),
-            targets=[vm_path(uuid)],
-            uid=current_caller().uid,
+            [vm_path(uuid)],
         )
-        return job.path
 
     @bus_method(read_only=True)
     async def CheckVMProfile(self, profile: DBusStr) -> ProfileCheckT:
@@ -256,13 +239,12 @@ class Manager1(OpdbusInterface):
             raise NotSupported(f"containers are off in {self._s.mode.value} mode")
         spec = decode_options(ContainerSpec, options, "CreateContainer", name=name)
         cid = await containers.prepare_create(spec.name, spec)
-        job = await self._s.jobs.submit(
+        return await submit_job(
+            self._s.jobs,
             f"CreateContainer {spec.name}",
             containers.create_job(spec.name, cid, spec),
-            targets=[container_path(spec.name)],
-            uid=current_caller().uid,
+            [container_path(spec.name)],
         )
-        return job.path
 
     # -- audit ---------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import dbus_property
 
-from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, current_caller
+from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, submit_job
 from opdbus.bus.codec import decode_options
 from opdbus.bus.exporter import CacheExporter
 from opdbus.models.vm import DeleteVmOptions, ShutdownOptions, SnapshotOptions, VmInfo
@@ -62,13 +62,9 @@ class VM1(OpdbusInterface):
         return self._vms.get(self._uuid)
 
     async def _job(self, operation: str, body: JobBody) -> str:
-        job = await self._vms.jobs.submit(
-            f"{operation} {self.info.name}",
-            body,
-            targets=[vm_path(self._uuid)],
-            uid=current_caller().uid,
+        return await submit_job(
+            self._vms.jobs, f"{operation} {self.info.name}", body, [vm_path(self._uuid)]
         )
-        return job.path
 
     # -- properties ------------------------------------------------------------
 
