@@ -76,6 +76,7 @@ class ContainerService:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._creating: set[str] = set()
+        self._reading: dict[str, asyncio.Lock] = {}
 
     # -- running -------------------------------------------------------------------
 
@@ -141,18 +142,26 @@ class ContainerService:
         await asyncio.gather(*(one(name) for name in names))
 
     async def refresh(self, name: str) -> ContainerInfo | None:
-        """Read one container again (config and lxc-info); store or forget it."""
-        if name in self._creating:
-            return None  # half made: it appears when its create job is done
-        try:
-            info = await self._read(name)
-        except OSError as e:
-            log.warning("reading container %s: %s", name, e)
-            return self.cache.items.get(name)
-        if info is None:
-            self.cache.forget(name)
-        else:
-            self.cache.store(name, info)
+        """Read one container again (config and lxc-info); store or forget it.
+
+        Reads of one container take turns: a read begun before a change must
+        not store its older answer after a read begun after it.
+        """
+        lock = self._reading.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name in self._creating:
+                return None  # half made: it appears when its create job is done
+            try:
+                info = await self._read(name)
+            except OSError as e:
+                log.warning("reading container %s: %s", name, e)
+                return self.cache.items.get(name)
+            if info is None:
+                self.cache.forget(name)
+            else:
+                self.cache.store(name, info)
+        if info is None and not lock.locked():
+            self._reading.pop(name, None)
         return info
 
     async def _read(self, name: str) -> ContainerInfo | None:
