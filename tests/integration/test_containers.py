@@ -63,17 +63,7 @@ def state_is(name: str, state: str) -> Any:
 
 
 async def create(client: Client, name: str, **options: Any) -> Any:
-    async def start() -> str:
-        (job,) = await client.call(
-            names.ROOT_PATH,
-            names.MANAGER_IFACE,
-            "CreateContainer",
-            "sa{sv}",
-            [name, to_variants(options)],
-        )
-        return str(job)
-
-    record = await client.run_job(start)
+    record = await client.run_job(lambda: client.create_container(name, options))
     assert record.state is JobState.SUCCEEDED, record.result
     return record
 
@@ -83,9 +73,7 @@ async def props(client: Client, name: str) -> dict[str, Any]:
 
 
 async def call(client: Client, name: str, member: str, sig: str = "", *body: Any) -> list[Any]:
-    return await client.call(
-        names.container_path(name), names.CONTAINER_IFACE, member, sig, list(body)
-    )
+    return await client.container_call(name, member, sig, list(body))
 
 
 async def job(client: Client, name: str, member: str, sig: str = "", *body: Any) -> Any:
@@ -232,10 +220,7 @@ async def test_bad_requests_get_named_errors_and_leave_nothing(
     tmp_path: Path, private_bus: PrivateBus, lxcpath: Path, client: Client
 ) -> None:
     async def create_call(name: str, **options: Any) -> Any:
-        return await client.call(
-            names.ROOT_PATH, names.MANAGER_IFACE, "CreateContainer", "sa{sv}",
-            [name, to_variants(options)],
-        )  # fmt: skip
+        return await client.create_container(name, options)
 
     async with running(tmp_path, private_bus, **ct_config(lxcpath)):
         await create(client, "good", id=300)
