@@ -2,7 +2,8 @@
 
 Every async test runs under blockbuster (a blocking call made from opdbus or
 opctl code inside the event loop fails the test) and must leave no task
-behind; every test must leave no dbus-daemon, op-dbusd or polkitd behind.
+behind; every test must leave no process of its own behind (its own process
+tree only: nothing else on the machine is looked at).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from blockbuster import blockbuster_ctx
 
 from opctl.client import Client
+from opdbus.backends.process import REAPER
 from opdbus.config import Config, parse_config
 from opdbus.daemon import Daemon
 from opdbus.sandbox import PrivateBus, start_private_bus
@@ -32,8 +34,13 @@ from tests.support import (
     PLAIN_USER,
     POLICY_USER,
     Opdbusd,
+    Proc,
     base_config,
+    become_subreaper,
+    descendants,
+    new_descendants,
     private_network_namespace,
+    process_table,
     write_config,
 )
 
@@ -41,40 +48,50 @@ from tests.support import (
 # networking may reach the host's own interfaces and routes.
 private_network_namespace()
 
-WATCHED = ("dbus-daemon", "opdbus", "op-dbusd", "polkitd", "ovsdb-server", "ovs-vswitchd")
+become_subreaper()
+# The test process's own reaper (the fixtures' buses and switches end with
+# it) lives for the whole session: start it before any test's snapshot.
+REAPER.ensure_started()
 
-
-def _our_processes() -> dict[int, str]:
-    found: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and any(word in cmdline for word in WATCHED):
-            found[int(entry)] = cmdline.strip()
-    return found
+# Daemons LXC starts on demand and that end by themselves (lxc-monitord goes
+# 30 s after its last client): ours to clean up, not a test's leak.
+SELF_ENDING = ("lxc-monitord",)
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
-    before = set(_our_processes())
+    """Fail a test that leaves a process of its own running; signal only those.
+
+    Only descendants of this process count (orphans come back to us: we are a
+    subreaper), each known by (pid, start time), so nothing anyone else runs
+    -- a system bus, a real op-dbusd -- is ever looked at, let alone killed.
+    """
+    me = os.getpid()
+    before = descendants(process_table(), me)
     yield
-    leaked: dict[int, str] = {}
+    leaked: dict[int, Proc] = {}
     for _ in range(50):  # processes told to stop may take a moment to go
-        leaked = {pid: cmd for pid, cmd in _our_processes().items() if pid not in before}
-        if not leaked:
-            return
+        leaked = new_descendants(before, process_table(), me)
+        if not any(_counts(proc) for proc in leaked.values()):
+            break
         subprocess.run(["sleep", "0.1"], check=False)
-    for pid in leaked:
+    for proc in leaked.values():
+        _kill_if_same(proc)
+    counted = {proc.pid: proc.cmdline for proc in leaked.values() if _counts(proc)}
+    if counted:
+        pytest.fail(f"test left processes behind: {counted}")
+
+
+def _counts(proc: Proc) -> bool:
+    return not any(name in proc.cmdline for name in SELF_ENDING)
+
+
+def _kill_if_same(proc: Proc) -> None:
+    """SIGKILL ``proc`` unless its pid now names another process."""
+    current = process_table().get(proc.pid)
+    if current is not None and current.start == proc.start:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-    pytest.fail(f"test left processes behind: {leaked}")
+            os.kill(proc.pid, 9)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,74 @@ def _own_sysfs_net() -> None:
         subprocess.run(["umount", "-l", fresh], check=True)
     finally:
         os.rmdir(fresh)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Orphans of our descendants are re-parented to us, not to PID 1.
+
+    Daemons fork into the background (lxc-monitord, a container's monitor, a
+    killed op-dbusd's children); as a subreaper this process stays their
+    ancestor, so the leak guard can find everything a test started by walking
+    its own process tree -- and never has to look at anyone else's processes.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    start: int  # clock ticks after boot: (pid, start) names one process for good
+    state: str
+    cmdline: str
+
+
+def process_table() -> dict[int, Proc]:
+    """Every process we can see, from /proc."""
+    table: dict[int, Proc] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        table[int(entry)] = Proc(int(entry), int(fields[1]), int(fields[19]), fields[0], cmdline)
+    return table
+
+
+def descendants(table: dict[int, Proc], root: int) -> dict[int, Proc]:
+    """The live (not zombie) processes below ``root`` in ``table``."""
+    children: dict[int, list[int]] = {}
+    for proc in table.values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    found: dict[int, Proc] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid in found:
+            continue
+        found[pid] = table[pid]
+        todo.extend(children.get(pid, []))
+    return {pid: proc for pid, proc in found.items() if proc.state != "Z"}
+
+
+def new_descendants(before: dict[int, Proc], table: dict[int, Proc], root: int) -> dict[int, Proc]:
+    """Processes below ``root`` now that were not there (as the same process) before."""
+    known = {(proc.pid, proc.start) for proc in before.values()}
+    return {
+        pid: proc
+        for pid, proc in descendants(table, root).items()
+        if (proc.pid, proc.start) not in known
+    }
 
 
 PYTHON = sys.executable
