@@ -22,6 +22,7 @@ from pathlib import Path
 
 from opdbus.backends.netlink import Netlink
 from opdbus.backends.ovsdb.client import OvsdbClient
+from opdbus.backends.process import REAPER
 from opdbus.bus.manager import ManagerServices
 from opdbus.bus.server import BusServer
 from opdbus.config import Config
@@ -86,6 +87,8 @@ class Daemon:
         self._stopped = False
 
     async def start(self) -> None:
+        # Before any child: whatever we start must end with us, even on SIGKILL.
+        await asyncio.to_thread(REAPER.ensure_started)
         await asyncio.to_thread(
             self.config.state_dir.mkdir, mode=0o750, parents=True, exist_ok=True
         )

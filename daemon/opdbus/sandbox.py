@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from opdbus.backends.process import end_sync, popen
 from opdbus.config import Config, load_config, with_overrides
 from opdbus.sandbox_ovs import PrivateOvs, ovs_installed, start_private_ovs
 from opdbus.services.fsutil import atomic_write
@@ -120,13 +121,7 @@ class PrivateBus:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_sync(self.process, wait=5)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
 
@@ -150,7 +145,9 @@ def start_private_bus(directory: Path, *, policy_files: dict[str, str] | None = 
     # dbus-daemon's own warnings (an unknown group in a policy, fd limits)
     # go to a log file beside the bus instead of the terminal.
     with open(directory / "dbus-daemon.log", "ab") as errors:
-        process = subprocess.Popen(
+        # Its own session (popen): Ctrl-C on the terminal must reach op-dbusd
+        # only, which then releases its name before the sandbox stops the bus.
+        process = popen(
             [
                 binary,
                 f"--config-file={config_path}",
@@ -161,15 +158,12 @@ def start_private_bus(directory: Path, *, policy_files: dict[str, str] | None = 
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             stderr=errors,
-            # Its own session: Ctrl-C on the terminal must reach op-dbusd only,
-            # which then releases its name before the sandbox stops the bus.
-            start_new_session=True,
         )
     assert process.stdout is not None
     line = process.stdout.readline().decode().strip()
     process.stdout.close()
     if not line:
-        process.wait(timeout=5)
+        end_sync(process, wait=5)
         raise RuntimeError(f"dbus-daemon exited with status {process.returncode} before listening")
     return PrivateBus(line, socket_path, policy_dir, process)
 
@@ -190,6 +184,7 @@ class Sandbox:
         self.bus: PrivateBus | None = None
         self.ovs: PrivateOvs | None = None
         self.notes: list[str] = []  # what the sandbox could not start, and why
+        self._announced = False  # bus-address is ours to remove only once we wrote it
 
     @property
     def config_path(self) -> Path:
@@ -198,7 +193,13 @@ class Sandbox:
     def start_bus(self) -> PrivateBus:
         self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         if _accepts(self.dir / "bus" / "bus.sock"):
+            # Refused: nothing of the running sandbox is touched (its
+            # bus-address included).
             raise RuntimeError(f"a sandbox is already running in {self.dir}")
+        # A socket nobody answers on is a sandbox that died: its processes
+        # went with it (backends.process), so only files are left to replace.
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "bus-address").unlink()
         extra: dict[str, str] = {}
         if os.geteuid() != 0:
             extra["sandbox-user.conf"] = user_grant(getpass.getuser())
@@ -243,6 +244,7 @@ class Sandbox:
     def announce(self, address: str) -> None:
         """Write DIR/bus-address (the daemon owns org.opdbus now) and say how to reach it."""
         atomic_write(self.dir / "bus-address", f"{address}\n".encode(), mode=0o644, sync=False)
+        self._announced = True
         print(
             f"op-dbusd sandbox ready in {self.dir}\n"
             f"  bus address: {address}\n"
@@ -255,8 +257,9 @@ class Sandbox:
         )
 
     def stop(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / "bus-address").unlink()
+        if self._announced:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / "bus-address").unlink()
         if self.ovs is not None:
             self.ovs.stop()
             self.ovs = None

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opdbus.backends.process import end_sync, popen
+
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 TOOLS = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl")
 
@@ -71,7 +73,7 @@ class PrivateOvs:
     def start_db(self) -> None:
         d = self.directory
         with open(d / "ovsdb-server.err", "ab") as errors:
-            self.db = subprocess.Popen(
+            self.db = popen(
                 [
                     "ovsdb-server",
                     str(d / "conf.db"),
@@ -84,14 +86,13 @@ class PrivateOvs:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
-                start_new_session=True,
             )
         _wait_socket(self.socket, self.db)
 
     def start_switch(self) -> None:
         d = self.directory
         with open(d / "ovs-vswitchd.err", "ab") as errors:
-            self.switch = subprocess.Popen(
+            self.switch = popen(
                 [
                     "ovs-vswitchd",
                     self.remote,
@@ -103,20 +104,13 @@ class PrivateOvs:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
-                start_new_session=True,
             )
         _wait_socket(d / "ovs-vswitchd.ctl", self.switch)
 
     @staticmethod
     def _end(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            end_sync(process, sig)
 
     def kill_db(self) -> None:
         """Stop ovsdb-server hard (the tests' way of pulling it away from the daemon)."""
@@ -154,12 +148,15 @@ def start_private_ovs(directory: Path) -> PrivateOvs:
     ovs = PrivateOvs(directory, env=env)
     with contextlib.suppress(FileNotFoundError):
         (directory / "conf.db").unlink()
-    subprocess.run(
+    made = subprocess.run(
         ["ovsdb-tool", "create", str(directory / "conf.db"), str(SCHEMA)],
         env=env,
-        check=True,
         capture_output=True,
+        text=True,
+        check=False,
     )
+    if made.returncode != 0:
+        raise RuntimeError(f"ovsdb-tool create failed: {made.stderr.strip()}")
     try:
         ovs.start_db()
         ovs.vsctl("--no-wait", "init")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.support import PYTHON, opctl, run
+from tests.support import PYTHON, Proc, descendants, opctl, process_table, run
 
 
-def wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float = 30) -> str:
+def wait_for_file(path: Path, process: subprocess.Popen[Any], timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
@@ -67,3 +69,81 @@ def test_sandbox_runs_serves_and_cleans_up(tmp_path: Path) -> None:
     assert "stopped" in err
     # The sandbox leaves no bridge behind on the host.
     assert run(["ip", "link", "show", "sbx0"]).returncode != 0
+
+
+def _tree(root: int) -> dict[int, Proc]:
+    return descendants(process_table(), root)
+
+
+def test_kill_9_takes_everything_the_sandbox_started_and_a_restart_works(
+    tmp_path: Path,
+) -> None:
+    """After SIGKILL nothing the sandbox started lives on: its bus, its Open vSwitch,
+    lxc-monitor, a rebuild and the rebuild's own child; then the sandbox starts again."""
+    box = tmp_path / "sandbox"
+    box.mkdir()
+    fake = Path(__file__).resolve().parent.parent / "fake_nixos_rebuild.py"
+    (box / "config.json").write_text(json.dumps({"rebuild": {"command": str(fake)}}))
+    env = {**os.environ, "FAKE_REBUILD_DELAY": "1", "FAKE_REBUILD_LINES": "100"}
+    daemon = subprocess.Popen(
+        [PYTHON, "-m", "opdbus", "--sandbox", str(box)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    address = wait_for_file(box / "bus-address", daemon)
+    started = opctl(address, "--json", "rebuild", "build", "--no-wait")
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+        "sleep 300" in p.cmdline for p in _tree(daemon.pid).values()
+    ):
+        time.sleep(0.05)
+    started_by_it = _tree(daemon.pid)
+    kinds = " ".join(p.cmdline for p in started_by_it.values())
+    for kind in ("dbus-daemon", "ovsdb-server", "ovs-vswitchd", "lxc-monitor", "sleep 300"):
+        assert kind in kinds, f"{kind} not running under the sandbox: {kinds}"
+
+    daemon.kill()
+    daemon.wait()
+    # They were ours (we are their subreaper now); none may survive the daemon.
+    left: dict[int, Proc] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = process_table()
+        left = {
+            pid: p
+            for pid, p in started_by_it.items()
+            if pid in now
+            and now[pid].start == p.start
+            and now[pid].state != "Z"
+            and "lxc-monitord" not in p.cmdline  # LXC's own: ends 30 s after its last client
+        }
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, f"outlived the sandbox: {[p.cmdline for p in left.values()]}"
+
+    # The dead sandbox's leftovers (its socket, its bus-address) do not block a new one.
+    stale = (box / "bus-address").read_text()
+    again = subprocess.Popen(
+        [PYTHON, "-m", "opdbus", "--sandbox", str(box)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while (box / "bus-address").exists() and (box / "bus-address").read_text() == stale:
+            assert time.monotonic() < deadline and again.poll() is None
+            time.sleep(0.05)
+        address = wait_for_file(box / "bus-address", again)
+        # A refused second start touches nothing of the running one.
+        second = run([PYTHON, "-m", "opdbus", "--sandbox", str(box)])
+        assert second.returncode == 1 and "already running" in second.stderr
+        assert (box / "bus-address").read_text().strip() == address
+        assert json.loads(opctl(address, "--json", "status").stdout)["mode"] == "full"
+    finally:
+        again.send_signal(signal.SIGINT)
+        again.communicate(timeout=30)
+    assert again.returncode == 0

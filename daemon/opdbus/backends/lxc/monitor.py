@@ -9,13 +9,12 @@ since changes in between were not seen.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import re
-import signal
 from collections.abc import Callable
 from pathlib import Path
+
+from opdbus.backends import process
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +50,8 @@ class Monitor:
 
     async def _watch_once(self) -> None:
         await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
-        self._process = await asyncio.create_subprocess_exec(
-            "lxc-monitor",
-            "-P",
-            str(self.path),
-            "-n",
-            ".*",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
+        self._process = await process.spawn(
+            ["lxc-monitor", "-P", str(self.path), "-n", ".*"], stderr=asyncio.subprocess.DEVNULL
         )
         assert self._process.stdout is not None
         # lxc-monitor says nothing when it has reached lxc-monitord: give it a
@@ -71,13 +62,11 @@ class Monitor:
             if match:
                 self._on_change(match["name"], match["what"])
         status = await self._process.wait()
+        process.forget(self._process)
         log.warning("lxc-monitor for %s ended (status %s); restarting it", self.path, status)
         self._process = None
 
     async def _end(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        await asyncio.shield(process.wait())
+        running, self._process = self._process, None
+        if running is not None:
+            await asyncio.shield(process.end(running, grace=5))

@@ -11,58 +11,14 @@ build. The price, a fork per verb, is ~2 ms against a container start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from opdbus.errors import BackendFailed, Timeout
+from opdbus.backends.process import Result, run
+from opdbus.errors import BackendFailed
 
 TOOLS = ("lxc-create", "lxc-start", "lxc-stop", "lxc-info", "lxc-attach", "lxc-destroy")
-
-
-@dataclass(frozen=True)
-class Result:
-    status: int
-    stdout: str
-    stderr: str
-
-    def reason(self) -> str:
-        """The tool's own last words, for an error message."""
-        lines = [line for line in (self.stderr or self.stdout).splitlines() if line.strip()]
-        return lines[-1].strip() if lines else f"exit status {self.status}"
-
-
-async def run(
-    argv: list[str],
-    *,
-    timeout: float,
-    env: dict[str, str] | None = None,
-    what: str,
-) -> Result:
-    """Run a tool to its end within ``timeout`` (then its whole process group is killed)."""
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await process.communicate()
-    except BaseException as e:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        if isinstance(e, TimeoutError):
-            raise Timeout(f"{what}: {argv[0]} did not finish within {timeout:g} s") from None
-        raise
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 _SIZE = re.compile(r"([\d.]+)\s*([KMGT]?i?B|bytes)")
