@@ -6,7 +6,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opdbus.bus.codec import decode_options, plain
 from opdbus.errors import InvalidArgs
+from opdbus.models.container import ContainerSpec, StopOptions
+from opdbus.models.network import Addressing, BridgeSpec, PortSpec
 from opdbus.models.validation import ValidateOptions
+from opdbus.models.vm import ShutdownOptions
 
 
 class Sample(BaseModel):
@@ -66,3 +69,30 @@ def test_value_range_errors_name_the_option() -> None:
 def test_plain_unwraps_nested_variants() -> None:
     value = {"a": Variant("a{sv}", {"b": Variant("i", 1)}), "c": [Variant("s", "d")], "e": b"\x01"}
     assert plain(value) == {"a": {"b": 1}, "c": ["d"], "e": "01"}
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        # Optional, constrained and list options were let through to pydantic,
+        # which coerced them ("5" -> 5.0, True -> 1.0, "1" -> 1).
+        (ShutdownOptions, {"timeout": Variant("s", "5")}, "'timeout' .* a number \\(d\\)"),
+        (StopOptions, {"timeout": Variant("b", True)}, "'timeout' .* a number \\(d\\)"),
+        (ContainerSpec, {"id": Variant("s", "1")}, "'id' .* an integer \\(u\\)"),
+        (ContainerSpec, {"ipv4": Variant("s", "10.0.0.2/24")}, "'ipv4' .* a list of strings"),
+        (Addressing, {"mtu": Variant("s", "1400")}, "'mtu' .* an integer \\(u\\)"),
+        (PortSpec, {"name": Variant("s", "p"), "trunks": Variant("as", ["10"])}, "'trunks'"),
+        (BridgeSpec, {"name": Variant("s", "b"), "ports": Variant("as", ["p"])}, "'ports'"),
+    ],
+)
+def test_every_option_has_its_d_bus_type_enforced(
+    model: type[BaseModel], options: dict[str, Variant], message: str
+) -> None:
+    with pytest.raises(InvalidArgs, match=message):
+        decode_options(model, options, "X")
+
+
+def test_the_right_types_still_pass() -> None:
+    assert decode_options(ShutdownOptions, {"timeout": Variant("u", 5)}, "X").timeout == 5.0
+    assert decode_options(ContainerSpec, {"id": Variant("u", 101)}, "X", name="c").id == 101
+    assert decode_options(Addressing, {"mtu": Variant("q", 1400)}, "X").mtu == 1400

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import types
-from typing import Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from dbus_fast import Variant
 from pydantic import BaseModel, ValidationError
@@ -31,6 +31,13 @@ def plain(value: Any) -> Any:
 def _accepted(annotation: Any) -> tuple[frozenset[str], str]:
     """Signatures a model field accepts, and how to name that type to a person."""
     origin = get_origin(annotation)
+    if origin is Annotated:  # constrained types: the constraint is pydantic's, the type ours
+        return _accepted(get_args(annotation)[0])
+    if origin is Literal:
+        kinds = {type(value) for value in get_args(annotation)}
+        if len(kinds) == 1:
+            return _accepted(kinds.pop())
+        return frozenset(), "one of the allowed values"
     if origin in (Union, types.UnionType):
         accepted: set[str] = set()
         labels = []
@@ -53,6 +60,8 @@ def _accepted(annotation: Any) -> tuple[frozenset[str], str]:
 
 def _scalar(annotation: Any) -> tuple[frozenset[str], str, str]:
     """(accepted signatures, noun, the signature to suggest) of a scalar type."""
+    if get_origin(annotation) is Annotated:
+        return _scalar(get_args(annotation)[0])
     if annotation is bool:
         return frozenset("b"), "boolean", "b"
     if annotation is int:
@@ -78,7 +87,11 @@ def decode_options(model: type[M], options: dict[str, Variant], what: str, **giv
             valid = ", ".join(sorted(fields)) or "none"
             raise InvalidArgs(f"unknown option '{key}' for {what}; valid options: {valid}")
         accepted, label = _accepted(field.annotation)
-        if accepted and variant.signature not in accepted:
+        if not accepted:
+            # Structured fields (a bridge's ports) come in documents, not a{sv}:
+            # nothing reaches pydantic without its D-Bus type checked.
+            raise InvalidArgs(f"'{key}' cannot be given as an option of {what}")
+        if variant.signature not in accepted:
             raise InvalidArgs(
                 f"option '{key}' of {what} must be {label}, not D-Bus type '{variant.signature}'"
             )
@@ -89,17 +102,45 @@ def decode_options(model: type[M], options: dict[str, Variant], what: str, **giv
     return validate(model, values, what, label="option", arguments=set(given))
 
 
+PROBLEMS_SHOWN = 10
+
+
+def json_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's error location as a JSON path: ``lxc.containers[2].bridge``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def problems(error: ValidationError) -> list[str]:
+    """Every problem pydantic found, each as ``path: message``."""
+    out = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        where = json_path(item["loc"])
+        out.append(f"{where}: {message}" if where else message)
+    return out
+
+
 def validate(
     model: type[M], data: Any, what: str, *, label: str = "", arguments: set[str] | None = None
 ) -> M:
-    """pydantic validation whose failure is one InvalidArgs naming the field."""
+    """pydantic validation whose failure is one InvalidArgs naming the field(s).
+
+    With a ``label`` (options, arguments) the first problem is named as that
+    kind of thing; a document (no label) gets every problem with its JSON path.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as e:
+        if not label:
+            found = problems(e)
+            shown = "; ".join(found[:PROBLEMS_SHOWN])
+            more = len(found) - PROBLEMS_SHOWN
+            tail = f"; and {more} more" if more > 0 else ""
+            raise InvalidArgs(f"{what}: {shown}{tail}") from None
         first = e.errors()[0]
-        where = "".join(
-            f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
-        ).lstrip(".")
+        where = json_path(first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown field"
@@ -107,5 +148,4 @@ def validate(
             raise InvalidArgs(f"{what}: {message}") from None
         if arguments and first["loc"] and first["loc"][0] in arguments:
             label = "argument"
-        prefix = f"{label} '{where}'" if label else where
-        raise InvalidArgs(f"{prefix} of {what}: {message}") from None
+        raise InvalidArgs(f"{label} '{where}' of {what}: {message}") from None
