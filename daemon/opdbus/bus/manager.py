@@ -1,6 +1,6 @@
 """org.opdbus.Manager1 at /org/opdbus: the daemon's front door."""
 
-import json
+import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -21,7 +21,8 @@ from opdbus.config import Mode
 from opdbus.errors import InvalidArgs, NotSupported
 from opdbus.models.audit import AuditEntry
 from opdbus.models.container import ContainerSpec
-from opdbus.models.network import BridgesDocument, BridgeSpec, from_seed_interfaces
+from opdbus.models.document import parse_json
+from opdbus.models.network import BridgesDocument, BridgeSpec, SeedNet
 from opdbus.models.sync import RebuildAction, RebuildOptions, SyncOptions, UpdateOptions
 from opdbus.models.validation import ValidateOptions
 from opdbus.models.vm import CreateVmOptions
@@ -69,6 +70,14 @@ class ManagerServices:
     network: NetworkService | None = None  # None: OVS is off in this mode
     vms: VmService | None = None  # None: libvirt is off in this mode
     containers: ContainerService | None = None  # None: LXC is off in this mode
+
+
+def _bridges_document(text: str) -> BridgesDocument:
+    """ApplyBridges' argument, checked (in a thread: a big document takes a while)."""
+    data = parse_json(text, "ApplyBridges")
+    if isinstance(data, dict) and "interfaces" in data and "bridges" not in data:
+        data = validate(SeedNet, data, "ApplyBridges").bridges()
+    return validate(BridgesDocument, data, "ApplyBridges")
 
 
 def audit_entry_to_dbus(entry: AuditEntry) -> dict[str, Variant]:
@@ -187,18 +196,7 @@ class Manager1(OpdbusInterface):
     @bus_method(action=Action.BRIDGE_APPLY)
     async def ApplyBridges(self, document: DBusStr) -> DBusObjectPath:
         network = self._network()
-        try:
-            data = json.loads(document)
-        except json.JSONDecodeError as e:
-            raise InvalidArgs(
-                f"ApplyBridges: not JSON (line {e.lineno} column {e.colno}: {e.msg})"
-            ) from None
-        if isinstance(data, dict) and "interfaces" in data and "bridges" not in data:
-            try:
-                data = from_seed_interfaces(data)
-            except (KeyError, TypeError, ValueError) as e:
-                raise InvalidArgs(f"ApplyBridges: {e}") from None
-        doc = validate(BridgesDocument, data, "ApplyBridges")
+        doc = await asyncio.to_thread(_bridges_document, document)
         return await submit_job(
             self._s.jobs,
             "ApplyBridges",

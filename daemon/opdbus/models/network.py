@@ -8,12 +8,26 @@ addresses are IPv4 CIDRs. Past this module everything is a typed value.
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
+# Bounds on what one call may ask for (far above any real host's needs).
+BRIDGES_MAX = 4096
+PORTS_MAX = 4096
+ADDRESSES_MAX = 256
+EXTERNAL_IDS_MAX = 64
+ID_TEXT_MAX = 256
+
+
+def first_duplicate(names: Iterable[str]) -> str | None:
+    """The first name (in sorted order) that occurs twice; linear, not names.count per name."""
+    dupes = sorted(name for name, count in Counter(names).items() if count > 1)
+    return dupes[0] if dupes else None
 
 
 def _check_ifname(name: str) -> str:
@@ -69,7 +83,7 @@ class _Strict(BaseModel):
 class PortOptions(_Strict):
     type: PortType = PortType.SYSTEM
     tag: VlanTag | None = None
-    trunks: list[VlanTag] = Field(default_factory=list)
+    trunks: list[VlanTag] = Field(default_factory=list, max_length=4096)
     peer: IfName | None = None
 
     @model_validator(mode="after")
@@ -94,7 +108,7 @@ class AddressOptions(_Strict):
 
 
 class Addressing(AddressOptions):
-    addresses: list[Cidr] = Field(default_factory=list)
+    addresses: list[Cidr] = Field(default_factory=list, max_length=ADDRESSES_MAX)
 
     @model_validator(mode="after")
     def _consistent(self) -> Addressing:
@@ -113,20 +127,22 @@ class BridgeOptions(Addressing):
     datapath_type: Literal["system", "netdev"] | None = None  # None: the configured default
     fail_mode: Literal["standalone", "secure"] | None = None
     stp: bool = False
-    external_ids: dict[str, str] = Field(default_factory=dict)
+    external_ids: dict[
+        Annotated[str, Field(min_length=1, max_length=ID_TEXT_MAX)],
+        Annotated[str, Field(max_length=ID_TEXT_MAX)],
+    ] = Field(default_factory=dict, max_length=EXTERNAL_IDS_MAX)
 
 
 class BridgeSpec(BridgeOptions):
     name: IfName
-    ports: list[PortSpec] = Field(default_factory=list)
+    ports: list[PortSpec] = Field(default_factory=list, max_length=PORTS_MAX)
 
     @model_validator(mode="after")
     def _unique_ports(self) -> BridgeSpec:
-        names = [port.name for port in self.ports]
-        dupes = sorted({name for name in names if names.count(name) > 1})
-        if dupes:
-            raise ValueError(f"port {dupes[0]} is listed twice")
-        if self.name in names:
+        twice = first_duplicate(port.name for port in self.ports)
+        if twice is not None:
+            raise ValueError(f"port {twice} is listed twice")
+        if any(port.name == self.name for port in self.ports):
             raise ValueError(f"{self.name} is the bridge's own port; do not list it")
         return self
 
@@ -134,46 +150,68 @@ class BridgeSpec(BridgeOptions):
 class BridgesDocument(_Strict):
     """What ApplyBridges takes: the bridges that should exist, with their ports."""
 
-    bridges: list[BridgeSpec]
+    bridges: list[BridgeSpec] = Field(max_length=BRIDGES_MAX)
 
     @model_validator(mode="after")
     def _unique(self) -> BridgesDocument:
-        names = [bridge.name for bridge in self.bridges]
-        dupes = sorted({name for name in names if names.count(name) > 1})
-        if dupes:
-            raise ValueError(f"bridge {dupes[0]} is listed twice")
-        ports = [port.name for bridge in self.bridges for port in bridge.ports]
-        dupes = sorted({name for name in ports if ports.count(name) > 1})
-        if dupes:
-            raise ValueError(f"port {dupes[0]} is listed on two bridges")
+        twice = first_duplicate(bridge.name for bridge in self.bridges)
+        if twice is not None:
+            raise ValueError(f"bridge {twice} is listed twice")
+        twice = first_duplicate(port.name for bridge in self.bridges for port in bridge.ports)
+        if twice is not None:
+            raise ValueError(f"port {twice} is listed on two bridges")
         return self
 
 
-def from_seed_interfaces(data: dict[str, Any]) -> dict[str, Any]:
-    """The op-dbus seed's ``net.interfaces`` shape -> a BridgesDocument dict.
+# -- the op-dbus seed's network format ------------------------------------------
 
-    ``{"interfaces": [{"name": "mesh", "type": "ovs-bridge", "ports": [],
-    "ipv4": {"enabled": true, "dhcp": false, "address": [{"ip": "10.0.0.1",
-    "prefix": 24}], "gateway": "..."}}]}`` -- seed files work unchanged.
-    """
-    bridges = []
-    for item in data.get("interfaces", []):
-        if item.get("type", "ovs-bridge") != "ovs-bridge":
-            raise ValueError(f"interface {item.get('name')!r}: only type ovs-bridge is supported")
-        ipv4 = item.get("ipv4") or {}
-        bridge: dict[str, Any] = {
-            "name": item["name"],
+
+class SeedAddress(_Strict):
+    ip: Ipv4
+    prefix: Annotated[int, Field(ge=0, le=32)]
+
+
+class SeedIpv4(_Strict):
+    enabled: bool = True
+    dhcp: bool = False
+    address: list[SeedAddress] = Field(default_factory=list, max_length=ADDRESSES_MAX)
+    gateway: Ipv4 | None = None
+
+
+class SeedInterface(_Strict):
+    """One entry of the seed's ``net.interfaces`` (only OVS bridges are op-dbus's)."""
+
+    name: IfName
+    type: Literal["ovs-bridge"] = "ovs-bridge"
+    ports: list[IfName | PortSpec] = Field(default_factory=list, max_length=PORTS_MAX)
+    ipv4: SeedIpv4 | None = None
+
+    def bridge(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
             "ports": [
-                {"name": port} if isinstance(port, str) else port for port in item.get("ports", [])
+                {"name": p} if isinstance(p, str) else p.model_dump(exclude_defaults=True)
+                for p in self.ports
             ],
         }
-        if ipv4.get("enabled", True):
-            bridge["dhcp"] = bool(ipv4.get("dhcp", False))
-            bridge["addresses"] = [f"{a['ip']}/{a['prefix']}" for a in ipv4.get("address", [])]
-            if ipv4.get("gateway"):
-                bridge["gateway"] = ipv4["gateway"]
-        bridges.append(bridge)
-    return {"bridges": bridges}
+        ipv4 = self.ipv4 or SeedIpv4()
+        if ipv4.enabled:
+            out["dhcp"] = ipv4.dhcp
+            out["addresses"] = [f"{a.ip}/{a.prefix}" for a in ipv4.address]
+            if ipv4.gateway:
+                out["gateway"] = ipv4.gateway
+        return out
+
+
+class SeedNet(_Strict):
+    """The seed's ``{"interfaces": [...]}``: ``{"name": "mesh", "type": "ovs-bridge",
+    "ports": [], "ipv4": {"enabled": true, "dhcp": false, "address": [{"ip":
+    "10.0.0.1", "prefix": 24}], "gateway": "..."}}`` -- seed files work unchanged."""
+
+    interfaces: list[SeedInterface] = Field(max_length=BRIDGES_MAX)
+
+    def bridges(self) -> dict[str, Any]:
+        return {"bridges": [item.bridge() for item in self.interfaces]}
 
 
 # -- what a bridge is (the Bridge1 properties) ----------------------------------
