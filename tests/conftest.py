@@ -13,7 +13,9 @@ import contextlib
 import grp
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from opctl.client import Client
 from opdbus.backends.process import REAPER
 from opdbus.config import Config, parse_config
 from opdbus.daemon import Daemon
-from opdbus.sandbox import PrivateBus, start_private_bus
+from opdbus.sandbox import POLKIT_BUS_POLICY, PrivateBus, start_private_bus, user_grant
 from opdbus.sandbox_ovs import PrivateOvs, ovs_installed, start_private_ovs
 from tests.libvirtd import PrivateLibvirtd, have_libvirtd, start_private_libvirtd
 from tests.support import (
@@ -56,6 +58,10 @@ REAPER.ensure_started()
 # Daemons LXC starts on demand and that end by themselves (lxc-monitord goes
 # 30 s after its last client): ours to clean up, not a test's leak.
 SELF_ENDING = ("lxc-monitord",)
+# Work directories of session-scoped fixtures (the libvirtd shared by all VM
+# tests, restarted by some of them): processes running from there are the
+# session's, not a test's.
+SESSION_DIRS: list[str] = []
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +77,11 @@ def no_leaked_processes() -> Iterator[None]:
     yield
     leaked: dict[int, Proc] = {}
     for _ in range(50):  # processes told to stop may take a moment to go
-        leaked = new_descendants(before, process_table(), me)
+        leaked = {
+            pid: proc
+            for pid, proc in new_descendants(before, process_table(), me).items()
+            if not any(directory in proc.cmdline for directory in SESSION_DIRS)
+        }
         if not any(_counts(proc) for proc in leaked.values()):
             break
         subprocess.run(["sleep", "0.1"], check=False)
@@ -248,12 +258,39 @@ def test_users() -> Iterator[dict[str, str]]:
         subprocess.run(["groupdel", ADMIN_GROUP], check=False)
 
 
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory other users can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="opdbus-auth-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def auth_bus(test_users: dict[str, str], shared_dir: Path) -> Iterator[PrivateBus]:
+    """A bus that knows the test users (made first) and carries polkit's own bus policy."""
+    # A site policy letting one more user call op-dbus: the daemon must still say no.
+    extra = {"site-grant.conf": user_grant(test_users["policy"], own=False)}
+    if POLKIT_BUS_POLICY.is_file():
+        extra[POLKIT_BUS_POLICY.name] = POLKIT_BUS_POLICY.read_text()
+    bus = start_private_bus(shared_dir / "bus", policy_files=extra)
+    (shared_dir / "bus").chmod(0o755)
+    try:
+        yield bus
+    finally:
+        bus.stop()
+
+
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[PrivateLibvirtd]:
     """A real libvirtd + virtlogd (QEMU driver), one for the session: its first start probes QEMU."""
     if not have_libvirtd():
         pytest.skip("libvirtd is not installed (make deps installs libvirt-daemon-system)")
     daemon = start_private_libvirtd()
+    SESSION_DIRS.append(str(daemon.workdir))
     try:
         yield daemon
     finally:

@@ -115,6 +115,11 @@ class Client:
         self._arrivals = 0
         self._reply_arrival: dict[int, int] = {}
         bus.add_message_handler(self._stamp)
+        # The unique name that owns org.opdbus: signals from anyone else are
+        # forgeries (any local user may send a unicast signal to anyone).
+        self._owner: str | None = None
+        self._owner_seen_at = 0  # arrival of the NameOwnerChanged it came from
+        self._tracking: asyncio.Future[None] | None = None
 
     def _stamp(self, msg: Message) -> None:
         self._arrivals += 1
@@ -390,6 +395,16 @@ class Client:
         ok, first_bad, reason = await self.call(names.ROOT_PATH, names.MANAGER_IFACE, "VerifyAudit")
         return AuditVerdict(ok=ok, first_bad_seq=first_bad, reason=reason)
 
+    async def init_audit_sealing(self, epoch_seconds: int, *, force: bool) -> str:
+        (key,) = await self.call(
+            names.ROOT_PATH,
+            names.MANAGER_IFACE,
+            "InitAuditSealing",
+            "a{sv}",
+            [to_variants({"epoch_seconds": epoch_seconds, "force": force})],
+        )
+        return str(key)
+
     async def audit(self, start: int, limit: int) -> list[AuditEntry]:
         (entries,) = await self.call(
             names.ROOT_PATH, names.MANAGER_IFACE, "GetAudit", "tu", [start, limit]
@@ -398,13 +413,64 @@ class Client:
 
     # -- signals -----------------------------------------------------------------
 
+    @property
+    def owner(self) -> str | None:
+        """The unique name that owns org.opdbus now (once signals are in use)."""
+        return self._owner
+
+    def _owner_changed(self, msg: Message) -> None:
+        if (
+            msg.message_type is MessageType.SIGNAL
+            and msg.sender == names.DBUS_NAME  # only the bus itself can send as the bus
+            and msg.member == "NameOwnerChanged"
+            and msg.body
+            and msg.body[0] == names.BUS_NAME
+        ):
+            self._owner = msg.body[2] or None
+            self._owner_seen_at = self._arrivals
+
+    async def track_owner(self) -> None:
+        """Follow who owns org.opdbus (NameOwnerChanged), once per connection."""
+        if self._tracking is None:
+            self._tracking = asyncio.ensure_future(self._start_tracking())
+        await asyncio.shield(self._tracking)
+
+    async def _start_tracking(self) -> None:
+        self.bus.add_message_handler(self._owner_changed)
+        await self.add_match(
+            f"type='signal',sender='{names.DBUS_NAME}',interface='{names.DBUS_IFACE}',"
+            f"member='NameOwnerChanged',arg0='{names.BUS_NAME}'"
+        )
+        message = self._message(
+            names.DBUS_PATH,
+            names.DBUS_IFACE,
+            "GetNameOwner",
+            "s",
+            [names.BUS_NAME],
+            names.DBUS_NAME,
+        )
+        try:
+            (owner,), arrival = await self._send(message, stamp=True)
+        except Unreachable:
+            owner, arrival = None, self._arrivals  # nobody owns it (yet)
+        if self._owner_seen_at <= arrival:  # a change signalled after the reply is newer
+            self._owner = owner
+
     @asynccontextmanager
     async def signals(self, rule: str) -> AsyncIterator[asyncio.Queue[SignalEvent]]:
-        """Queue every signal from op-dbusd matching ``rule`` while the context is open."""
+        """Queue every signal from op-dbusd matching ``rule`` while the context is open.
+
+        Only signals whose sender is the current owner of org.opdbus count;
+        any other connection's are dropped, however they are addressed.
+        """
         queue: asyncio.Queue[SignalEvent] = asyncio.Queue()
 
         def handler(msg: Message) -> None:
-            if msg.message_type is MessageType.SIGNAL and msg.sender != names.DBUS_NAME:
+            if (
+                msg.message_type is MessageType.SIGNAL
+                and msg.sender is not None
+                and msg.sender == self._owner
+            ):
                 queue.put_nowait(
                     SignalEvent(
                         msg.path or "",
@@ -415,6 +481,7 @@ class Client:
                     )
                 )
 
+        await self.track_owner()
         self.bus.add_message_handler(handler)
         try:
             await self.add_match(

@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,38 +21,12 @@ from typing import Any
 import pytest
 
 from opdbus import errors
-from opdbus.sandbox import POLKIT_BUS_POLICY, PrivateBus, start_private_bus, user_grant
+from opdbus.sandbox import PrivateBus
 from tests.support import PYTHON, REPO, base_config, busctl, manager_call, opctl, run
 
 POLKIT_ACTIONS = Path("/usr/share/polkit-1/actions/org.opdbus.policy")
 POLKIT_RULES = Path("/etc/polkit-1/rules.d/49-opdbus-tests.rules")
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory other users can reach (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="opdbus-auth-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def auth_bus(test_users: dict[str, str], shared_dir: Path) -> Iterator[PrivateBus]:
-    """A bus that knows the test users (made first) and carries polkit's own bus policy."""
-    # A site policy letting one more user call op-dbus: the daemon must still say no.
-    extra = {"site-grant.conf": user_grant(test_users["policy"], own=False)}
-    if POLKIT_BUS_POLICY.is_file():
-        extra[POLKIT_BUS_POLICY.name] = POLKIT_BUS_POLICY.read_text()
-    bus = start_private_bus(shared_dir / "bus", policy_files=extra)
-    (shared_dir / "bus").chmod(0o755)
-    try:
-        yield bus
-    finally:
-        bus.stop()
 
 
 @pytest.fixture
