@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NoReturn
 
-from opctl import cli_ct, cli_net, cli_sync, cli_vm, render
+from opctl import cli_audit, cli_ct, cli_net, cli_sync, cli_vm, render
+from opctl.cli_audit import AuditCommands
 from opctl.cli_ct import CtCommands
 from opctl.cli_net import NetCommands
 from opctl.cli_sync import SyncCommands
@@ -97,15 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     log.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
 
-    audit = sub.add_parser("audit", help="the hash-chained audit log")
-    asub = audit.add_subparsers(
-        dest="audit_command", required=True, metavar="ACTION", parser_class=Parser
-    )
-    alist = command(asub, "list", "entries (default: the last 20)")
-    alist.add_argument("--from", dest="start", type=int, metavar="SEQ", help="first entry")
-    alist.add_argument("--last", type=int, default=20, metavar="N", help="the last N entries")
-    command(asub, "verify", "recompute the chain; exit 1 naming the first bad entry")
-
+    cli_audit.add_parser(sub, command)
     cli_net.add_parser(sub, command)
     cli_vm.add_parser(sub, command)
     cli_ct.add_parser(sub, command)
@@ -344,44 +337,7 @@ class Cli:
         return await SyncCommands(self).update()
 
     async def audit(self) -> int:
-        if self.args.audit_command == "verify":
-            verdict = await self.client.verify_audit()
-            if self.args.json:
-                render.dump(verdict.model_dump())
-            elif verdict.ok:
-                print(f"audit log intact: {verdict.reason}")
-            else:
-                print(
-                    f"audit log BROKEN at entry {verdict.first_bad_seq}: {verdict.reason}",
-                    file=sys.stderr,
-                )
-            return 0 if verdict.ok else errors.Failed.exit_code
-        start = self.args.start
-        limit = self.args.last
-        if start is None:
-            head = (await self.client.status()).audit_seq
-            start = max(head - limit + 1, 1)
-        entries = await self.client.audit(start, limit)
-        if self.args.json:
-            render.dump([entry.model_dump() for entry in entries])
-        else:
-            render.table(
-                ["seq", "time", "uid", "kind", "method", "object", "job", "result"],
-                [
-                    (
-                        e.seq,
-                        e.time[:19].replace("T", " "),
-                        e.uid,
-                        e.kind,
-                        e.method,
-                        e.object or "-",
-                        e.job.rsplit("/", 1)[-1] if e.job else "-",
-                        e.result,
-                    )
-                    for e in entries
-                ],
-            )
-        return 0
+        return await AuditCommands(self).run()
 
     async def watch(self) -> int:
         """Until SIGINT/SIGTERM, which end it normally (exit 0)."""
@@ -435,9 +391,11 @@ class Cli:
 
 
 async def run(args: argparse.Namespace) -> int:
-    offline: Callable[[argparse.Namespace], int] | None = getattr(args, "offline", None)
-    if offline is not None:  # needs no daemon (opctl vm profile schema)
-        return offline(args)
+    offline: Callable[[argparse.Namespace], int | None] | None = getattr(args, "offline", None)
+    if offline is not None:  # may need no daemon (opctl vm profile schema, audit verify --file)
+        status = offline(args)
+        if status is not None:
+            return status
     client = await Client.connect(args.bus)
     try:
         cli = Cli(args, client)

@@ -66,6 +66,7 @@ class Action:
     SYNC: Final = "org.opdbus.host.sync"
     REBUILD: Final = "org.opdbus.host.rebuild"
     UPDATE: Final = "org.opdbus.host.update"
+    AUDIT_SEAL: Final = "org.opdbus.audit.seal"
 
 
 def job_path(job_id: int) -> str:

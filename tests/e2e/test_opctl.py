@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from opdbus.models.audit import AuditEntry, make_entry
 from opdbus.sandbox import PrivateBus
 from tests.support import CALM, PYTHON, Opdbusd, base_config, opctl, run, silent_socket
 
@@ -184,17 +185,57 @@ def test_audit_list_and_verify_catches_tampering(calm: Opdbusd, private_bus: Pri
     log.write_text("".join(lines))
     bad = opctl(private_bus.address, "audit", "verify")
     assert bad.returncode == 1
-    assert (
-        bad.stderr.strip()
-        == "audit log BROKEN at entry 2: entry 2 was altered: its hash does not match its content"
-    )
+    assert bad.stderr.splitlines() == [
+        "audit log BROKEN:",
+        "  - entry 2 was altered: its hash does not match its content",
+    ]
     data = json.loads(opctl(private_bus.address, "--json", "audit", "verify").stdout)
     assert data == {
         "ok": False,
+        "entries": 4,
         "first_bad_seq": 2,
-        "reason": "entry 2 was altered: its hash does not match its content",
-        "entries": 0,
+        "problems": ["entry 2 was altered: its hash does not match its content"],
+        "verified_with_key": False,
     }
+
+
+def test_audit_sealing_proves_what_was_sealed(calm: Opdbusd, private_bus: PrivateBus) -> None:
+    """seal-init shows the key once; verify --key (over the bus, or a copied file) proves the
+    sealed entries and names a rewrite that keeps the plain chain intact."""
+    init = opctl(private_bus.address, "audit", "seal-init", "--epoch", "1")
+    assert init.returncode == 0, init.stderr
+    key = init.stdout.strip()
+    assert key.startswith("opdbus-seal-v1:") and "not be shown again" in init.stderr
+    again = opctl(private_bus.address, "audit", "seal-init")
+    assert again.returncode == 10 and "already on" in again.stderr  # Conflict
+    opctl(private_bus.address, "validate", "--quick")
+    time.sleep(2.2)  # two epochs end: two seals
+    ok = opctl(private_bus.address, "audit", "verify", "--key", key)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("audit log intact: ") and "seals prove entries 1-" in ok.stdout
+    assert key.split(":")[1] not in (calm.state_dir / "audit" / "seal.key").read_text()
+    copy = calm.state_dir.parent / "copy.jsonl"
+    log = calm.state_dir / "audit" / "audit.jsonl"
+    copy.write_bytes(log.read_bytes())
+    offline = run(
+        [PYTHON, "-m", "opctl", "--json", "audit", "verify", "--file", str(copy), "--key", key]
+    )
+    report = json.loads(offline.stdout)
+    assert offline.returncode == 0 and report["ok"] and report["sealed_through"] >= 3
+    # A root attacker rewrites entry 2 and re-chains everything after it.
+    entries = [AuditEntry.model_validate_json(line) for line in copy.read_text().splitlines()]
+    forged, prev = [], entries[0].prev_hash
+    for entry in entries:
+        fields = {k: v for k, v in entry.body().items() if k not in ("seq", "prev_hash")}
+        if entry.seq == 2:
+            fields["result"] = "error: org.opdbus.Error.NotAuthorized"
+        forged.append(make_entry(entry.seq, prev, **fields))
+        prev = forged[-1].hash
+    copy.write_text("".join(e.model_dump_json() + "\n" for e in forged))
+    plain = run([PYTHON, "-m", "opctl", "audit", "verify", "--file", str(copy)])
+    assert plain.returncode == 0  # the bare chain cannot tell...
+    sealed = run([PYTHON, "-m", "opctl", "audit", "verify", "--file", str(copy), "--key", key])
+    assert sealed.returncode == 1 and "does not verify" in sealed.stderr  # ...the seals can
 
 
 def test_watch_prints_every_signal_and_stops_cleanly(

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
 
+from opdbus.backends.audit_store import AuditFiles
 from opdbus.models.audit import AuditEntry
 from opdbus.services.audit import AuditLog
 
@@ -14,6 +14,7 @@ async def filled(directory: Path, count: int) -> AuditLog:
     audit = AuditLog(directory)
     await audit.open()
     for i in range(count):
+        await audit.reserve()
         await audit.append(
             uid=i,
             kind="call",
@@ -60,12 +61,16 @@ async def test_concurrent_appends_are_serialized_into_one_chain(tmp_path: Path) 
     audit = AuditLog(tmp_path)
     await audit.open()
     entries = await asyncio.gather(
-        *(audit.append(uid=i, kind="call", method="m", target="/", result="ok") for i in range(200))
+        *(
+            audit.append(uid=i, kind="call", method="m", target="/", result="ok", reserved=False)
+            for i in range(200)
+        )
     )
     assert sorted(entry.seq for entry in entries) == list(range(1, 201))
     assert (await audit.verify()).ok
-    assert json.loads((tmp_path / "head.json").read_text())["seq"] == 200
     await audit.close()
+    head, problem = await asyncio.to_thread(AuditFiles(tmp_path)._read_head)
+    assert head is not None and head.seq == 200 and not problem
 
 
 @pytest.mark.parametrize(
@@ -111,7 +116,7 @@ async def test_tampering_is_detected_at_the_right_entry(
     # A restarted daemon still sees it, and chaining on does not hide it.
     again = AuditLog(tmp_path)
     await again.open()
-    await again.append(uid=0, kind="call", method="m", target="/", result="ok")
+    await again.append(uid=0, kind="call", method="m", target="/", result="ok", reserved=False)
     later = await again.verify()
     assert not later.ok and later.first_bad_seq == first_bad
     await again.close()
@@ -125,7 +130,11 @@ async def test_truncation_is_remembered_across_a_restart(tmp_path: Path) -> None
     await again.open()
     assert "log ends before entry 6" in again.problem
     entry = await again.append(uid=0, kind="call", method="m", target="/", result="ok")
-    assert entry.seq == 7  # chained from the head record, so the gap 5-6 stays visible
+    # Chained from the head record, so the gap 5-6 stays visible; 7 is the
+    # daemon's own note of what it found.
+    assert entry.seq == 8
+    (notice,) = await again.read(7, 1)
+    assert notice.kind == "daemon" and "log ends before entry 6" in notice.result
     verdict = await again.verify()
     assert not verdict.ok and verdict.first_bad_seq == 5
     await again.close()
@@ -136,6 +145,6 @@ async def test_read_pages_through_entries(tmp_path: Path) -> None:
     page = await audit.read(11, 5)
     assert [entry.seq for entry in page] == [11, 12, 13, 14, 15]
     assert await audit.read(31, 5) == []
-    await audit.append(uid=0, kind="call", method="m", target="/", result="ok")
+    await audit.append(uid=0, kind="call", method="m", target="/", result="ok", reserved=False)
     assert [entry.seq for entry in await audit.read(29, 0)] == [29, 30, 31]
     await audit.close()

@@ -12,6 +12,7 @@ polkit action id.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import uuid
@@ -71,6 +72,17 @@ def current_caller() -> Caller:
     return caller
 
 
+async def caller_is_admin(ctx: BusContext) -> bool:
+    """Whether the caller of this (read-only) call is an administrator."""
+    call = CURRENT_CALL.get()
+    if call is None:
+        return False
+    try:
+        return await ctx.authorizer.is_admin(await ctx.callers.resolve(call.sender))
+    except OpdbusError:
+        return False
+
+
 async def submit_job(jobs: JobManager, operation: str, body: JobBody, targets: list[str]) -> str:
     """Start a job on behalf of the caller of this method call; its object path."""
     job = await jobs.submit(operation, body, targets=targets, uid=current_caller().uid)
@@ -109,11 +121,17 @@ def bus_method(
                         details={"object": call.path, "verb": call.member},
                     )
                     CURRENT_CALLER.set(caller)
+                    # Fail closed: room for this call's entry, or no call at all.
+                    await ctx.audit.reserve()
                     pending = PendingCall(
                         caller.uid, what, call.path, digest_args(plain(list(args)))
                     )
                     PENDING_CALL.set(pending)
                 result = await fn(self, *args)
+            except asyncio.CancelledError:
+                if pending is not None and not pending.recorded:
+                    ctx.audit.release()
+                raise
             except OpdbusError as e:
                 await _audit(ctx, pending, f"error: {e.dbus_name}")
                 raise DBusError(e.dbus_name, e.message) from None
@@ -143,14 +161,15 @@ def bus_method(
 
 
 async def _audit(ctx: BusContext, pending: PendingCall | None, result: str) -> None:
-    """Record an accepted call unless something (a job submit) already did."""
+    """Record an accepted call (in the room it reserved) unless a job submit already did."""
     if pending is None or pending.recorded:
         return
     try:
         await ctx.audit.record_call(pending, result)
     except OpdbusError as e:
-        # The call already happened; failing it now would lie about that.
-        log.error("could not audit %s by uid %d: %s", pending.method, pending.uid, e)
+        # The call already happened and its entry stays queued for the disk;
+        # failing the call now would lie about what it did.
+        log.error("audit entry of %s by uid %d not durable yet: %s", pending.method, pending.uid, e)
 
 
 def dbus_methods(interface: type[ServiceInterface]) -> dict[str, _Method]:

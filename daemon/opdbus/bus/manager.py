@@ -1,6 +1,5 @@
 """org.opdbus.Manager1 at /org/opdbus: the daemon's front door."""
 
-import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -15,11 +14,18 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import dbus_property, dbus_signal
 
-from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, submit_job
+from opdbus.bus.base import (
+    BusContext,
+    OpdbusInterface,
+    bus_method,
+    caller_is_admin,
+    current_caller,
+    submit_job,
+)
 from opdbus.bus.codec import decode_options, validate
 from opdbus.config import Mode
 from opdbus.errors import InvalidArgs, NotSupported
-from opdbus.models.audit import AuditEntry
+from opdbus.models.audit import AuditEntry, AuditVerdict, SealOptions
 from opdbus.models.container import ContainerSpec
 from opdbus.models.document import parse_json
 from opdbus.models.network import BridgesDocument, BridgeSpec, SeedNet
@@ -47,6 +53,7 @@ from opdbus.services.sync import SyncService
 from opdbus.services.update import update_job
 from opdbus.services.validate import Validator
 from opdbus.services.vms import VmService
+from opdbus.services.workers import Workers
 
 BackendMapT = Annotated[dict[str, tuple[bool, str]], DBusSignature("a{s(bs)}")]
 ObjectPathsT = Annotated[list[str], DBusSignature("ao")]
@@ -63,6 +70,7 @@ class ManagerServices:
     mode: Mode
     jobs: JobManager
     audit: AuditLog
+    checks: Workers
     health: BackendHealth
     validator: Validator
     sync: SyncService
@@ -78,6 +86,14 @@ def _bridges_document(text: str) -> BridgesDocument:
     if isinstance(data, dict) and "interfaces" in data and "bridges" not in data:
         data = validate(SeedNet, data, "ApplyBridges").bridges()
     return validate(BridgesDocument, data, "ApplyBridges")
+
+
+def verdict_text(verdict: AuditVerdict) -> str:
+    """VerifyAudit's reason: every problem, or what an intact log holds."""
+    if verdict.problems:
+        return verdict.reason
+    sealed = f"; sealed through entry {verdict.sealed_through}" if verdict.sealed_through else ""
+    return f"{verdict.entries} entries, chain intact{sealed}"
 
 
 def audit_entry_to_dbus(entry: AuditEntry) -> dict[str, Variant]:
@@ -196,7 +212,7 @@ class Manager1(OpdbusInterface):
     @bus_method(action=Action.BRIDGE_APPLY)
     async def ApplyBridges(self, document: DBusStr) -> DBusObjectPath:
         network = self._network()
-        doc = await asyncio.to_thread(_bridges_document, document)
+        doc = await self._s.checks.run(_bridges_document, document)
         return await submit_job(
             self._s.jobs,
             "ApplyBridges",
@@ -225,7 +241,10 @@ class Manager1(OpdbusInterface):
 
     @bus_method(read_only=True)
     async def CheckVMProfile(self, profile: DBusStr) -> ProfileCheckT:
-        _, xml, warnings = await self._vms().check_profile(profile)
+        # Only an administrator learns whether files outside the image
+        # directories exist: for anyone else this is not a file oracle.
+        trusted = await caller_is_admin(self.ctx)
+        _, xml, warnings = await self._vms().check_profile(profile, trusted=trusted)
         return (xml, warnings)
 
     # -- containers --------------------------------------------------------------
@@ -249,10 +268,13 @@ class Manager1(OpdbusInterface):
     @bus_method(read_only=True)
     async def VerifyAudit(self) -> AuditVerdictT:
         verdict = await self._s.audit.verify()
-        return (
-            verdict.ok,
-            verdict.first_bad_seq,
-            verdict.reason or f"{verdict.entries} entries, chain intact",
+        return (verdict.ok, verdict.first_bad_seq, verdict_text(verdict))
+
+    @bus_method(action=Action.AUDIT_SEAL)
+    async def InitAuditSealing(self, options: DBusDict) -> DBusStr:
+        opts = decode_options(SealOptions, options, "InitAuditSealing")
+        return await self._s.audit.init_sealing(
+            opts.epoch_seconds, force=opts.force, uid=current_caller().uid
         )
 
     @bus_method(read_only=True)

@@ -1,41 +1,66 @@
-"""The append-only, hash-chained audit log.
+"""The append-only, hash-chained, optionally sealed audit log.
 
-Each entry's hash is sha256(prev_hash || canonical JSON of the entry), so an
-edited, deleted or reordered entry breaks the chain at a nameable seq. A chain
-alone cannot show a cut-off tail, so the last durable (seq, hash) is also kept
-in ``head.json`` and in memory: a log shorter than its head was truncated.
+Fail closed: a mutating call first ``reserve()``s room for its entry -- the
+space is claimed on disk then (backends.audit_store) -- and is refused with
+BackendUnavailable when there is none, *before* it acts. The entry written
+after it acted therefore cannot fail for lack of space. Should a write fail
+anyway (an I/O error), the file is cut back to the last durable entry, the
+batch is kept in order and retried, nothing new is accepted meanwhile, and
+no sequence number is ever handed out twice: an accident never looks like
+tampering.
 
-The daemon never "heals" a damaged log: after a restart it keeps chaining from
-the furthest point it knows of, so the gap stays visible to every later verify.
+Writes are group-committed by one owned flusher task on a thread of their
+own; each append returns once its entry is durable. Verification runs on
+another thread, one at a time however many ask (they share the answer), and
+from where the last one stopped when the log's prefix is byte-for-byte what
+it checked then.
 
-Writes are group-committed by one owned flusher task: appends queue entries,
-the flusher writes and fsyncs them in a thread, and each append returns only
-once its entry is durable.
+With sealing on (``init_sealing``), a seal entry closes every epoch: see
+opdbus.models.audit for what that protects and what it does not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
-from opdbus.errors import Failed
-from opdbus.models.audit import GENESIS_HASH, AuditEntry, AuditKind, AuditVerdict
-from opdbus.services.fsutil import atomic_write, fsync_dir
+from opdbus.backends.audit_store import AuditFiles, Head, SealFile
+from opdbus.errors import BackendFailed, BackendUnavailable, Conflict, Failed
+from opdbus.models.audit import (
+    ENTRY_MAX_BYTES,
+    GENESIS_HASH,
+    NOTICE_METHOD,
+    SEAL_INIT_METHOD,
+    SEAL_METHOD,
+    AuditEntry,
+    AuditKind,
+    AuditVerdict,
+    ChainState,
+    SealKey,
+    evolve,
+    key_id,
+    make_entry,
+    seal_mac,
+)
 
 log = logging.getLogger(__name__)
 
-LOG_NAME = "audit.jsonl"
-HEAD_NAME = "head.json"
+T = TypeVar("T")
+
 MAX_READ = 1000
+ROOM_CHUNK = 256 * ENTRY_MAX_BYTES  # claimed at a time: 512 KiB, 256 entries at most
+DURABLE_WAIT = 30.0  # an append whose write keeps failing answers after this long
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+SEAL_EPOCH_DEFAULT = 900  # 15 minutes, as journald's FSS
 
 
 @dataclass
@@ -57,53 +82,47 @@ class PendingCall:
 PENDING_CALL: ContextVar[PendingCall | None] = ContextVar("opdbus_pending_call", default=None)
 
 
-@dataclass(frozen=True)
-class _Head:
-    seq: int
-    hash: str
-    size: int  # bytes of the log file that hold entries 1..seq
+@dataclass
+class _Verified:
+    """The last verification's walk, to go on from when the prefix is unchanged."""
 
-
-def _read_tail_line(path: Path) -> tuple[str | None, int]:
-    """The last line of a file (None if empty or not newline-terminated) and the file size."""
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
-                return None, 0
-            chunk = 4096
-            pos = size
-            data = b""
-            while pos > 0:
-                step = min(chunk, pos)
-                pos -= step
-                f.seek(pos)
-                data = f.read(step) + data
-                if data.count(b"\n") >= 2 or pos == 0:
-                    break
-    except FileNotFoundError:
-        return None, 0
-    if not data.endswith(b"\n"):
-        return None, size
-    lines = data[:-1].split(b"\n")
-    return lines[-1].decode("utf-8", "replace"), size
+    state: ChainState
+    digest: Any  # hashlib's sha256 over the bytes walked (copied before each use)
 
 
 class AuditLog:
     def __init__(self, directory: Path) -> None:
+        self._files = AuditFiles(directory)
         self._dir = directory
-        self._log_path = directory / LOG_NAME
-        self._head_path = directory / HEAD_NAME
-        # Chained (maybe not yet durable) and durable heads.
-        self._seq = 0
+        self._seq = 0  # chained, maybe not durable yet
         self._hash = GENESIS_HASH
-        self._durable = _Head(0, GENESIS_HASH, 0)
+        self._durable = Head(0, GENESIS_HASH, 0)
         self._pending: list[tuple[AuditEntry, asyncio.Future[None]]] = []
+        self._pending_bytes = 0
+        self._reserved = 0  # entries promised room and not appended yet
         self._flusher: asyncio.Task[None] | None = None
-        self._fd: int | None = None
+        self._write_error = ""  # non-empty while writes fail: new calls are refused
+        self._open = False
         self._offsets: list[int] | None = None  # byte offset of entry seq at index seq-1
-        self._problem = ""  # set at open when the files disagree
+        self._problems: list[str] = []  # found at open, noted in the log, reported by verify
+        self._verified: _Verified | None = None
+        self._verifying: asyncio.Future[AuditVerdict] | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="audit-write")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="audit-read")
+        self._seal: SealFile | None = None
+        self._sealer: asyncio.Task[None] | None = None
+        self._seal_wake = asyncio.Event()
         self.on_append: list[Callable[[], None]] = []  # called once per durable batch
+
+    # -- the two threads -------------------------------------------------------------
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
+
+    # -- state -----------------------------------------------------------------------
 
     @property
     def head_seq(self) -> int:
@@ -112,91 +131,167 @@ class AuditLog:
     @property
     def problem(self) -> str:
         """Non-empty when open() found the log damaged (verify names the entry)."""
-        return self._problem
+        return "; ".join(self._problems)
+
+    @property
+    def sealing(self) -> SealFile | None:
+        return self._seal
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._open_sync)
-        if self._problem:
-            log.error("audit log %s: %s", self._log_path, self._problem)
-
-    def _open_sync(self) -> None:
-        self._dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        head: _Head | None = None
-        try:
-            raw = json.loads(self._head_path.read_text())
-            head = _Head(int(raw["seq"]), str(raw["hash"]), int(raw.get("size", 0)))
-        except FileNotFoundError:
-            pass
-        except (ValueError, KeyError, TypeError):
-            self._problem = "head record is unreadable"
-        line, size = _read_tail_line(self._log_path)
-        tail: _Head | None = None
-        if line is not None:
-            try:
-                entry = AuditEntry.model_validate_json(line)
-                tail = _Head(entry.seq, entry.hash, size)
-            except ValidationError:
-                self._problem = "last entry is unreadable"
-        elif size:
-            self._problem = "log does not end with a complete entry"
+        opened = await self._write(self._files.open)
+        head, tail = opened.head, opened.tail
+        if opened.head_problem:
+            self._problems.append(f"{opened.head_problem}: a cut-off tail cannot be ruled out")
+        elif head is None and opened.size:
+            self._problems.append("the head record is missing: a cut-off tail cannot be ruled out")
+        size = opened.size
+        if opened.tail_end < size:
+            # A line never finished. Past the last acknowledged byte it is a write
+            # the daemon died in the middle of: no caller was answered for it.
+            if head is not None and head.size <= opened.tail_end:
+                log.warning("audit log: removing an unfinished write at byte %d", opened.tail_end)
+                await self._write(self._files.cut, opened.tail_end)
+                size = opened.tail_end
+            else:
+                self._problems.append("the log does not end with a complete entry")
+        if tail is None and opened.tail_end and opened.tail_end == size:
+            self._problems.append("the last entry is unreadable")
         # Chain from whichever is further along; a head ahead of the log means
         # entries were cut off, and chaining past them keeps that evident.
         if tail is not None and (head is None or tail.seq >= head.seq):
-            start = tail
+            start = Head(tail.seq, tail.hash, size)
         elif head is not None:
-            start = _Head(head.seq, head.hash, size)
-            if head.seq and not self._problem:
-                self._problem = f"log ends before entry {head.seq} of its head record"
+            start = Head(head.seq, head.hash, size)
+            if head.seq:
+                self._problems.append(
+                    f"the log ends before entry {head.seq} of its head record: entries were cut off"
+                )
         else:
-            start = _Head(0, GENESIS_HASH, size)
+            start = Head(0, GENESIS_HASH, size)
         self._seq, self._hash, self._durable = start.seq, start.hash, start
-        self._fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        fsync_dir(self._dir)
+        self._seal = await self._write(self._files.read_key)
+        self._open = True
+        for problem in self._problems:
+            log.error("audit log %s: %s", self._files.log_path, problem)
+            # Written into the log itself: later verifies keep reporting it
+            # even after the head record has been rewritten.
+            self._enqueue(
+                kind="daemon", method=NOTICE_METHOD, object="", result=f"found at start: {problem}"
+            )
+        if self._seal is not None:
+            await self._catch_up_seals()
+            self._sealer = asyncio.create_task(self._seal_loop(), name="audit-seal")
 
     async def close(self) -> None:
-        while self._flusher is not None and not self._flusher.done():
-            await self._flusher
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            await asyncio.to_thread(os.close, fd)
+        if self._sealer is not None:
+            self._sealer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sealer
+            self._sealer = None
+        if self._flusher is not None and not self._flusher.done():
+            try:
+                async with asyncio.timeout(DURABLE_WAIT / 3):
+                    await asyncio.shield(self._flusher)
+            except TimeoutError:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
+                for entry, _ in self._pending:
+                    # The log in the daemon's journal is all that is left of them.
+                    log.error("audit entry never written: %s", entry.model_dump_json())
+        if self._open:
+            self._open = False
+            await self._write(self._files.close)
+        await asyncio.to_thread(self._writer.shutdown, wait=True)
+        await asyncio.to_thread(self._reader.shutdown, wait=True)
+
+    # -- room, before acting ---------------------------------------------------------------
+
+    async def reserve(self, entries: int = 1) -> None:
+        """Claim room for ``entries`` entries before acting, or refuse (BackendUnavailable).
+
+        Every reservation is used by one append(..., reserved=True) or given
+        back with release().
+        """
+        if not self._open:
+            raise Failed("the audit log is not open")
+        if self._write_error:
+            raise BackendUnavailable(
+                f"the audit log cannot be written ({self._write_error}); changes are refused "
+                "until it can"
+            )
+        self._reserved += entries
+        need = (self._reserved + len(self._pending)) * ENTRY_MAX_BYTES
+        size = self._durable.size
+        if self._files.has_room(size, need):
+            return  # the common case: claimed earlier, no trip to the disk thread
+        try:
+            await self._write(self._files.ensure_room, size, max(need, ROOM_CHUNK))
+        except OSError as first:
+            try:  # all of a chunk may be too much on a nearly full disk; try the bare need
+                await self._write(self._files.ensure_room, size, need)
+            except OSError as e:
+                self._reserved -= entries
+                free = await self._write(self._files.free_bytes)
+                raise BackendUnavailable(
+                    f"the audit log in {self._dir} has no room ({e.strerror or first}; "
+                    f"{free} bytes free): nothing was changed; free some space and try again"
+                ) from None
+
+    def release(self, entries: int = 1) -> None:
+        self._reserved = max(self._reserved - entries, 0)
+
+    # -- appending ---------------------------------------------------------------------
 
     async def append(
         self,
         *,
-        uid: int,
+        uid: int = 0,
         kind: AuditKind,
         method: str,
         target: str,
         args_digest: str = "",
         job: str = "",
         result: str,
+        reserved: bool = True,
     ) -> AuditEntry:
-        """Chain one entry and return once it is on disk (fsync'd)."""
-        if self._fd is None:
-            raise Failed("audit log is not open")
-        body: dict[str, object] = {
-            "seq": self._seq + 1,
-            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "uid": uid,
-            "kind": kind,
-            "method": method,
-            "object": target,
-            "args_digest": args_digest,
-            "job": job,
-            "result": result,
-            "prev_hash": self._hash,
-        }
-        entry = AuditEntry.model_validate(
-            {**body, "hash": AuditEntry.compute_hash(self._hash, body)}
+        """Chain one entry and return once it is on disk.
+
+        ``reserved``: the caller reserve()d room for it before acting.
+        """
+        if not self._open:
+            raise Failed("the audit log is not open")
+        if reserved:
+            self.release()
+        entry, done = self._enqueue(
+            uid=uid,
+            kind=kind,
+            method=method,
+            object=target,
+            args_digest=args_digest,
+            job=job,
+            result=result,
         )
+        try:
+            # Shielded: a cancelled caller must not stop its entry from being written.
+            async with asyncio.timeout(DURABLE_WAIT):
+                await asyncio.shield(done)
+        except TimeoutError:
+            raise BackendFailed(
+                f"audit entry {entry.seq} is not on disk yet ({self._write_error or 'slow disk'}); "
+                "it is kept and written as soon as the disk allows"
+            ) from None
+        return entry
+
+    def _enqueue(self, **fields: Any) -> tuple[AuditEntry, asyncio.Future[None]]:
+        """Chain an entry and queue it for the flusher (which is started if idle)."""
+        entry = make_entry(self._seq + 1, self._hash, **fields)
         self._seq, self._hash = entry.seq, entry.hash
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((entry, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="audit-flush")
-        # Shielded: a cancelled caller must not stop its entry from being written.
-        await asyncio.shield(done)
-        return entry
+        return entry, done
 
     async def record_call(self, call: PendingCall, result: str, job: str = "") -> AuditEntry:
         call.recorded = True
@@ -211,115 +306,107 @@ class AuditLog:
         )
 
     async def _flush(self) -> None:
+        delay = RETRY_MIN
         while self._pending:
-            batch, self._pending = self._pending, []
-            entries = [entry for entry, _ in batch]
+            batch = list(self._pending)
+            data = "".join(entry.model_dump_json() + "\n" for entry, _ in batch).encode()
             try:
-                size = await asyncio.to_thread(self._write_sync, entries)
+                size = await self._write(self._files.append, data, self._durable.size)
             except OSError as e:
-                # Nothing after the last durable entry may stay chained in memory.
-                failed = batch + self._pending
-                self._pending = []
-                self._seq, self._hash = self._durable.seq, self._durable.hash
-                log.error("audit log write failed: %s", e)
-                for _, fut in failed:
-                    if not fut.done():
-                        fut.set_exception(Failed(f"audit log write failed: {e.strerror or e}"))
+                # Cut back to the last durable entry (the store did); the same
+                # entries are written again, with the same numbers, later.
+                if not self._write_error:
+                    log.error("audit log write failed, retrying: %s", e)
+                self._write_error = e.strerror or str(e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
                 continue
+            if self._write_error:
+                log.warning("audit log writable again (%d entries written)", len(batch))
+            self._write_error, delay = "", RETRY_MIN
+            del self._pending[: len(batch)]
+            last = batch[-1][0]
             if self._offsets is not None:
                 offset = self._durable.size
-                for entry in entries:
+                for entry, _ in batch:
                     self._offsets.append(offset)
                     offset += len(entry.model_dump_json()) + 1
-            last = entries[-1]
-            self._durable = _Head(last.seq, last.hash, size)
+            self._durable = Head(last.seq, last.hash, size)
+            try:
+                self._durable = await self._write(self._files.write_head, self._durable)
+            except OSError as e:
+                # The entries are durable; only the cut-off detector is behind.
+                log.error("audit head record not updated: %s", e)
             for _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
             for callback in self.on_append:
                 callback()
 
-    def _write_sync(self, entries: list[AuditEntry]) -> int:
-        assert self._fd is not None
-        data = "".join(entry.model_dump_json() + "\n" for entry in entries).encode()
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fsync(self._fd)
-        size = self._durable.size + len(data)
-        last = entries[-1]
-        atomic_write(
-            self._head_path,
-            json.dumps({"seq": last.seq, "hash": last.hash, "size": size}).encode(),
-            mode=0o640,
-        )
-        return size
+    # -- verifying ---------------------------------------------------------------------
 
     async def verify(self) -> AuditVerdict:
-        """Recompute the whole chain (in a thread) and compare it with the head."""
-        return await asyncio.to_thread(self._verify_sync, self._durable)
+        """Recompute the chain; concurrent callers share one computation."""
+        if self._verifying is None or self._verifying.done():
+            self._verifying = asyncio.ensure_future(self._verify_once())
+        return await asyncio.shield(self._verifying)
 
-    def _verify_sync(self, head: _Head) -> AuditVerdict:
-        expected = 1
-        prev = GENESIS_HASH
-        hash_at_head = ""
-        try:
-            f = self._log_path.open("rb")
-        except FileNotFoundError:
-            f = None
-        if f is not None:
-            with f:
-                remaining = head.size if head.size else None
-                for raw in f:
-                    if remaining is not None and remaining <= 0:
-                        break
-                    if remaining is not None:
-                        remaining -= len(raw)
-                    bad = self._check_line(raw, expected, prev)
-                    if isinstance(bad, AuditVerdict):
-                        return bad
-                    prev = bad.hash
-                    if bad.seq == head.seq:
-                        hash_at_head = bad.hash
-                    expected += 1
-        last = expected - 1
-        if head.seq > last:
-            return AuditVerdict(
-                ok=False,
-                first_bad_seq=last + 1,
-                reason=f"log ends at entry {last} but entry {head.seq} was written: truncated",
-                entries=last,
-            )
-        if head.seq and hash_at_head != head.hash:
-            return AuditVerdict(
-                ok=False,
-                first_bad_seq=head.seq,
-                reason=f"entry {head.seq} differs from the one the daemon wrote",
-                entries=last,
-            )
-        return AuditVerdict(ok=True, entries=last)
+    async def _verify_once(self) -> AuditVerdict:
+        head = self._durable
+        state, digest = await self._read(self._walk_from_cache, head)
+        if not state.broken:
+            self._verified = _Verified(state, digest)
+        return self._verdict(state, head)
 
-    @staticmethod
-    def _check_line(raw: bytes, expected: int, prev: str) -> AuditEntry | AuditVerdict:
-        def bad(reason: str) -> AuditVerdict:
-            return AuditVerdict(
-                ok=False, first_bad_seq=expected, reason=reason, entries=expected - 1
-            )
+    def _walk_from_cache(self, head: Head) -> tuple[ChainState, Any]:
+        """(In the read thread.) Walk the log to ``head``, from the last walk if still valid.
 
-        if not raw.endswith(b"\n"):
-            return bad(f"entry {expected} is cut off")
-        try:
-            entry = AuditEntry.model_validate_json(raw)
-        except ValidationError:
-            return bad(f"entry {expected} is not a valid entry")
-        if entry.seq != expected:
-            return bad(f"expected entry {expected}, found entry {entry.seq}: deleted or reordered")
-        if entry.prev_hash != prev:
-            return bad(f"entry {expected} does not chain to entry {expected - 1}")
-        if AuditEntry.compute_hash(prev, entry.body()) != entry.hash:
-            return bad(f"entry {expected} was altered: its hash does not match its content")
-        return entry
+        The whole prefix is hashed again (an edit anywhere must be seen), but
+        only what was appended since is parsed and checked entry by entry.
+        """
+        cached = self._verified
+        if cached is not None and cached.state.offset <= head.size:
+            digest = self._files.digest(cached.state.offset)
+            if digest.digest() == cached.digest.digest():
+                state = replace(
+                    cached.state,
+                    seals=list(cached.state.seals),
+                    notices=list(cached.state.notices),
+                )
+                return self._files.walk(state, head.size, digest), digest
+        digest = self._files.digest(0)
+        return self._files.walk(ChainState(), head.size, digest), digest
+
+    def _verdict(self, state: ChainState, head: Head) -> AuditVerdict:
+        problems: list[str] = []
+        first_bad = state.first_bad
+        if state.broken:
+            problems.append(state.reason)
+        elif head.seq > state.seq:
+            first_bad = state.seq + 1
+            problems.append(
+                f"log ends at entry {state.seq} but entry {head.seq} was written: truncated"
+            )
+        elif head.seq and state.seq == head.seq and state.hash != head.hash:
+            first_bad = head.seq
+            problems.append(f"entry {head.seq} differs from the one the daemon wrote")
+        problems.extend(self._problems)
+        problems.extend(
+            f"noted by the daemon at {notice.time[:19]}: {notice.result}"
+            for notice in state.notices
+            if not any(notice.result.endswith(p) for p in self._problems)
+        )
+        sealed_through = state.seals[-1].seq - 1 if state.seals else 0
+        return AuditVerdict(
+            ok=not problems,
+            first_bad_seq=first_bad,
+            reason="; ".join(problems),
+            entries=state.seq,
+            problems=problems,
+            sealed_through=sealed_through,
+        )
+
+    # -- reading -----------------------------------------------------------------------
 
     async def read(self, start: int, limit: int) -> list[AuditEntry]:
         """Entries from seq ``start`` (1-based), at most ``limit`` (capped at MAX_READ)."""
@@ -330,39 +417,82 @@ class AuditLog:
         if self._offsets is None:
             # Index in a thread, then catch up with what the flusher wrote
             # meanwhile; the last check and the assignment share one loop step.
-            offsets, end = await asyncio.to_thread(self._index_sync, 0, self._durable.size)
+            offsets, end = await self._read(self._files.index, 0, self._durable.size)
             while end < self._durable.size:
-                more, end = await asyncio.to_thread(self._index_sync, end, self._durable.size)
+                more, end = await self._read(self._files.index, end, self._durable.size)
                 offsets.extend(more)
             self._offsets = offsets
-        if start > len(self._offsets):
-            return []
-        return await asyncio.to_thread(
-            self._read_sync, self._offsets[start - 1], start, limit, self._durable.seq
+        if len(self._offsets) != self._durable.seq:
+            # Lines and numbers disagree (a damaged log): find them by number.
+            return await self._read(self._files.read_by_seq, start, limit, self._durable.size)
+        return await self._read(
+            self._files.read, self._offsets[start - 1], start, limit, self._durable.seq
         )
 
-    def _read_sync(self, offset: int, start: int, limit: int, last_seq: int) -> list[AuditEntry]:
-        out: list[AuditEntry] = []
-        with self._log_path.open("rb") as f:
-            f.seek(offset)
-            for raw in f:
-                if len(out) >= limit or start + len(out) > last_seq:
-                    break
-                try:
-                    out.append(AuditEntry.model_validate_json(raw))
-                except ValidationError:
-                    break  # damaged from here on: verify names it
-        return out
+    # -- sealing -----------------------------------------------------------------------
 
-    def _index_sync(self, start: int, end: int) -> tuple[list[int], int]:
-        """Offsets of the lines that begin in [start, end), and where the scan stopped."""
-        offsets: list[int] = []
-        pos = start
-        with self._log_path.open("rb") as f:
-            f.seek(start)
-            for raw in f:
-                if pos >= end:
-                    break
-                offsets.append(pos)
-                pos += len(raw)
-        return offsets, pos
+    async def init_sealing(self, epoch_seconds: int, *, force: bool, uid: int) -> str:
+        """Start sealing; the verification key, which is never stored or shown again."""
+        if self._seal is not None and not force:
+            raise Conflict(
+                "sealing is already on (its key was shown when it started); "
+                "use force to start over with a new key"
+            )
+        first = SealKey(os.urandom(32), 0, int(time.time()), epoch_seconds)
+        seal = SealFile(first.key, 0, first.start, first.length, key_id(first.key))
+        await self.reserve(1)
+        try:
+            await self._write(self._files.write_key, seal)
+        except OSError as e:
+            self.release()
+            raise BackendFailed(f"cannot store the sealing key: {e.strerror or e}") from None
+        self._seal = seal
+        await self.append(
+            uid=uid,
+            kind="daemon",
+            method=SEAL_INIT_METHOD,
+            target="epoch:0",
+            args_digest=seal.id,
+            result=f"sealing started: epochs of {epoch_seconds} s",
+        )
+        if self._sealer is None:
+            self._sealer = asyncio.create_task(self._seal_loop(), name="audit-seal")
+        else:
+            self._seal_wake.set()
+        return first.verification_text()
+
+    async def _seal_loop(self) -> None:
+        while True:
+            seal = self._seal
+            if seal is None:
+                return
+            wait = seal.start + (seal.epoch + 1) * seal.length - time.time()
+            self._seal_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait, 0)):
+                    await self._seal_wake.wait()
+            try:
+                await self._catch_up_seals()
+            except (OSError, Failed, BackendUnavailable, BackendFailed) as e:
+                log.error("audit sealing: %s; trying again in a minute", e)
+                await asyncio.sleep(60)
+
+    async def _catch_up_seals(self) -> None:
+        """Seal every epoch that has ended (the daemon may have been down for some)."""
+        while (seal := self._seal) is not None:
+            if seal.start + (seal.epoch + 1) * seal.length > time.time():
+                return
+            seq = self._seq + 1
+            mac = seal_mac(seal.key, seal.epoch, seq, self._hash)
+            await self.append(
+                kind="seal",
+                method=SEAL_METHOD,
+                target=f"epoch:{seal.epoch}",
+                args_digest=mac,
+                result=f"sealed entries 1-{seq - 1}",
+                reserved=False,
+            )
+            log.info("audit seal: epoch %d closed at entry %d, head %s", seal.epoch, seq, mac)
+            following = SealFile(evolve(seal.key), seal.epoch + 1, seal.start, seal.length, seal.id)
+            await self._write(self._files.write_key, following)  # the old key is gone now
+            self._seal = following

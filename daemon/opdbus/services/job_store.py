@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from opdbus.backends.files import atomic_write
+from opdbus.errors import BackendUnavailable
 from opdbus.models.job import JobRecord, LogLine
-from opdbus.services.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class JobStore:
         self._writer: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._error = ""  # the last write's failure, until a write succeeds
 
     async def load(self) -> tuple[list[JobRecord], int]:
         """Every readable record and the next job id to hand out."""
@@ -81,12 +83,21 @@ class JobStore:
         self._batch.lines.pop(job_id, None)
         self._kick()
 
-    async def flush(self) -> None:
+    async def _settled(self) -> None:
         while not self._idle.is_set():
             await self._idle.wait()
 
+    async def flush(self) -> None:
+        """Wait until everything queued so far is on disk; BackendUnavailable if it is not."""
+        await self._settled()
+        if self._error:
+            raise BackendUnavailable(
+                f"cannot write job records in {self._dir} ({self._error}); "
+                "no job is started until they can be"
+            )
+
     async def close(self) -> None:
-        await self.flush()
+        await self._settled()
         if self._writer is not None:
             await self._writer
 
@@ -101,8 +112,11 @@ class JobStore:
             try:
                 await asyncio.to_thread(self._write_sync, batch)
             except OSError as e:
-                # The job itself goes on; only its record on disk is stale.
+                # A running job goes on; only its record on disk is stale.
                 log.error("could not write job records in %s: %s", self._dir, e)
+                self._error = e.strerror or str(e)
+            else:
+                self._error = ""
         self._idle.set()
 
     def _write_sync(self, batch: _Batch) -> None:
@@ -123,7 +137,7 @@ class JobStore:
                     (self._dir / f"{job_id}{suffix}").unlink()
 
     async def read_log(self, job_id: int, start: int, limit: int) -> list[LogLine]:
-        await self.flush()
+        await self._settled()
         return await asyncio.to_thread(self._read_log_sync, job_id, start, limit)
 
     def _read_log_sync(self, job_id: int, start: int, limit: int) -> list[LogLine]:

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from opdbus.config import JobsConfig
-from opdbus.errors import Busy, Conflict, Failed, NotFound, NotSupported, OpdbusError, Timeout
+from opdbus.errors import (
+    BackendUnavailable,
+    Busy,
+    Conflict,
+    Failed,
+    NotFound,
+    NotSupported,
+    OpdbusError,
+    Timeout,
+)
 from opdbus.models.job import JobRecord, JobState, LogLine
 from opdbus.names import job_path
 from opdbus.services.audit import PENDING_CALL, AuditLog
@@ -29,8 +38,10 @@ from opdbus.services.job_store import JobStore
 log = logging.getLogger(__name__)
 
 MAX_LOG_READ = 10_000
-# Lines kept in memory per job; older ones are read back from the state dir.
-MEMORY_LINES = 20_000
+# Lines kept in memory per running job, and once it has finished; older ones
+# are read back from the state dir (a rebuild can print 100 000 lines).
+MEMORY_LINES = 2_000
+FINISHED_LINES = 100
 
 
 def now_us() -> int:
@@ -140,10 +151,13 @@ class JobManager:
                 record.log_lines = await self._store.count_log_lines(job.id)
                 job.finished.set()
                 self._store.save_record(record)
-                await self._audit_outcome(job)
+                await self._audit_outcome(job, reserved=False)
             job.first_line = record.log_lines + 1  # nothing in memory: GetLog reads the file
             self._jobs[job.id] = job
-        await self._store.flush()
+        try:
+            await self._store.flush()
+        except BackendUnavailable as e:  # a full disk must not keep the daemon from starting
+            log.error("%s", e)
         self._janitor = asyncio.create_task(self._expire_loop(), name="job-janitor")
 
     async def shutdown(self) -> None:
@@ -211,9 +225,14 @@ class JobManager:
         """
         if self._stopping:
             raise Failed("the daemon is shutting down; no new jobs are accepted")
+        # Room for the outcome's entry first: a job that could not be audited
+        # at its end is one that must not start. (Before the Busy check: no
+        # await may come between that check and taking the targets.)
+        await self._audit.reserve()
         for target in targets:
             holder = self._busy.get(target)
             if holder is not None:
+                self._audit.release()
                 raise Busy(
                     f"{target} is busy with job {holder.id} ({holder.record.operation}, "
                     f"{holder.record.state.value}); wait for it or cancel it"
@@ -234,13 +253,15 @@ class JobManager:
         self._store.save_next_id(self._next_id)
         self._store.save_record(record)
         try:
+            # On disk before anyone hears of it (a crash reports it interrupted).
+            await self._store.flush()
             call = PENDING_CALL.get()
             if call is not None and not call.recorded:
                 # The call that makes a job is on record before the job can end.
                 await self._audit.record_call(call, "ok", job.path)
-            await self._store.flush()
         except BaseException:
             self._forget(job)
+            self._audit.release()
             raise
         job.task = asyncio.create_task(self._run(job, body), name=f"job-{job.id}-{operation}")
         for observer in self.observers:
@@ -320,11 +341,16 @@ class JobManager:
         job.finished.set()
         for observer in self.observers:
             observer.job_finished(job)
+        # A finished job is read rarely: its log lives on disk, not in memory.
+        if len(job.lines) > FINISHED_LINES:
+            drop = len(job.lines) - FINISHED_LINES
+            del job.lines[:drop]
+            job.first_line += drop
         self._wake_janitor.set()
         try:
-            await asyncio.shield(self._audit_outcome(job))
+            await asyncio.shield(self._audit_outcome(job, reserved=True))
         except OpdbusError as e:
-            log.error("job %d outcome not audited: %s", job.id, e)
+            log.error("job %d outcome not durable yet: %s", job.id, e)
 
     @staticmethod
     def _failure(job: Job, error: Exception) -> dict[str, Any]:
@@ -348,7 +374,7 @@ class JobManager:
             "error_name": Failed.dbus_name,
         }
 
-    async def _audit_outcome(self, job: Job) -> None:
+    async def _audit_outcome(self, job: Job, *, reserved: bool) -> None:
         record = job.record
         result = record.state.value
         if record.state is not JobState.SUCCEEDED and record.result:
@@ -362,6 +388,7 @@ class JobManager:
             target=record.targets[0] if record.targets else "",
             job=job.path,
             result=result,
+            reserved=reserved,
         )
 
     def _update(self, job: Job, **fields: Any) -> None:

@@ -1,0 +1,241 @@
+"""``opctl audit``: list the log, verify its chain (and, with the key, its seals), start sealing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opctl import render
+from opdbus import errors
+from opdbus.models.audit import AuditEntry, ChainState, SealKey, SealVerifier, walk
+
+if TYPE_CHECKING:
+    from opctl.cli import Cli
+
+Command = Callable[..., argparse.ArgumentParser]
+PAGE = 1000
+
+
+def add_parser(sub: Any, command: Command) -> None:
+    audit = sub.add_parser("audit", help="the hash-chained, sealable audit log")
+    asub = audit.add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION", parser_class=type(audit)
+    )
+    alist = command(asub, "list", "entries (default: the last 20)")
+    alist.add_argument("--from", dest="start", type=int, metavar="SEQ", help="first entry")
+    alist.add_argument("--last", type=int, default=20, metavar="N", help="the last N entries")
+    verify = command(
+        asub,
+        "verify",
+        "recompute the chain (with --key, prove the seals); exit 1 naming every problem",
+        description="Without --key the daemon checks its hash chain. With --key (the "
+        "verification key seal-init printed) opctl itself fetches every entry and proves "
+        "that no entry sealed so far was changed, removed or inserted -- which holds even "
+        "if the host was taken over after it was sealed. --file checks a copy of "
+        "audit.jsonl without any daemon.",
+    )
+    key = verify.add_mutually_exclusive_group()
+    key.add_argument("--key", metavar="KEY", help="the verification key from seal-init")
+    key.add_argument("--key-file", type=Path, metavar="FILE", help="read the key from FILE")
+    verify.add_argument(
+        "--file", type=Path, metavar="AUDIT_JSONL", help="verify this file instead of asking"
+    )
+    verify.set_defaults(offline=_offline_verify)
+    seal = command(
+        asub,
+        "seal-init",
+        "start forward-secure sealing; prints the verification key ONCE",
+        description="Start sealing the audit log. The key printed is never stored or shown "
+        "again: keep it off this host (a password manager, paper). Every epoch the daemon "
+        "seals the log and forgets that epoch's key.",
+    )
+    seal.add_argument(
+        "--epoch", type=int, default=900, metavar="SECONDS", help="epoch length (default 900)"
+    )
+    seal.add_argument("--force", action="store_true", help="start over with a new key")
+
+
+def _offline_verify(args: argparse.Namespace) -> int | None:
+    """``verify --file`` needs no daemon; anything else does (None)."""
+    if args.file is None:
+        return None
+    try:
+        key = _key(args)
+        entries, state = _file_entries(args.file)
+        return _report(args, state, key, entries)
+    except errors.OpdbusError as e:
+        print(f"opctl: {type(e).__name__}: {e.message}", file=sys.stderr)
+        return e.exit_code
+
+
+def _key(args: argparse.Namespace) -> SealKey | None:
+    text = args.key
+    if args.key_file is not None:
+        try:
+            text = args.key_file.read_text()
+        except OSError as e:
+            raise errors.InvalidArgs(f"cannot read {args.key_file}: {e.strerror}") from None
+    if text is None:
+        return None
+    try:
+        return SealKey.parse(text)
+    except ValueError as e:
+        raise errors.InvalidArgs(str(e)) from None
+
+
+def _file_entries(path: Path) -> tuple[list[AuditEntry], ChainState]:
+    try:
+        raw = path.read_bytes().splitlines(keepends=True)
+    except OSError as e:
+        raise errors.NotFound(f"cannot read {path}: {e.strerror}") from None
+    state = walk(iter(raw), ChainState())
+    entries = []
+    for line in raw:
+        try:
+            entries.append(AuditEntry.model_validate_json(line))
+        except ValueError:
+            continue
+    return entries, state
+
+
+def _report(
+    args: argparse.Namespace,
+    state: ChainState | None,
+    key: SealKey | None,
+    entries: list[AuditEntry],
+) -> int:
+    problems: list[str] = []
+    if state is not None and state.broken:
+        problems.append(state.reason)
+    sealed: dict[str, Any] = {}
+    if key is not None:
+        verifier = SealVerifier(key)
+        for entry in entries:
+            verifier.feed(entry)
+        report = verifier.finish(time.time())
+        problems.extend(p for p in report.problems if p not in problems)
+        sealed = {
+            "sealed_through": report.sealed_through,
+            "last_sealed_epoch": report.last_epoch,
+            "unsealed": report.unsealed,
+        }
+    ok = not problems
+    if args.json:
+        render.dump(
+            {
+                "ok": ok,
+                "entries": len(entries),
+                "problems": problems,
+                "verified_with_key": key is not None,
+                **sealed,
+            }
+        )
+    elif ok:
+        text = f"audit log intact: {len(entries)} entries"
+        if sealed:
+            text += (
+                f"; seals prove entries 1-{sealed['sealed_through']} (through epoch "
+                f"{sealed['last_sealed_epoch']}); {sealed['unsealed']} after them not sealed yet"
+            )
+        print(text)
+    else:
+        print("audit log BROKEN:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+    return 0 if ok else errors.Failed.exit_code
+
+
+class AuditCommands:
+    def __init__(self, cli: Cli) -> None:
+        self.cli = cli
+        self.client = cli.client
+        self.args = cli.args
+
+    async def run(self) -> int:
+        action = self.args.audit_command
+        if action == "verify":
+            return await self._verify()
+        if action == "seal-init":
+            return await self._seal_init()
+        return await self._list()
+
+    async def _verify(self) -> int:
+        key = _key(self.args)
+        if key is not None:
+            entries = [entry async for entry in self._all_entries()]
+            return _report(self.args, None, key, entries)
+        verdict = await self.client.verify_audit()
+        if self.args.json:
+            problems = verdict.reason.split("; ") if not verdict.ok else []
+            render.dump(
+                {
+                    "ok": verdict.ok,
+                    "entries": (await self.client.status()).audit_seq,
+                    "first_bad_seq": verdict.first_bad_seq,
+                    "problems": problems,
+                    "verified_with_key": False,
+                }
+            )
+        elif verdict.ok:
+            print(f"audit log intact: {verdict.reason}")
+        else:
+            print("audit log BROKEN:", file=sys.stderr)
+            for problem in verdict.reason.split("; "):
+                print(f"  - {problem}", file=sys.stderr)
+        return 0 if verdict.ok else errors.Failed.exit_code
+
+    async def _all_entries(self) -> AsyncIterator[AuditEntry]:
+        start = 1
+        while True:
+            page = await self.client.audit(start, PAGE)
+            for entry in page:
+                yield entry
+            if len(page) < PAGE:
+                return
+            start = page[-1].seq + 1
+
+    async def _seal_init(self) -> int:
+        key = await self.client.init_audit_sealing(self.args.epoch, force=self.args.force)
+        if self.args.json:
+            render.dump({"verification_key": key, "epoch_seconds": self.args.epoch})
+            return 0
+        print(key)
+        print(
+            "\nThis is the audit log's verification key. It is not stored anywhere and will not "
+            "be shown again:\nkeep it off this host. Check the log with:\n"
+            "  opctl audit verify --key KEY",
+            file=sys.stderr,
+        )
+        return 0
+
+    async def _list(self) -> int:
+        start = self.args.start
+        limit = self.args.last
+        if start is None:
+            head = (await self.client.status()).audit_seq
+            start = max(head - limit + 1, 1)
+        entries = await self.client.audit(start, limit)
+        if self.args.json:
+            render.dump([entry.model_dump() for entry in entries])
+            return 0
+        render.table(
+            ["seq", "time", "uid", "kind", "method", "object", "job", "result"],
+            [
+                (
+                    e.seq,
+                    e.time[:19].replace("T", " "),
+                    e.uid,
+                    e.kind,
+                    e.method,
+                    e.object or "-",
+                    e.job.rsplit("/", 1)[-1] if e.job else "-",
+                    e.result,
+                )
+                for e in entries
+            ],
+        )
+        return 0
