@@ -91,6 +91,9 @@ class OvsdbConfig(_Section):
     # "netdev" (userspace) where the kernel has no openvswitch module.
     datapath_type: Literal["system", "netdev"] = "system"
     apply_timeout_seconds: float = Field(10.0, gt=0, description="how long ovs-vswitchd may take")
+    request_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="how long ovsdb-server may take to answer a change"
+    )
 
 
 class LxcConfig(_Section):

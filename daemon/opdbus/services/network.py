@@ -80,6 +80,34 @@ def user_ids(external_ids: dict[str, str]) -> dict[str, str]:
     return dict(external_ids)
 
 
+def port_spec(port: PortInfo) -> PortSpec:
+    """What an existing port is, as the PortSpec that would make it again."""
+    kind = {"internal": PortType.INTERNAL, "patch": PortType.PATCH}.get(port.type, PortType.SYSTEM)
+    return PortSpec(
+        name=port.name,
+        type=kind,
+        tag=port.tag,
+        trunks=list(port.trunks),
+        peer=port.peer if kind is PortType.PATCH else None,
+    )
+
+
+def _recreate(tx: Txn, info: BridgeInfo) -> None:
+    """Make a deleted bridge again, with its ports (the undo of a late deletion)."""
+    commands.add_bridge(
+        tx,
+        info.name,
+        datapath_type=info.datapath_type,
+        fail_mode=info.fail_mode or None,
+        stp=info.stp,
+        external_ids=dict(info.external_ids),
+        mtu=None,
+    )
+    for port in info.ports:
+        if port.name != info.name:
+            commands.add_port(tx, info.name, port_spec(port))
+
+
 class NetworkService:
     def __init__(
         self,
@@ -341,7 +369,11 @@ class NetworkService:
                 mtu=options.mtu,
             )
 
-        await self.ovsdb.transact(build)
+        await self.ovsdb.transact(
+            build,
+            undo=lambda tx: commands.delete_bridge(tx, name),
+            what=f"creating bridge {name}",
+        )
         try:
             await self.check_interface_error(name, name)
             if options.addresses or options.gateway or options.dhcp:
@@ -354,14 +386,23 @@ class NetworkService:
         return await self._fresh(name)
 
     async def delete_bridge(self, name: str) -> None:
-        await self.ovsdb.transact(lambda tx: commands.delete_bridge(tx, name))
+        info = self.get(name)
+        await self.ovsdb.transact(
+            lambda tx: commands.delete_bridge(tx, name),
+            undo=lambda tx: _recreate(tx, info),
+            what=f"deleting bridge {name}",
+        )
         await self.refresh(name)
 
     async def add_port(self, bridge: str, spec: PortSpec) -> BridgeInfo:
         self.get(bridge)
         if spec.type is PortType.SYSTEM and self.netlink.index(spec.name) is None:
             raise NotFound(f"there is no network interface {spec.name} to add (create it first)")
-        await self.ovsdb.transact(lambda tx: commands.add_port(tx, bridge, spec))
+        await self.ovsdb.transact(
+            lambda tx: commands.add_port(tx, bridge, spec),
+            undo=lambda tx: commands.delete_port(tx, bridge, spec.name),
+            what=f"adding port {spec.name} to {bridge}",
+        )
         try:
             await self.check_interface_error(bridge, spec.name)
         except BaseException:
@@ -370,8 +411,14 @@ class NetworkService:
         return await self._fresh(bridge)
 
     async def remove_port(self, bridge: str, name: str) -> BridgeInfo:
-        self.get(bridge)
-        await self.ovsdb.transact(lambda tx: commands.delete_port(tx, bridge, name))
+        port = next((p for p in self.get(bridge).ports if p.name == name), None)
+        await self.ovsdb.transact(
+            lambda tx: commands.delete_port(tx, bridge, name),
+            undo=None
+            if port is None
+            else lambda tx: commands.add_port(tx, bridge, port_spec(port)),
+            what=f"removing port {name} from {bridge}",
+        )
         return await self._fresh(bridge)
 
     async def set_addresses(self, bridge: str, addressing: Addressing) -> BridgeInfo:
@@ -380,7 +427,11 @@ class NetworkService:
         ids = {**kept, **addressing_ids(addressing)}
         before = wanted_addressing(info.external_ids, None)
         await self.ovsdb.transact(
-            lambda tx: commands.update_bridge(tx, bridge, external_ids=ids, mtu=addressing.mtu)
+            lambda tx: commands.update_bridge(tx, bridge, external_ids=ids, mtu=addressing.mtu),
+            undo=lambda tx: commands.update_bridge(
+                tx, bridge, external_ids=info.external_ids, mtu=info.mtu or None
+            ),
+            what=f"setting the addresses of {bridge}",
         )
         try:
             await self.netlink.wait_for(bridge, LINK_TIMEOUT)

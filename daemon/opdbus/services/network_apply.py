@@ -212,7 +212,11 @@ def apply_job(network: NetworkService, doc: BridgesDocument) -> JobBody:
         for line in plan.changes:
             ctx.log(f"  {line}")
         if plan.steps:
-            await network.ovsdb.transact(_run_all(plan.steps))
+            await network.ovsdb.transact(
+                _run_all(plan.steps),
+                undo=_run_all(list(reversed(plan.undo))),
+                what=f"applying {len(plan.steps)} change(s) to bridges",
+            )
         ctx.progress(0.5)
         checkpoint = {
             name: wanted_addressing(info.external_ids, None)

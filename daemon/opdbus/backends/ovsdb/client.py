@@ -16,15 +16,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from opdbus.backends.ovsdb.idl import IdlThread, RowEvent, Snapshot, Status, Txn, Update
+from opdbus.backends.ovsdb.idl import (
+    MAX_TRIES,
+    PING_TIMEOUT,
+    IdlThread,
+    LateChange,
+    RowEvent,
+    Snapshot,
+    Status,
+    Txn,
+    Update,
+)
 from opdbus.backends.ovsdb.rows import BridgeRow, InterfaceRow, PortRow, RootRow, Row, RowId
-from opdbus.errors import BackendUnavailable
+from opdbus.errors import BackendUnavailable, Timeout
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 PER_INTERFACE_SECONDS = 0.05
+EXTRA_BOUND = PING_TIMEOUT + 5.0 * MAX_TRIES
 
 
 @dataclass
@@ -184,21 +195,31 @@ class OvsCache:
 
 
 class OvsdbClient:
-    def __init__(self, remote: str, *, apply_timeout: float = 10.0) -> None:
+    def __init__(
+        self, remote: str, *, apply_timeout: float = 10.0, request_timeout: float = 10.0
+    ) -> None:
         self.remote = remote
         self.apply_timeout = apply_timeout
+        self.request_timeout = request_timeout
         self.cache = OvsCache()
         self.connected = False
         self.detail = f"connecting to ovsdb-server at {remote}"
         self.on_status: list[Callable[[bool, str], None]] = []
         self.on_change: list[Callable[[Changes], None]] = []
+        # A change ovsdb-server carried out after its caller was told it timed out.
+        self.on_late: list[Callable[[str], None]] = []
         self._thread: IdlThread | None = None
         self._cfg_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._synced = asyncio.Event()
         self._settled = asyncio.Event()  # synced, or known to be unreachable
 
     async def start(self) -> None:
-        self._thread = IdlThread(self.remote, asyncio.get_running_loop(), self._on_update)
+        self._thread = IdlThread(
+            self.remote,
+            asyncio.get_running_loop(),
+            self._on_update,
+            commit_timeout=self.request_timeout,
+        )
         self._thread.start()
 
     async def stop(self) -> None:
@@ -217,11 +238,29 @@ class OvsdbClient:
                 await self._settled.wait()
         return self._synced.is_set()
 
-    async def transact(self, build: Callable[[Txn], T], *, apply: bool = True) -> T:
-        """Run ``build`` as one transaction in the IDL thread; wait for ovs-vswitchd to apply it."""
+    async def transact(
+        self,
+        build: Callable[[Txn], T],
+        *,
+        undo: Callable[[Txn], object] | None = None,
+        what: str = "a change",
+        apply: bool = True,
+    ) -> T:
+        """Run ``build`` as one transaction in the IDL thread; wait for ovs-vswitchd to apply it.
+
+        ``undo`` (idempotent: it raises when there is nothing to undo) runs if
+        the commit timed out and ovsdb-server carries it out later anyway.
+        """
         if self._thread is None or not self.connected:
             raise BackendUnavailable(self.detail)
-        done = await self._thread.submit(build)
+        future = self._thread.submit(build, undo, what)
+        bound = self.request_timeout + EXTRA_BOUND
+        try:
+            # The thread bounds every step itself; this only guards against a bug there.
+            async with asyncio.timeout(bound):
+                done = await asyncio.shield(future)
+        except TimeoutError:
+            raise Timeout(f"{what}: the OVSDB thread gave no answer in {bound:g} s") from None
         if apply and done.next_cfg is not None:
             # ovs-vswitchd takes longer the more interfaces it opens or closes.
             timeout = self.apply_timeout + PER_INTERFACE_SECONDS * done.interfaces
@@ -245,16 +284,23 @@ class OvsdbClient:
         finally:
             self._cfg_waiters = [(cfg, w) for cfg, w in self._cfg_waiters if w is not waiter]
 
+    def _on_status(self, update: Status) -> None:
+        self.connected = update.connected
+        self.detail = update.detail
+        if not update.connected:
+            self._fail_waiters(update.detail)
+            if update.settled:
+                self._settled.set()
+        for status_callback in self.on_status:
+            status_callback(update.connected, update.detail)
+
     def _on_update(self, update: Update) -> None:
         if isinstance(update, Status):
-            self.connected = update.connected
-            self.detail = update.detail
-            if not update.connected:
-                self._fail_waiters(update.detail)
-                if update.settled:
-                    self._settled.set()
-            for status_callback in self.on_status:
-                status_callback(update.connected, update.detail)
+            self._on_status(update)
+            return
+        if isinstance(update, LateChange):
+            for late_callback in self.on_late:
+                late_callback(update.detail)
             return
         if isinstance(update, Snapshot):
             changes = self.cache.load(update)

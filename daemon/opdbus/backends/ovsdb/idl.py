@@ -14,6 +14,14 @@ Requests (transactions) are queued from the loop and executed here one by
 one; each is a single OVSDB transaction, retried on TRY_AGAIN. The events a
 transaction caused are handed over before its result, so the loop's cache
 already shows a change when its caller hears that it is done.
+
+Nothing waits forever on a hung ovsdb-server (SIGSTOP, a wedged host): an
+inactivity probe drops a silent connection (unix sockets get none by
+default), every write first checks with an echo that the server answers,
+and a commit that gets no answer in time fails with Timeout. Such a commit
+may still be carried out once the server wakes; its request's undo is then
+run as soon as the outcome is known, before any other request, so a change
+whose caller was told it failed does not stay.
 """
 
 from __future__ import annotations
@@ -36,9 +44,10 @@ import ovs.db.idl
 import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
+import ovs.timeval
 
 from opdbus.backends.ovsdb.rows import COLUMNS, RootRow, Row, RowId, freeze
-from opdbus.errors import BackendFailed, BackendUnavailable, OpdbusError
+from opdbus.errors import BackendFailed, BackendUnavailable, OpdbusError, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,9 @@ T = TypeVar("T")
 
 SCHEMA_TIMEOUT = 5.0
 MAX_TRIES = 5
+PROBE_MS = 2000  # idle this long: an echo; no answer in as long again: reconnect
+PING_TIMEOUT = 2.0  # a write waits this long for ovsdb-server to show it is alive
+COMMIT_TIMEOUT = 10.0  # and, by default, this long for its transaction's answer
 # idl.wait() alone once left the loop asleep with data pending: wake anyway.
 MAX_SLEEP_MS = 1000
 
@@ -75,7 +87,14 @@ class Status:
     settled: bool = True  # False while a first connection attempt is still under way
 
 
-Update = list[RowEvent] | Snapshot | Status
+@dataclass(frozen=True, slots=True)
+class LateChange:
+    """A timed-out change that ovsdb-server carried out after all (and what became of it)."""
+
+    detail: str
+
+
+Update = list[RowEvent] | Snapshot | Status | LateChange
 
 
 class Txn:
@@ -144,14 +163,28 @@ class Txn:
         row.delete()
         self.changed = True
 
+    @property
+    def raw(self) -> Any:
+        return self._txn
+
+    def status(self) -> str:
+        return str(self._txn.commit())  # once sent, commit() only reports how it went
+
     def commit(self) -> tuple[str, int | None]:
-        """Commit (blocking, in this thread): (status, next_cfg if vswitchd must apply it)."""
+        """Send it (no wait): (status, next_cfg once it succeeded and vswitchd must apply it)."""
         if not self.changed:
             self._txn.abort()
             return ovs.db.idl.Transaction.UNCHANGED, None
         if self.bump:
             self.root.increment("next_cfg")
-        status = self._txn.commit_block()
+        status = self._txn.commit()
+        if status == ovs.db.idl.Transaction.INCOMPLETE:
+            return status, None
+        return self.finish()
+
+    def finish(self) -> tuple[str, int | None]:
+        """How a sent transaction ended, as commit() says it."""
+        status = self._txn.commit()
         if status == ovs.db.idl.Transaction.SUCCESS:
             return status, self._txn.get_increment_new_value() if self.bump else None
         if status in (ovs.db.idl.Transaction.UNCHANGED, ovs.db.idl.Transaction.TRY_AGAIN):
@@ -175,6 +208,17 @@ class Committed(Generic[T]):
 class _Request(Generic[T]):
     build: Callable[[Txn], T]
     future: asyncio.Future[Committed[T]]
+    undo: Callable[[Txn], object] | None  # idempotent inverse, for a commit answered too late
+    what: str
+
+
+@dataclass
+class _Abandoned:
+    """A commit whose caller was told it timed out; its outcome is still to come."""
+
+    txn: Any
+    undo: Callable[[Txn], object] | None
+    what: str
 
 
 class _Idl(ovs.db.idl.Idl):  # type: ignore[misc]
@@ -188,10 +232,16 @@ class _Idl(ovs.db.idl.Idl):  # type: ignore[misc]
 
 class IdlThread(threading.Thread):
     def __init__(
-        self, remote: str, loop: asyncio.AbstractEventLoop, sink: Callable[[Update], None]
+        self,
+        remote: str,
+        loop: asyncio.AbstractEventLoop,
+        sink: Callable[[Update], None],
+        *,
+        commit_timeout: float = COMMIT_TIMEOUT,
     ) -> None:
         super().__init__(name="ovsdb-idl", daemon=False)
         self.remote = remote
+        self.commit_timeout = commit_timeout
         self._loop = loop
         self._sink = sink
         self._stopping = threading.Event()
@@ -207,13 +257,22 @@ class IdlThread(threading.Thread):
         self._connected: bool | None = None
         self._resync = True
         self._status_detail = ""
+        self._abandoned: list[_Abandoned] = []
+        self._silent_since: int | None = None  # msec: the server stopped answering then
+        self._ping_id: Any = None
+        self._pinged = False
 
     # -- from the event loop -----------------------------------------------------
 
-    def submit(self, build: Callable[[Txn], T]) -> asyncio.Future[Committed[T]]:
+    def submit(
+        self,
+        build: Callable[[Txn], T],
+        undo: Callable[[Txn], object] | None = None,
+        what: str = "a change",
+    ) -> asyncio.Future[Committed[T]]:
         future: asyncio.Future[Committed[T]] = self._loop.create_future()
         with self._lock:
-            self._requests.append(_Request(build, future))
+            self._requests.append(_Request(build, future, undo, what))
         self._wake()
         return future
 
@@ -235,6 +294,7 @@ class IdlThread(threading.Thread):
                 assert self._idl is not None
                 self._idl.run()
                 self._publish()
+                self._settle_abandoned()
                 self._serve()
                 self._sleep()
         except Exception as e:
@@ -269,6 +329,22 @@ class IdlThread(threading.Thread):
         for table, columns in COLUMNS.items():
             helper.register_columns(table, [c for c in columns if c in tables[table]["columns"]])
         self._idl = _Idl(self.remote, helper, self._on_notify)
+        session = self._idl._session
+        # The ovs library probes TCP peers only; a stopped server behind a unix
+        # socket would look connected forever.
+        session.reconnect.set_probe_interval(PROBE_MS)
+        receive = session.recv
+
+        def recv() -> Any:  # our pings' answers are ours, not the IDL's
+            while True:
+                msg = receive()
+                if msg is None or msg.type != ovs.jsonrpc.Message.T_REPLY:
+                    return msg
+                if msg.id != self._ping_id:
+                    return msg
+                self._pinged = True
+
+        session.recv = recv
         return True
 
     def _on_notify(self, event: int, row: Any) -> None:
@@ -305,6 +381,11 @@ class IdlThread(threading.Thread):
             self._resync = True
             self._events.clear()  # the resync after reconnecting replaces them
             return
+        if self._silent_since is not None:
+            if idl._session.reconnect.last_activity <= self._silent_since or self._abandoned:
+                return  # still silent, or a change still in limbo: stay reported down
+            self._silent_since = None
+            self._set_status(True, f"ovsdb-server at {self.remote} answers again")
         if self._resync:
             self._events.clear()
             self._post(Snapshot(self._snapshot()))
@@ -340,10 +421,21 @@ class IdlThread(threading.Thread):
                 if not self._requests:
                     return
                 request = self._requests.popleft()
+            if self._abandoned:
+                # An earlier change is in limbo; its undo (if needed) must come
+                # before anything else, and nobody waits on it meanwhile.
+                self._resolve(
+                    request.future,
+                    error=BackendUnavailable(
+                        "ovsdb-server has not answered an earlier change yet; "
+                        "try again once Backends shows it up"
+                    ),
+                )
+                continue
             if request.future.cancelled():
                 continue
             try:
-                result = self._execute(request.build)
+                result = self._execute(request)
             except OpdbusError as e:
                 self._publish()
                 self._resolve(request.future, error=e)
@@ -355,24 +447,120 @@ class IdlThread(threading.Thread):
                 self._publish()  # the events first, then the answer
                 self._resolve(request.future, result=result)
 
-    def _execute(self, build: Callable[[Txn], T]) -> Committed[T]:
+    def _execute(self, request: _Request[T]) -> Committed[T]:
         assert self._idl is not None
         for _ in range(MAX_TRIES):
-            if self._connected is not True or self._resync:
+            if self._connected is not True or self._resync or self._silent_since is not None:
                 raise BackendUnavailable(self._status_detail or "not connected to ovsdb-server yet")
+            if not self._ping(PING_TIMEOUT):
+                self._went_silent()
+                raise Timeout(
+                    f"ovsdb-server did not answer within {PING_TIMEOUT:g} s (is it stopped?); "
+                    "nothing was changed"
+                )
             txn = Txn(self._idl, self._names)
             try:
-                value = build(txn)
+                value = request.build(txn)
             except BaseException:
                 txn.abort()
                 raise
-            status, next_cfg = txn.commit()
+            status, next_cfg = self._commit(txn, request.undo, request.what)
             if status != ovs.db.idl.Transaction.TRY_AGAIN:
                 return Committed(value, next_cfg, txn.interfaces_touched)
             # Someone changed what we read: catch up, then build it again.
             self._idl.run()
             self._publish()
         raise BackendFailed(f"OVSDB asked to try again {MAX_TRIES} times; giving up")
+
+    def _ping(self, timeout: float) -> bool:
+        """An echo to the server; True once it answers (it reads what we send)."""
+        assert self._idl is not None
+        message = ovs.jsonrpc.Message.create_request("echo", ["op-dbus"])
+        self._ping_id, self._pinged = message.id, False
+        if self._idl._session.send(message):
+            return False
+        return self._wait(lambda: self._pinged, timeout)
+
+    def _wait(self, done: Callable[[], bool], timeout: float, txn: Any = None) -> bool:
+        """Run the IDL until ``done()`` or ``timeout`` seconds pass."""
+        assert self._idl is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            self._idl.run()
+            if done():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping.is_set():
+                return False
+            poller = ovs.poller.Poller()
+            self._idl.wait(poller)
+            if txn is not None:
+                txn.wait(poller)
+            poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
+            poller.timer_wait(int(remaining * 1000) + 1)
+            poller.block()
+
+    def _commit(
+        self, txn: Txn, undo: Callable[[Txn], object] | None, what: str
+    ) -> tuple[str, int | None]:
+        status, next_cfg = txn.commit()
+        if status != ovs.db.idl.Transaction.INCOMPLETE:
+            return status, next_cfg
+        incomplete = ovs.db.idl.Transaction.INCOMPLETE
+        if self._wait(lambda: txn.status() != incomplete, self.commit_timeout, txn.raw):
+            return txn.finish()
+        self._abandoned.append(_Abandoned(txn.raw, undo, what))
+        self._went_silent()
+        raise Timeout(
+            f"ovsdb-server did not answer within {self.commit_timeout:g} s; if it carries the "
+            "change out later, it is undone"
+        )
+
+    def _went_silent(self) -> None:
+        """Report the server down until it says anything again (the probe asks it)."""
+        assert self._idl is not None
+        self._silent_since = ovs.timeval.msec()
+        self._set_status(False, f"ovsdb-server at {self.remote} is not answering (stopped?)")
+
+    def _settle_abandoned(self) -> None:
+        """Undo timed-out commits that were carried out after all (or may have been)."""
+        idl = self._idl
+        if not self._abandoned or idl is None or self._resync:
+            return
+        if not (idl._session.is_connected() and idl.state == idl.IDL_S_MONITORING):
+            return  # its outcome is known once we are back in sync
+        done = ovs.db.idl.Transaction
+        for item in list(self._abandoned):
+            status = item.txn.commit()  # its status so far; nothing is sent again
+            if status == done.INCOMPLETE:
+                continue
+            self._abandoned.remove(item)
+            if status in (done.ERROR, done.ABORTED, done.NOT_LOCKED, done.UNCHANGED):
+                continue  # the server refused it: nothing to undo
+            # SUCCESS: it was applied late. TRY_AGAIN: the connection dropped
+            # before the answer, so it may have been: the undo is idempotent.
+            outcome = self._undo(item)
+            log.warning("OVSDB: %s (timed out earlier): %s", item.what, outcome)
+            self._post(LateChange(f"{item.what}: {outcome}"))
+
+    def _undo(self, item: _Abandoned) -> str:
+        if item.undo is None:
+            return "carried out late, and there is no undo for it"
+        assert self._idl is not None
+        txn = Txn(self._idl, self._names)
+        try:
+            item.undo(txn)
+        except OpdbusError as e:
+            txn.abort()
+            return f"not carried out ({e.message})"
+        try:
+            status, _ = self._commit(txn, None, f"undoing {item.what}")
+        except OpdbusError as e:
+            return f"carried out late; undoing it failed: {e.message}"
+        if status == ovs.db.idl.Transaction.UNCHANGED:
+            return "not carried out"
+        self._publish()
+        return "carried out late, and undone"
 
     def _sleep(self) -> None:
         assert self._idl is not None
