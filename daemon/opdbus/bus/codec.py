@@ -9,6 +9,7 @@ from dbus_fast import Variant
 from pydantic import BaseModel, ValidationError
 
 from opdbus.errors import InvalidArgs
+from opdbus.models.document import check_document, json_path
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -102,26 +103,6 @@ def decode_options(model: type[M], options: dict[str, Variant], what: str, **giv
     return validate(model, values, what, label="option", arguments=set(given))
 
 
-PROBLEMS_SHOWN = 10
-
-
-def json_path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's error location as a JSON path: ``lxc.containers[2].bridge``."""
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-
-
-def problems(error: ValidationError) -> list[str]:
-    """Every problem pydantic found, each as ``path: message``."""
-    out = []
-    for item in error.errors():
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        where = json_path(item["loc"])
-        out.append(f"{where}: {message}" if where else message)
-    return out
-
-
 def validate(
     model: type[M], data: Any, what: str, *, label: str = "", arguments: set[str] | None = None
 ) -> M:
@@ -130,15 +111,11 @@ def validate(
     With a ``label`` (options, arguments) the first problem is named as that
     kind of thing; a document (no label) gets every problem with its JSON path.
     """
+    if not label:
+        return check_document(model, data, what)
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        if not label:
-            found = problems(e)
-            shown = "; ".join(found[:PROBLEMS_SHOWN])
-            more = len(found) - PROBLEMS_SHOWN
-            tail = f"; and {more} more" if more > 0 else ""
-            raise InvalidArgs(f"{what}: {shown}{tail}") from None
         first = e.errors()[0]
         where = json_path(first["loc"])
         message = first["msg"].removeprefix("Value error, ")

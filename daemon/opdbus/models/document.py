@@ -9,9 +9,14 @@ problem, never an internal error. Pure: no I/O, usable by clients too.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from opdbus.errors import InvalidArgs
+
+M = TypeVar("M", bound=BaseModel)
+PROBLEMS_SHOWN = 10
 
 # Well under the bus's 32 MiB message limit; a real host's documents are KBs.
 DOCUMENT_MAX_BYTES = 4 * 1024 * 1024
@@ -70,3 +75,31 @@ def parse_json(text: str, what: str, *, max_bytes: int = DOCUMENT_MAX_BYTES) -> 
     except (ValueError, RecursionError) as e:
         # Integers past Python's digit limit, NaN/Infinity, duplicate keys.
         raise InvalidArgs(f"{what}: {e}") from None
+
+
+def json_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's error location as a JSON path: ``lxc.containers[2].bridge``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def problems(error: ValidationError) -> list[str]:
+    """Every problem pydantic found, each as ``path: message``."""
+    out = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        where = json_path(item["loc"])
+        out.append(f"{where}: {message}" if where else message)
+    return out
+
+
+def check_document(model: type[M], data: Any, what: str) -> M:
+    """``data`` as ``model``, or one InvalidArgs listing every problem with its JSON path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        found = problems(e)
+        shown = "; ".join(found[:PROBLEMS_SHOWN])
+        more = len(found) - PROBLEMS_SHOWN
+        raise InvalidArgs(f"{what}: {shown}" + (f"; and {more} more" if more > 0 else "")) from None

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from opdbus.models.network import IfName
+from opdbus.models.text import Description
 
 NAME_MAX = 64
 # Letters, digits, '.', '_', '-'; starting with a letter or digit. Keeps names
@@ -48,7 +49,12 @@ def _check_name(name: str) -> str:
     return name
 
 
+PATH_MAX = 4096
+
+
 def _check_abs_path(text: str) -> str:
+    if len(text) > PATH_MAX:
+        raise ValueError(f"a path has at most {PATH_MAX} characters")
     path = PurePosixPath(text)
     if not path.is_absolute():
         raise ValueError(f"{text!r} must be an absolute path")
@@ -79,7 +85,7 @@ def _check_pci(text: str) -> str:
 
 
 def _check_cpuset(text: str) -> str:
-    if not _CPUSET.fullmatch(text):
+    if len(text) > 4096 or not _CPUSET.fullmatch(text):
         raise ValueError(f"{text!r} is not a CPU list like 0-3,6")
     for part in text.split(","):
         low, _, high = part.partition("-")
@@ -228,7 +234,7 @@ class VmProfile(_Strict):
     autostart: bool = False
     hugepages: bool = False
     numa_nodeset: CpuSet | None = None
-    cpu_pinning: list[CpuPin] = Field(default_factory=list)
+    cpu_pinning: list[CpuPin] = Field(default_factory=list, max_length=CPUS_MAX)
     hostdevs: list[PciAddress] = Field(default_factory=list, max_length=16)
     tpm: bool = False
     cpu_features: CpuFeatures = CpuFeatures()
@@ -236,7 +242,7 @@ class VmProfile(_Strict):
     cloud_init: CloudInit | None = None
     graphics: Graphics = Graphics.NONE
     serial_console: bool = True
-    description: Annotated[str, Field(max_length=1024)] = ""
+    description: Description = ""
 
     @model_validator(mode="after")
     def _consistent(self) -> VmProfile:
@@ -321,4 +327,4 @@ class DeleteVmOptions(_Strict):
 
 
 class SnapshotOptions(_Strict):
-    description: Annotated[str, Field(max_length=1024)] = ""
+    description: Description = ""

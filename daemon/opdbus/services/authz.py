@@ -56,6 +56,13 @@ class Authorizer:
         self._admin_gid: int | None = None
         self._admin_gid_at = float("-inf")
 
+    async def is_admin(self, caller: Caller) -> bool:
+        """Root, an admin uid or the admin group (no polkit): may see what only admins may."""
+        if caller.uid == 0 or caller.uid in self._config.admin_uids:
+            return True
+        gid = await self._group_gid()
+        return gid is not None and gid in await self._groups_of(caller)
+
     async def authorize(
         self, caller: Caller, action_id: str, *, what: str, details: Mapping[str, str]
     ) -> str:

@@ -39,29 +39,23 @@ from opdbus.errors import (
     NotSupported,
     Timeout,
 )
+from opdbus.models.document import check_document, parse_json
 from opdbus.models.vm import VmInfo, VmName, VmProfile, VmState
 from opdbus.names import vm_path
 from opdbus.services.cache import ObservedCache
 from opdbus.services.jobs import JobBody, JobContext, JobManager, JobOutcome
+from opdbus.services.workers import Workers
 
 log = logging.getLogger(__name__)
 
 
 OPEN_WAIT = 3.0
+PROFILE_MAX_BYTES = 256 * 1024  # the largest real profile is a few KB
 
 
 def parse_profile(text: str, what: str) -> VmProfile:
-    try:
-        return VmProfile.model_validate_json(text)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(profile)"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown field"
-        more = len(e.errors()) - 1
-        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise InvalidArgs(f"{what}: {where}: {message}{tail}") from None
+    """A profile from JSON; InvalidArgs names every problem with its JSON path."""
+    return check_document(VmProfile, parse_json(text, what, max_bytes=PROFILE_MAX_BYTES), what)
 
 
 _NAME_CHECK: TypeAdapter[str] = TypeAdapter(VmName)
@@ -75,8 +69,11 @@ def snapshot_name(name: str) -> str:
 
 
 class VmService:
-    def __init__(self, config: LibvirtConfig, state_dir: Path, jobs: JobManager) -> None:
+    def __init__(
+        self, config: LibvirtConfig, state_dir: Path, jobs: JobManager, checks: Workers
+    ) -> None:
         self.config = config
+        self._checks = checks  # expensive checks anyone may ask for, on threads of their own
         self.pool_dir = config.pool_dir or state_dir / "images"
         self.jobs = jobs
         self.cache: ObservedCache[VmInfo] = ObservedCache()  # by UUID
@@ -210,11 +207,17 @@ class VmService:
             raise NotSupported(target)
         return target
 
-    async def check_profile(self, text: str) -> tuple[VmProfile, str, list[str]]:
-        """Validate a profile against this host; (profile, domain XML, warnings)."""
-        profile = parse_profile(text, "profile")
-        await self._check_host(profile)
-        warnings: list[str] = []
+    async def check_profile(
+        self, text: str, *, trusted: bool = True
+    ) -> tuple[VmProfile, str, list[str]]:
+        """Validate a profile against this host; (profile, domain XML, warnings).
+
+        ``trusted`` (an administrator asks): disk paths anywhere are checked for
+        existence. Otherwise only paths inside the image directories are looked
+        at, so the answer says nothing about the rest of the file system.
+        """
+        profile = await self._parse(text)
+        warnings = await self._check_host(profile, trusted=trusted)
         if self.conn.connected:
             target = await self._target(profile)
         else:
@@ -236,15 +239,22 @@ class VmService:
         xml = to_xml(build_domain(profile, target=target, disks=sources))
         return profile, xml, warnings
 
-    async def _check_host(self, profile: VmProfile) -> None:
+    async def _parse(self, text: str) -> VmProfile:
+        """A profile from JSON, off the loop (a big one takes a while to check)."""
+        return await self._checks.run(parse_profile, text, "profile")
+
+    async def _check_host(self, profile: VmProfile, *, trusted: bool) -> list[str]:
         images = [
             p for p in (profile.iso_path, profile.cloud_init and profile.cloud_init.seed_path) if p
         ]
 
-        def check() -> None:
+        def check() -> list[str]:
+            warnings: list[str] = []
             allowed = [Path(os.path.realpath(d)) for d in self.config.iso_dirs]
             for image in images:
-                real = Path(os.path.realpath(image))
+                # An untrusted caller's path is judged by its text: resolving it
+                # would follow symlinks where the caller cannot look.
+                real = Path(os.path.realpath(image) if trusted else os.path.normpath(image))
                 if not any(real.is_relative_to(d) for d in allowed):
                     raise InvalidArgs(
                         f"{image} is outside the allowed image directories "
@@ -252,8 +262,17 @@ class VmService:
                     )
                 if not real.is_file():
                     raise NotFound(f"{image}: no such file")
+            inside = [*allowed, Path(os.path.realpath(self.pool_dir))]
             for disk in profile.disks:
-                if disk.path is not None and not Path(disk.path).exists():
+                if disk.path is None:
+                    continue
+                path = Path(os.path.normpath(disk.path))
+                if not trusted and not any(path.is_relative_to(d) for d in inside):
+                    warnings.append(
+                        f"disk {disk.path}: not checked (only administrators learn whether "
+                        "files outside the image directories exist)"
+                    )
+                elif not path.exists():
                     raise NotFound(f"disk {disk.path}: no such file")
             if not self.config.uri.startswith("test:"):
                 total_mib = meminfo().get("MemTotal", 0) // (1024 * 1024)
@@ -262,8 +281,9 @@ class VmService:
                         f"memory_mb {profile.memory_mb} is more than this host has "
                         f"({total_mib} MiB)"
                     )
+            return warnings
 
-        await asyncio.to_thread(check)
+        return await asyncio.to_thread(check)
 
     # -- creating ------------------------------------------------------------------
 
@@ -425,11 +445,15 @@ class VmService:
 
     async def suspend(self, uuid: str) -> None:
         info = self._idle(uuid)
+        if info.state not in (VmState.RUNNING, VmState.BLOCKED):
+            raise Conflict(f"{info.name} is {info.state.value}: only a running VM suspends")
         await self._verb(ops.suspend, uuid, f"suspending {info.name}")
         await self.refresh(uuid)
 
     async def resume(self, uuid: str) -> None:
         info = self._idle(uuid)
+        if info.state is not VmState.PAUSED:
+            raise Conflict(f"{info.name} is {info.state.value}, not suspended")
         await self._verb(ops.resume, uuid, f"resuming {info.name}")
         await self.refresh(uuid)
 
