@@ -25,8 +25,8 @@ from common import environment, median, report, start_opdbusd
 from opctl.client import Client
 from opctl.convert import to_variants
 from opdbus import names
+from opdbus.backends.sync_tree import Remote, StatCache, blob_sha, plan
 from opdbus.models.job import JobState
-from opdbus.services.sync_plan import Remote, StatCache, blob_sha, plan
 from tests.githost_server import FakeGitHub, Files, ThreadedServer
 
 FILES = 5000

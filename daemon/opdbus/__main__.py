@@ -150,7 +150,7 @@ def _run(args: argparse.Namespace, sandbox: Sandbox | None) -> int:
 
     setup_logging(config.log_level)
     from opdbus.bus.server import NameTaken, resolve_bus_address
-    from opdbus.daemon import Daemon
+    from opdbus.daemon import Daemon, StartupError
 
     daemon = Daemon(
         config, bus_address=address or resolve_bus_address(args.bus), config_path=config_path
@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace, sandbox: Sandbox | None) -> int:
         daemon.ready_hooks.append(announce)
     try:
         return asyncio.run(daemon.run())
-    except (NameTaken, ConnectionError) as e:
+    except (NameTaken, ConnectionError, StartupError) as e:
         print(f"op-dbusd: {e}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -36,6 +36,7 @@ from opdbus.services.rebuild import RebuildService
 from opdbus.services.sync import SyncService
 from opdbus.services.validate import HostPaths, Validator
 from opdbus.services.vms import VmService
+from opdbus.services.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,28 @@ def sd_notify(message: str) -> None:
             log.debug("could not notify %s: %s", target, e)
 
 
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line saying why and what to do."""
+
+
+# Directories the daemon keeps under its state dir.
+STATE_SUBDIRS = ("audit", "jobs", "rebuild", "sync")
+
+
+def prepare_state_dir(state: Path) -> None:
+    """Make the state dir and its parts, or one clear line about what is in the way."""
+    for path in (state, *(state / sub for sub in STATE_SUBDIRS)):
+        try:
+            path.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StartupError(
+                f"{path} is in the state directory's way: it exists and is not a directory "
+                "(move it aside, or set state_dir)"
+            ) from None
+        except OSError as e:
+            raise StartupError(f"cannot use the state directory {path}: {e.strerror}") from None
+
+
 class Daemon:
     def __init__(self, config: Config, *, bus_address: str, config_path: Path) -> None:
         self.config = config
@@ -78,6 +101,8 @@ class Daemon:
         self.audit = AuditLog(state / "audit")
         self.jobs = JobManager(JobStore(state / "jobs"), config.jobs, self.audit)
         self.server = BusServer(bus_address, config.auth, self.audit)
+        # Expensive checks of caller input (profiles, documents), off the loop.
+        self.checks = Workers("check")
         self.health: BackendHealth | None = None
         self.network: NetworkService | None = None
         self.vms: VmService | None = None
@@ -89,9 +114,7 @@ class Daemon:
     async def start(self) -> None:
         # Before any child: whatever we start must end with us, even on SIGKILL.
         await asyncio.to_thread(REAPER.ensure_started)
-        await asyncio.to_thread(
-            self.config.state_dir.mkdir, mode=0o750, parents=True, exist_ok=True
-        )
+        await asyncio.to_thread(prepare_state_dir, self.config.state_dir)
         await self.audit.open()
         await self.jobs.start()
         await self.server.connect()
@@ -100,6 +123,13 @@ class Daemon:
             bus_detail=f"connected to {self.server.address}",
             polkit_probe=self.server.probe_polkit,
         )
+        sync = SyncService(
+            self.config.sync,
+            self.config.state_dir,
+            self.config.paths.source_dir,
+            self.config_path.parent,
+        )
+        await sync.start()
         validator = Validator(
             self.config, HostPaths(config_file=self.config_path), self.health, self.audit
         )
@@ -115,14 +145,10 @@ class Daemon:
                 mode=self.config.mode,
                 jobs=self.jobs,
                 audit=self.audit,
+                checks=self.checks,
                 health=self.health,
                 validator=validator,
-                sync=SyncService(
-                    self.config.sync,
-                    self.config.state_dir,
-                    self.config.paths.source_dir,
-                    self.config_path.parent,
-                ),
+                sync=sync,
                 rebuild=RebuildService(
                     self.config.rebuild, self.config.state_dir, self.config.paths.flake_dir
                 ),
@@ -147,7 +173,11 @@ class Daemon:
     async def _start_network(self, health: BackendHealth) -> NetworkService:
         config = self.config.ovsdb
         health.attach("ovsdb")
-        ovsdb = OvsdbClient(config.remote, apply_timeout=config.apply_timeout_seconds)
+        ovsdb = OvsdbClient(
+            config.remote,
+            apply_timeout=config.apply_timeout_seconds,
+            request_timeout=config.request_timeout_seconds,
+        )
         network = NetworkService(
             ovsdb,
             Netlink(),
@@ -163,7 +193,7 @@ class Daemon:
 
     async def _start_vms(self, health: BackendHealth) -> VmService:
         health.attach("libvirt")
-        vms = VmService(self.config.libvirt, self.config.state_dir, self.jobs)
+        vms = VmService(self.config.libvirt, self.config.state_dir, self.jobs, self.checks)
         vms.on_status.append(lambda ok, detail: health.report("libvirt", ok, detail))
         # Bounded: with libvirtd up, the VMs are on the bus at READY.
         await vms.start()
@@ -203,6 +233,7 @@ class Daemon:
         if self.health is not None:
             await self.health.stop()
         await self.audit.close()
+        await self.checks.close()
         await self.server.close()
         log.info("stopped")
 

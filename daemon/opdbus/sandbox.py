@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from opdbus.backends.files import atomic_write
 from opdbus.backends.process import end_sync, popen
 from opdbus.config import Config, load_config, with_overrides
 from opdbus.sandbox_ovs import PrivateOvs, ovs_installed, start_private_ovs
-from opdbus.services.fsutil import atomic_write
 
 POLICY_FILE = "org.opdbus.conf"
 POLKIT_BUS_POLICY = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")

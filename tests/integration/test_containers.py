@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from opdbus.errors import AlreadyExists, Conflict, InvalidArgs, NotFound
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
 from opdbus.sandbox_ovs import PrivateOvs
-from tests.support import assert_introspection_matches, next_event, running
+from tests.support import assert_introspection_matches, base_config, next_event, running
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -335,3 +336,26 @@ async def test_committed_container1_introspection_matches(
         (xml,) = await client.call(path, names.INTROSPECTABLE_IFACE, "Introspect")
         live = {i.attrib["name"]: i for i in ET.fromstring(xml).iter("interface")}
         assert_introspection_matches(live, [names.CONTAINER_IFACE])
+
+
+async def test_a_create_cut_short_by_sigkill_leaves_nothing_after_a_restart(
+    tmp_path: Path, make_daemon: Any, private_bus: PrivateBus, lxcpath: Path, client: Client
+) -> None:
+    """kill -9 while lxc-create runs: the next start removes the half-made container,
+    and creating it again works (it used to be AlreadyExists for good)."""
+    daemon = make_daemon(private_bus, {**base_config(tmp_path), **ct_config(lxcpath)})
+    path = await client.create_container("cut", {})
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (lxcpath / "cut").exists():  # lxc-create has begun making it
+        assert asyncio.get_running_loop().time() < deadline, "lxc-create never started"
+        await asyncio.sleep(0.01)
+    daemon.signal(signal.SIGKILL)
+    await asyncio.to_thread(daemon.wait)
+    assert path == "/org/opdbus/job/1"
+    assert (lxcpath / "cut").exists()  # what the crash left
+    await asyncio.to_thread(daemon.start)
+    assert not (lxcpath / "cut").exists()
+    with pytest.raises(NotFound):
+        await props(client, "cut")
+    await create(client, "cut")
+    assert (await props(client, "cut"))["State"] == "stopped"

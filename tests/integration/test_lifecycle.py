@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from opdbus.sandbox import PrivateBus
-from tests.support import PYTHON, Opdbusd, base_config, busctl, manager_call, silent_socket
+from tests.support import CALM, PYTHON, Opdbusd, base_config, busctl, manager_call, silent_socket
 
 
 def name_owner(bus: PrivateBus) -> str:
@@ -186,4 +186,29 @@ def test_bad_config_file_exits_2_with_one_line(private_bus: PrivateBus, tmp_path
         result.stderr
         == f"op-dbusd: {config}: jobs.retention_seconds: Input should be a valid number, unable to parse string as a number (got 'forever')\n"
     )
+    assert name_owner(private_bus) == "b false"
+
+
+def test_a_file_where_the_state_dir_wants_a_directory_is_one_line(
+    private_bus: PrivateBus, tmp_path: Path
+) -> None:
+    raw = base_config(tmp_path, **CALM)
+    state = Path(raw["state_dir"])
+    state.mkdir(parents=True)
+    (state / "jobs").write_text("not a directory\n")
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(raw))
+    result = subprocess.run(
+        [PYTHON, "-m", "opdbus", "--bus", private_bus.address, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.endswith(
+        f"op-dbusd: {state / 'jobs'} is in the state directory's way: it exists and is not a "
+        "directory (move it aside, or set state_dir)\n"
+    )
+    assert "Traceback" not in result.stderr
     assert name_owner(private_bus) == "b false"

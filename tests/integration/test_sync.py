@@ -280,3 +280,22 @@ async def test_the_token_comes_from_the_environment_or_a_private_file(
         monkeypatch.setenv("GITHUB_TOKEN", "from-env")
         assert (await sync(client, check_only=True)).state is JobState.SUCCEEDED
         assert fake.authorization == "Bearer from-env"
+
+
+async def test_a_killed_syncs_staging_is_cleaned_up(
+    tmp_path: Path, private_bus: PrivateBus, client: Client, github: tuple[FakeGitHub, str]
+) -> None:
+    """A sync killed between staging and installing leaves .src.sync-XXXX beside the target."""
+    _, url = github
+    target = tmp_path / "hypervisor" / "src"
+    stale = tmp_path / "hypervisor" / ".src.sync-k1ll3d"
+    (stale / "modules").mkdir(parents=True)
+    (stale / "modules" / "half.nix").write_text("{ }\n")
+    async with running(tmp_path, private_bus, **sync_config(url)):
+        assert not stale.exists()  # gone at start, before any sync
+        stale.mkdir()  # and one appearing meanwhile goes with the next sync
+        done = await sync(client)
+        assert done.state is JobState.SUCCEEDED, done.result
+    assert not stale.exists()
+    assert not list(target.parent.glob(".src.sync-*"))
+    assert manifest(target) == expected(repository())

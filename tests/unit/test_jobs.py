@@ -1,18 +1,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from blockbuster import BlockingError
 
+from opdbus.backends.files import atomic_write
 from opdbus.config import JobsConfig
 from opdbus.errors import BackendFailed, Busy, Conflict, NotFound, NotSupported
 from opdbus.models.job import JobState, LogLine
 from opdbus.services import jobs as jobs_module
 from opdbus.services.audit import AuditLog
-from opdbus.services.fsutil import atomic_write
 from opdbus.services.job_store import JobStore
 from opdbus.services.jobs import Job, JobContext, JobManager, JobOutcome
 
@@ -234,6 +235,46 @@ async def test_long_logs_page_from_memory_and_disk(
     ]
     assert [line.number for line in await jm.get_log(job.id, 10, 3)] == [10, 11, 12]
     await close(jm, audit)
+
+
+async def test_a_finished_job_keeps_its_log_on_disk_not_in_memory(tmp_path: Path) -> None:
+    jm, audit, _ = await manager(tmp_path)
+
+    async def chatty(ctx: JobContext) -> JobOutcome:
+        for i in range(1, 5001):
+            ctx.log(f"line {i}")
+        return JobOutcome("done")
+
+    job = await jm.submit("Chatty", chatty, targets=[], uid=0)
+    await job.finished.wait()
+    assert len(job.lines) <= jobs_module.FINISHED_LINES
+    lines = await jm.get_log(job.id, 1, 0)
+    assert [line.number for line in lines] == list(range(1, 5001))
+    assert lines[-1].text == "line 5000"
+    await close(jm, audit)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("started_by_uid", 2**32),  # does not fit Job1.StartedByUID (u)
+        ("targets", ["not a path"]),  # does not fit Job1.Targets (ao)
+        ("id", 2**32),
+        ("created_at", -1),
+    ],
+)
+async def test_a_record_that_does_not_fit_the_bus_is_skipped_on_load(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    jm, audit, _ = await manager(tmp_path)
+    good = await jm.submit("Demo", body(1), targets=["/t"], uid=0)
+    await good.finished.wait()
+    await close(jm, audit)
+    bad = {**good.record.model_dump(mode="json"), "id": 7, field: value}
+    (tmp_path / "jobs" / "7.json").write_text(json.dumps(bad))
+    jm2, audit2, _ = await manager(tmp_path)
+    assert [job.id for job in jm2.all()] == [good.id]
+    await close(jm2, audit2)
 
 
 async def test_blocking_calls_from_daemon_code_fail_async_tests(tmp_path: Path) -> None:

@@ -37,3 +37,25 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o640, sync: bool = Tru
         raise
     if sync:
         fsync_dir(path.parent)
+
+
+# Markers: empty files naming work in progress, so a start after a crash can
+# tell what was half done (a container being created when the daemon died).
+
+
+def mark(directory: Path, name: str) -> None:
+    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    (directory / name).touch()
+    fsync_dir(directory)
+
+
+def unmark(directory: Path, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (directory / name).unlink()
+
+
+def marks(directory: Path) -> list[str]:
+    try:
+        return sorted(entry.name for entry in directory.iterdir())
+    except FileNotFoundError:
+        return []

@@ -1,23 +1,39 @@
-"""Smart sync's planning: is the remote tree safe, what is here, what differs.
+"""Smart sync's files: is the remote tree safe, what is here, what differs, and
+putting the new files in place.
 
-Blocking (file hashing): run these in a thread. Local files are compared by
-their git blob SHA-1 (``sha1("blob <size>\\0" + content)``, what the tree
-lists); a stat cache (size, mtime, inode) spares re-reading a file that has
-not changed since the last run.
+Blocking (file hashing, renames): run these in a thread. Local files are
+compared by their git blob SHA-1 (``sha1("blob <size>\\0" + content)``, what
+the tree lists); a stat cache (size, mtime, inode) spares re-reading a file
+that has not changed since the last run. New files are staged in a directory
+beside the target (``.<target>.sync-*``, same file system) and renamed into
+place; a whole tree is swapped in with renameat2(RENAME_EXCHANGE).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import io
 import json
+import logging
 import os
 import posixpath
+import shutil
 import stat
+import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from opdbus.backends.githost import TreeEntry
 from opdbus.errors import BackendFailed, Conflict
+
+log = logging.getLogger(__name__)
+
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+STAGING_INFIX = ".sync-"
 
 # Paths never synced nor deleted (the seed's installer exclusions).
 EXCLUDED_PREFIXES = (".git/", "result/", "target/", "tools/target/", "var/")
@@ -201,3 +217,136 @@ def _check_parents(target: Path, rel: str, links: set[str]) -> None:
                 f"{target / parent} is a symlink here, and the tree has files under it: "
                 "refusing to write through it (remove it, or sync with force_full)"
             )
+
+
+# -- staging and installing (blocking) ------------------------------------------------
+
+
+def staging_dir(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_INFIX}", dir=target.parent))
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Staging directories a killed sync left beside ``target``; removed, and listed.
+
+    Call it only when no sync runs (at start): they are ours by their name.
+    """
+    try:
+        leftovers = list(target.parent.glob(f".{target.name}{STAGING_INFIX}*"))
+    except OSError:
+        return []
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("removed %s, left by a sync that was killed", path)
+    return leftovers
+
+
+def stage(staging: Path, rel: str, data: bytes, mode: str) -> None:
+    path = staging / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == MODE_LINK:
+        os.symlink(data.decode(), path)
+        return
+    path.write_bytes(data)
+    path.chmod(0o755 if mode == MODE_EXEC else 0o644)
+
+
+def install(target: Path, staging: Path, todo: Plan) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for rel in todo.remove:
+        path = target / rel
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+    for rel in todo.fetch:
+        dst = target / rel
+        node = target
+        for part in rel.split("/")[:-1]:
+            node = node / part
+            if node.is_symlink() or (node.exists() and not node.is_dir()):
+                node.unlink()  # a file upstream turned into a directory
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_dir() and not dst.is_symlink():
+            shutil.rmtree(dst)  # a directory upstream turned into a file
+        os.replace(staging / rel, dst)
+    for rel in todo.remove:
+        _prune(target, (target / rel).parent)
+
+
+def _prune(target: Path, directory: Path) -> None:
+    while directory != target and directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+        directory = directory.parent
+
+
+def refresh_cache(cache: StatCache, target: Path, todo: Plan) -> None:
+    for rel in todo.fetch:
+        if todo.remote[rel].mode != MODE_LINK:
+            st = (target / rel).lstat()
+            cache.entries[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, todo.remote[rel].sha]
+
+
+def unpack(data: bytes, into: Path, commit: str) -> int:
+    """The tarball's files under ``into`` (its top directory stripped), checked like a tree."""
+    into.mkdir(parents=True)
+    files = 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        for member in tar:
+            rel = member.name.partition("/")[2].rstrip("/")
+            if not rel or member.isdir() or excluded(rel):
+                continue
+            parts = rel.split("/")
+            if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                raise BackendFailed(f"the tarball of {commit[:12]} is unsafe: path {rel!r}")
+            dst = into / rel
+            for parent in dst.relative_to(into).parents:
+                if parent != Path(".") and (into / parent).is_symlink():
+                    raise BackendFailed(
+                        f"the tarball of {commit[:12]} is unsafe: {rel} lies under a symlink"
+                    )
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if member.issym():
+                check_link_target(rel, member.linkname.encode(), commit)
+                os.symlink(member.linkname, dst)
+            elif member.isfile():
+                source = tar.extractfile(member)
+                assert source is not None
+                dst.write_bytes(source.read())
+                dst.chmod(0o755 if member.mode & 0o100 else 0o644)
+            else:
+                raise BackendFailed(f"the tarball of {commit[:12]} has {rel} of an odd kind")
+            files += 1
+    return files
+
+
+def swap(target: Path, new: Path) -> None:
+    """Put ``new`` where ``target`` is in one step; keep the excluded paths the old one had."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    for prefix in (".git", "result", "target", "tools/target", "var"):
+        if os.path.lexists(target / prefix) and not os.path.lexists(new / prefix):
+            (new / prefix).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(target / prefix, new / prefix)
+    libc = ctypes.CDLL(None, use_errno=True)
+    status = libc.renameat2(
+        AT_FDCWD, os.fsencode(new), AT_FDCWD, os.fsencode(target), RENAME_EXCHANGE
+    )
+    if status != 0:
+        raise OSError(ctypes.get_errno(), f"renameat2 {new} <-> {target}")
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_json(path: Path, value: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)

@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+from opdbus.backends import files
 from opdbus.backends.lxc import lxcconf
 from opdbus.backends.lxc.monitor import Monitor
 from opdbus.backends.lxc.tools import Info, Lxc
@@ -76,12 +77,15 @@ class ContainerService:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._creating: set[str] = set()
+        # A marker per create in progress, so a start after a crash finds what it left.
+        self._creating_dir = state_dir / "lxc-creating"
         self._reading: dict[str, asyncio.Lock] = {}
 
     # -- running -------------------------------------------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(self.config.path.mkdir, parents=True, exist_ok=True)
+        await self._remove_half_made()
         await self._read_all()
         self._resync_wanted = False
         self._spawn(self.monitor.run(), "lxc-monitor")
@@ -184,6 +188,13 @@ class ContainerService:
             ]
             await self._read_some(running)
 
+    async def _remove_half_made(self) -> None:
+        """Containers whose create was cut short by a crash: never finished, never shown; gone."""
+        for name in await asyncio.to_thread(files.marks, self._creating_dir):
+            log.warning("removing container %s: its creation was cut short", name)
+            await self._remove(name)
+            await asyncio.to_thread(files.unmark, self._creating_dir, name)
+
     # -- autostart -------------------------------------------------------------------
 
     def _first_start_since_boot(self) -> bool:
@@ -278,6 +289,7 @@ class ContainerService:
             # Hidden until configured (lxc-monitor may report it before); a second
             # create of the same name meanwhile is Busy on the job's target.
             self._creating.add(name)
+            await asyncio.to_thread(files.mark, self._creating_dir, name)
             try:
                 ctx.log(f"creating {name} from the {opts.template.value} template")
                 await self.lxc.create(name, opts.template.value, self._template_args(opts))
@@ -299,6 +311,7 @@ class ContainerService:
                 raise
             finally:
                 self._creating.discard(name)
+                await asyncio.shield(asyncio.to_thread(files.unmark, self._creating_dir, name))
             return JobOutcome(
                 f"{name} created" + (" and started" if opts.start else ""),
                 {"name": name, "id": cid, "path": container_path(name)},

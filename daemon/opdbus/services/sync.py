@@ -16,36 +16,27 @@ directory and swapped with the target in one renameat2(RENAME_EXCHANGE).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import io
-import json
 import os
 import shutil
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from opdbus.backends import sync_tree
 from opdbus.backends.githost import GitHost, RateLimited, read_token
-from opdbus.config import SyncConfig
-from opdbus.errors import BackendFailed
-from opdbus.models.sync import SyncOptions
-from opdbus.services.jobs import JobBody, JobContext, JobOutcome
-from opdbus.services.sync_plan import (
-    MODE_EXEC,
+from opdbus.backends.sync_tree import (
     MODE_LINK,
     Plan,
     Remote,
     StatCache,
     blob_sha,
     check_link_target,
-    excluded,
     plan,
     safe_tree,
 )
-
-RENAME_EXCHANGE = 2
-AT_FDCWD = -100
+from opdbus.config import SyncConfig
+from opdbus.errors import BackendFailed
+from opdbus.models.sync import SyncOptions
+from opdbus.services.jobs import JobBody, JobContext, JobOutcome
 
 
 class SyncService:
@@ -58,6 +49,10 @@ class SyncService:
         # $GITHUB_TOKEN, else sync.token_file, else github-token beside the config file.
         self.token_file = config.token_file or config_dir / "github-token"
 
+    async def start(self) -> None:
+        """At start no sync runs: what a killed one staged beside the default target goes."""
+        await asyncio.to_thread(sync_tree.remove_stale_staging, self.default_target)
+
     def job(self, opts: SyncOptions) -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
             output = await self.run(ctx, opts)
@@ -68,8 +63,12 @@ class SyncService:
     async def run(self, ctx: JobContext, opts: SyncOptions) -> dict[str, Any]:
         repo = opts.repo or self.config.repo
         target = Path(opts.target) if opts.target else self.default_target
+        # One sync at a time (the job holds the sync target): a staging
+        # directory beside the target now is one a killed sync left behind.
+        for stale in await asyncio.to_thread(sync_tree.remove_stale_staging, target):
+            ctx.log(f"removed {stale}, left by a sync that was killed")
         token = await asyncio.to_thread(read_token, self.token_file, dict(os.environ))
-        etags = await asyncio.to_thread(_load_json, self.dir / "etags.json")
+        etags = await asyncio.to_thread(sync_tree.load_json, self.dir / "etags.json")
         host = GitHost(
             self.config.api_url,
             self.config.raw_url,
@@ -99,7 +98,7 @@ class SyncService:
             output["bytes"] = host.bytes
         # Only what this run used: an old commit's tree is not asked for again.
         keep = {url: host.etags[url] for url in host.used if url in host.etags}
-        await asyncio.to_thread(_save_json, self.dir / "etags.json", keep)
+        await asyncio.to_thread(sync_tree.save_json, self.dir / "etags.json", keep)
         return output
 
     # -- incremental ---------------------------------------------------------------
@@ -130,14 +129,14 @@ class SyncService:
         if opts.check_only or not (todo.fetch or todo.remove):
             await asyncio.to_thread(cache.save)
             return result
-        staging = await asyncio.to_thread(_staging_dir, target)
+        staging = await asyncio.to_thread(sync_tree.staging_dir, target)
         try:
             await self._download(ctx, host, repo, commit, todo, staging, opts)
             if opts.dry_run:
                 ctx.log("dry run: every file downloaded and verified; nothing installed")
                 return result
-            await asyncio.to_thread(_install, target, staging, todo)
-            await asyncio.to_thread(_refresh_cache, cache, target, todo)
+            await asyncio.to_thread(sync_tree.install, target, staging, todo)
+            await asyncio.to_thread(sync_tree.refresh_cache, cache, target, todo)
             await asyncio.to_thread(cache.save)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
@@ -168,7 +167,7 @@ class SyncService:
                 )
             if want.mode == MODE_LINK:
                 check_link_target(rel, data, commit)
-            await asyncio.to_thread(_stage, staging, rel, data, want.mode)
+            await asyncio.to_thread(sync_tree.stage, staging, rel, data, want.mode)
             done += 1
             ctx.step(done, len(todo.fetch))
 
@@ -197,135 +196,18 @@ class SyncService:
             return {"mode": "full", "changed": [], "removed": []}
         data = await host.tarball(repo, commit)
         ctx.log(f"tarball: {len(data)} bytes")
-        staging = await asyncio.to_thread(_staging_dir, target)
+        staging = await asyncio.to_thread(sync_tree.staging_dir, target)
         try:
-            files = await asyncio.to_thread(_unpack, data, staging / "tree", commit)
+            files = await asyncio.to_thread(sync_tree.unpack, data, staging / "tree", commit)
             if opts.dry_run:
                 ctx.log(f"dry run: {files} files unpacked and checked; nothing installed")
                 return {"mode": "full", "files": files}
-            await asyncio.to_thread(_swap, target, staging / "tree")
+            await asyncio.to_thread(sync_tree.swap, target, staging / "tree")
             ctx.log(f"{target} replaced ({files} files)")
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         await asyncio.to_thread((self.dir / "statcache.json").unlink, True)
         return {"mode": "full", "files": files}
-
-
-# -- blocking helpers (threads) ---------------------------------------------------
-
-
-def _staging_dir(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.sync-", dir=target.parent))
-
-
-def _stage(staging: Path, rel: str, data: bytes, mode: str) -> None:
-    path = staging / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode == MODE_LINK:
-        os.symlink(data.decode(), path)
-        return
-    path.write_bytes(data)
-    path.chmod(0o755 if mode == MODE_EXEC else 0o644)
-
-
-def _install(target: Path, staging: Path, todo: Plan) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    for rel in todo.remove:
-        path = target / rel
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-    for rel in todo.fetch:
-        dst = target / rel
-        node = target
-        for part in rel.split("/")[:-1]:
-            node = node / part
-            if node.is_symlink() or (node.exists() and not node.is_dir()):
-                node.unlink()  # a file upstream turned into a directory
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_dir() and not dst.is_symlink():
-            shutil.rmtree(dst)  # a directory upstream turned into a file
-        os.replace(staging / rel, dst)
-    for rel in todo.remove:
-        _prune(target, (target / rel).parent)
-
-
-def _prune(target: Path, directory: Path) -> None:
-    while directory != target and directory.is_dir() and not any(directory.iterdir()):
-        directory.rmdir()
-        directory = directory.parent
-
-
-def _refresh_cache(cache: StatCache, target: Path, todo: Plan) -> None:
-    for rel in todo.fetch:
-        if todo.remote[rel].mode != MODE_LINK:
-            st = (target / rel).lstat()
-            cache.entries[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, todo.remote[rel].sha]
-
-
-def _unpack(data: bytes, into: Path, commit: str) -> int:
-    """The tarball's files under ``into`` (its top directory stripped), checked like a tree."""
-    into.mkdir(parents=True)
-    files = 0
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-        for member in tar:
-            rel = member.name.partition("/")[2].rstrip("/")
-            if not rel or member.isdir() or excluded(rel):
-                continue
-            parts = rel.split("/")
-            if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
-                raise BackendFailed(f"the tarball of {commit[:12]} is unsafe: path {rel!r}")
-            dst = into / rel
-            for parent in dst.relative_to(into).parents:
-                if parent != Path(".") and (into / parent).is_symlink():
-                    raise BackendFailed(
-                        f"the tarball of {commit[:12]} is unsafe: {rel} lies under a symlink"
-                    )
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if member.issym():
-                check_link_target(rel, member.linkname.encode(), commit)
-                os.symlink(member.linkname, dst)
-            elif member.isfile():
-                source = tar.extractfile(member)
-                assert source is not None
-                dst.write_bytes(source.read())
-                dst.chmod(0o755 if member.mode & 0o100 else 0o644)
-            else:
-                raise BackendFailed(f"the tarball of {commit[:12]} has {rel} of an odd kind")
-            files += 1
-    return files
-
-
-def _swap(target: Path, new: Path) -> None:
-    """Put ``new`` where ``target`` is in one step; keep the excluded paths the old one had."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    for prefix in (".git", "result", "target", "tools/target", "var"):
-        if os.path.lexists(target / prefix) and not os.path.lexists(new / prefix):
-            (new / prefix).parent.mkdir(parents=True, exist_ok=True)
-            os.rename(target / prefix, new / prefix)
-    libc = ctypes.CDLL(None, use_errno=True)
-    status = libc.renameat2(
-        AT_FDCWD, os.fsencode(new), AT_FDCWD, os.fsencode(target), RENAME_EXCHANGE
-    )
-    if status != 0:
-        raise OSError(ctypes.get_errno(), f"renameat2 {new} <-> {target}")
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-        return value if isinstance(value, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_json(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
 
 
 def _summary(output: dict[str, Any], opts: SyncOptions) -> str:

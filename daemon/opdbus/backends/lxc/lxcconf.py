@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from opdbus.backends.files import atomic_write
 from opdbus.models.container import ContainerMeta, CreateContainerOptions
-from opdbus.services.fsutil import atomic_write
 
 META = "opdbus.json"
 CGROUP2_CONTROLLERS = Path("/sys/fs/cgroup/cgroup.controllers")
