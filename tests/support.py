@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
@@ -76,13 +77,49 @@ def become_subreaper() -> None:
     """Orphans of our descendants are re-parented to us, not to PID 1.
 
     Daemons fork into the background (lxc-monitord, a container's monitor, a
-    killed op-dbusd's children); as a subreaper this process stays their
-    ancestor, so the leak guard can find everything a test started by walking
-    its own process tree -- and never has to look at anyone else's processes.
+    killed op-dbusd's children, QEMU under libvirtd); as a subreaper this
+    process stays their ancestor, so the leak guard can find everything a
+    test started by walking its own process tree -- and never has to look at
+    anyone else's processes.
+
+    A subreaper must also do PID 1's other job: reap the orphans that exit.
+    Left as zombies they would still answer kill(pid, 0), and libvirtd, for
+    one, would wait for ever for its QEMU to go. Children we spawned ourselves
+    are left to their Popen (which waits for them); every other zombie child
+    is an orphan, reaped by a thread woken on SIGCHLD.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+    execute = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+
+    def tracked(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+        with _SPAWN_LOCK:  # the pid is known before the reaper can see it exit
+            execute(self, *args, **kwargs)
+            _SPAWNED.add(self.pid)
+
+    subprocess.Popen._execute_child = tracked  # type: ignore[attr-defined]
+    signal.signal(signal.SIGCHLD, lambda *_: _CHILD_EXITED.set())
+    threading.Thread(target=_reap_orphans, name="orphan-reaper", daemon=True).start()
+
+
+_SPAWN_LOCK = threading.Lock()
+_SPAWNED: set[int] = set()
+_CHILD_EXITED = threading.Event()
+
+
+def _reap_orphans() -> None:
+    me = os.getpid()
+    while True:
+        _CHILD_EXITED.wait(1.0)
+        _CHILD_EXITED.clear()
+        with _SPAWN_LOCK:
+            table = process_table()
+            _SPAWNED.intersection_update(table)  # waited for by their Popen: forget them
+            for proc in table.values():
+                if proc.ppid == me and proc.state == "Z" and proc.pid not in _SPAWNED:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(proc.pid, os.WNOHANG)
 
 
 @dataclass(frozen=True)

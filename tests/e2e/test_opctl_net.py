@@ -105,7 +105,7 @@ def test_apply_file_with_progress_and_exit_codes(net: str, tmp_path: Path) -> No
     bad = opctl(net, "net", "apply", str(doc))
     assert bad.returncode == 4
     assert (
-        "bridges[0].ports[0].tag of ApplyBridges: Input should be less than or equal to 4095"
+        "ApplyBridges: bridges[0].ports[0].tag: Input should be less than or equal to 4095"
         in bad.stderr
     )
     missing = opctl(net, "net", "apply", str(tmp_path / "nope.json"))

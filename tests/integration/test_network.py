@@ -541,7 +541,7 @@ async def test_a_failed_apply_leaves_ovsdb_as_it_was(
         )
         assert (
             bad_tag
-            == "bridges[0].ports[0].tag of ApplyBridges: Input should be less than or equal to 4095"
+            == "ApplyBridges: bridges[0].ports[0].tag: Input should be less than or equal to 4095"
         )
         assert await asyncio.to_thread(ovsdb_dump, ovs) == before
 
