@@ -11,9 +11,11 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from opdbus.backends import audit_walk, process
 from opdbus.errors import BackendUnavailable
 from opdbus.models.audit import (
     AuditEntry,
@@ -186,14 +188,14 @@ async def test_concurrent_verifies_share_one_walk_and_edits_are_still_caught(
 ) -> None:
     audit = await _filled(tmp_path, 300)
     walks = 0
-    original = audit._walk_from_cache
+    original = audit._resume_point
 
     def counting(*args: object) -> object:
         nonlocal walks
         walks += 1
         return original(*args)  # type: ignore[arg-type]
 
-    audit._walk_from_cache = counting  # type: ignore[method-assign,assignment]
+    audit._resume_point = counting  # type: ignore[method-assign,assignment]
     verdicts = await asyncio.gather(*(audit.verify() for _ in range(40)))
     assert all(v.ok and v.entries == 300 for v in verdicts)
     assert walks <= 2  # one walk, maybe one more begun after it ended
@@ -286,3 +288,29 @@ async def test_sealing_catches_up_after_downtime(tmp_path: Path) -> None:
     report = verify_seals(entries(tmp_path), key, time.time())
     assert report.ok, report.problems
     await again.close()
+
+
+async def test_long_stretches_are_walked_in_a_process_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past IN_PROCESS_MAX bytes the walk leaves the daemon's GIL alone; same verdicts."""
+    monkeypatch.setattr(audit_walk, "IN_PROCESS_MAX", 0)
+    audit = await _filled(tmp_path, 50)
+    spawned: list[list[str]] = []
+    spawn = process.spawn
+
+    async def watched(argv: list[str], **kwargs: Any) -> Any:
+        spawned.append(argv)
+        return await spawn(argv, **kwargs)
+
+    monkeypatch.setattr(process, "spawn", watched)
+    assert (await audit.verify()).ok
+    await audit.append(kind="call", method="m", target="/", result="ok", reserved=False)
+    assert (await audit.verify()).entries == 51  # resumed where the last walk ended
+    assert len(spawned) == 2 and spawned[1][5] != "0"  # the second walk began past byte 0
+    content = (tmp_path / "audit.jsonl").read_bytes().splitlines(keepends=True)
+    content[20] = content[20].replace(b'"result":"ok"', b'"result":"no"')
+    (tmp_path / "audit.jsonl").write_bytes(b"".join(content))
+    verdict = await audit.verify()
+    assert not verdict.ok and verdict.first_bad_seq == 21
+    await audit.close()

@@ -275,9 +275,13 @@ class AuditFiles:
 
     def digest(self, size: int) -> Any:
         """sha256 over the log's first ``size`` bytes, to be fed further."""
-        digest = hashlib.sha256()
+        return self.feed(hashlib.sha256(), 0, size)
+
+    def feed(self, digest: Any, start: int, end: int) -> Any:
+        """Feed the log's bytes [start, end) to ``digest`` (hashlib lets go of the GIL)."""
         with self.log_path.open("rb") as f:
-            remaining = size
+            f.seek(start)
+            remaining = end - start
             while remaining > 0:
                 chunk = f.read(min(READ_CHUNK, remaining))
                 if not chunk:

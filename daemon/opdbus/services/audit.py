@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from opdbus.backends import audit_walk
 from opdbus.backends.audit_store import AuditFiles, Head, SealFile
 from opdbus.errors import BackendFailed, BackendUnavailable, Conflict, Failed
 from opdbus.models.audit import (
@@ -353,13 +355,27 @@ class AuditLog:
 
     async def _verify_once(self) -> AuditVerdict:
         head = self._durable
-        state, digest = await self._read(self._walk_from_cache, head)
+        start, digest = await self._read(self._resume_point, head)
+        if head.size - start.offset <= audit_walk.IN_PROCESS_MAX:
+            state = await self._read(self._files.walk, start, head.size, digest)
+        else:
+            # A long stretch: checked in a process of its own (the GIL stays
+            # the loop's), hashed here meanwhile for the next call's resume.
+            hashed = asyncio.ensure_future(
+                self._read(self._files.feed, digest, start.offset, head.size)
+            )
+            try:
+                state = await audit_walk.walk_apart(self._files.log_path, start, head.size)
+            finally:
+                await hashed
         if not state.broken:
             self._verified = _Verified(state, digest)
         return self._verdict(state, head)
 
-    def _walk_from_cache(self, head: Head) -> tuple[ChainState, Any]:
-        """(In the read thread.) Walk the log to ``head``, from the last walk if still valid.
+    def _resume_point(self, head: Head) -> tuple[ChainState, Any]:
+        """(In the read thread.) Where to walk from: the last walk's end, if the log up to
+        it is byte for byte what that walk checked; else the start. Returns the
+        walk's state there and sha256 over the bytes before it.
 
         The whole prefix is hashed again (an edit anywhere must be seen), but
         only what was appended since is parsed and checked entry by entry.
@@ -373,9 +389,8 @@ class AuditLog:
                     seals=list(cached.state.seals),
                     notices=list(cached.state.notices),
                 )
-                return self._files.walk(state, head.size, digest), digest
-        digest = self._files.digest(0)
-        return self._files.walk(ChainState(), head.size, digest), digest
+                return state, digest
+        return ChainState(), hashlib.sha256()
 
     def _verdict(self, state: ChainState, head: Head) -> AuditVerdict:
         problems: list[str] = []
