@@ -102,7 +102,7 @@ class Daemon:
         self.jobs = JobManager(JobStore(state / "jobs"), config.jobs, self.audit)
         self.server = BusServer(bus_address, config.auth, self.audit)
         # Expensive checks of caller input (profiles, documents), off the loop.
-        self.checks = Workers("check")
+        self.checks = Workers("check", threads=1)
         self.health: BackendHealth | None = None
         self.network: NetworkService | None = None
         self.vms: VmService | None = None

@@ -5,6 +5,7 @@ Every function here blocks (file I/O, ioctl): call them from a thread.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import grp
 import os
@@ -39,6 +40,26 @@ def free_bytes(path: Path) -> tuple[int, int]:
         path = path.parent
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def same_file_system(a: Path, b: Path) -> bool:
+    """Whether two paths (or their nearest existing parents) are on one file system."""
+
+    def existing(path: Path) -> Path:
+        while not path.exists():
+            path = path.parent
+        return path
+
+    return os.stat(existing(a)).st_dev == os.stat(existing(b)).st_dev
+
+
+def trim_memory() -> None:
+    """Give freed heap back to the system (glibc keeps it otherwise; no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
 
 
 def meminfo() -> dict[str, int]:

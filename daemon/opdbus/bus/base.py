@@ -29,8 +29,8 @@ from dbus_fast.service import ServiceInterface, _Method, _Property, dbus_method
 
 from opdbus.bus.codec import plain
 from opdbus.bus.peers import CallerResolver
-from opdbus.bus.transport import CURRENT_CALL, FlowControlledBus, property_values
-from opdbus.errors import Failed, OpdbusError
+from opdbus.bus.transport import CURRENT_CALL, CallInfo, FlowControlledBus, property_values
+from opdbus.errors import Busy, Failed, OpdbusError
 from opdbus.models.audit import digest_args
 from opdbus.names import ERROR_PREFIX
 from opdbus.services.audit import PENDING_CALL, AuditLog, PendingCall
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 INTROSPECTION_DIR = Path(__file__).resolve().parent.parent / "introspection"
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+T = TypeVar("T")
 
 CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("opdbus_current_caller", default=None)
 
@@ -56,6 +57,13 @@ class BusContext:
     audit: AuditLog
     accepting: bool = True  # False once shutdown begins
     docs: dict[str, ET.Element] = field(default_factory=dict)
+    expensive: dict[int, int] = field(default_factory=dict)  # uid -> expensive calls in flight
+
+
+# Expensive reads (a whole-log verify, a profile check, a page of the audit
+# log) one caller may have in flight at once; more are refused with Busy at
+# once, so one user's flood costs the daemon a few computations, not a queue.
+EXPENSIVE_PER_CALLER = 4
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,11 @@ async def submit_job(jobs: JobManager, operation: str, body: JobBody, targets: l
 
 
 def bus_method(
-    *, read_only: bool = False, action: str | None = None, name: str | None = None
+    *,
+    read_only: bool = False,
+    action: str | None = None,
+    name: str | None = None,
+    expensive: bool = False,
 ) -> Callable[[F], F]:
     if not read_only and action is None:
         raise TypeError("a mutating bus method needs its polkit action id")
@@ -127,7 +139,10 @@ def bus_method(
                         caller.uid, what, call.path, digest_args(plain(list(args)))
                     )
                     PENDING_CALL.set(pending)
-                result = await fn(self, *args)
+                if expensive:
+                    result = await _limited(ctx, call, fn(self, *args))
+                else:
+                    result = await fn(self, *args)
             except asyncio.CancelledError:
                 if pending is not None and not pending.recorded:
                     ctx.audit.release()
@@ -158,6 +173,35 @@ def bus_method(
         return dbus_method(name)(wrapper)  # type: ignore[return-value]
 
     return decorate
+
+
+async def _limited(ctx: BusContext, call: CallInfo | None, work: Awaitable[T]) -> T:
+    """Run an expensive call unless its caller already has EXPENSIVE_PER_CALLER running."""
+    if call is None:
+        return await work
+    try:
+        uid = (await ctx.callers.resolve(call.sender)).uid
+    except BaseException:
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise
+    running = ctx.expensive.get(uid, 0)
+    if running >= EXPENSIVE_PER_CALLER:
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise Busy(
+            f"uid {uid} already has {running} expensive requests in progress; "
+            "wait for their answers"
+        )
+    ctx.expensive[uid] = running + 1
+    try:
+        return await work
+    finally:
+        left = ctx.expensive[uid] - 1
+        if left:
+            ctx.expensive[uid] = left
+        else:
+            del ctx.expensive[uid]
 
 
 async def _audit(ctx: BusContext, pending: PendingCall | None, result: str) -> None:

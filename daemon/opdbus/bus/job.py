@@ -118,7 +118,7 @@ class Job1(OpdbusInterface):
     def LogLines(self) -> DBusUInt32:
         return self._job.record.log_lines
 
-    @bus_method(read_only=True)
+    @bus_method(read_only=True, expensive=True)
     async def GetLog(self, start: DBusUInt32, limit: DBusUInt32) -> LogEntriesT:
         lines = await self._jobs.get_log(self._job.id, start, limit)
         return [(line.number, line.timestamp_us, line.text) for line in lines]

@@ -239,7 +239,7 @@ class Manager1(OpdbusInterface):
             [vm_path(uuid)],
         )
 
-    @bus_method(read_only=True)
+    @bus_method(read_only=True, expensive=True)
     async def CheckVMProfile(self, profile: DBusStr) -> ProfileCheckT:
         # Only an administrator learns whether files outside the image
         # directories exist: for anyone else this is not a file oracle.
@@ -265,7 +265,7 @@ class Manager1(OpdbusInterface):
 
     # -- audit ---------------------------------------------------------------
 
-    @bus_method(read_only=True)
+    @bus_method(read_only=True, expensive=True)
     async def VerifyAudit(self) -> AuditVerdictT:
         verdict = await self._s.audit.verify()
         return (verdict.ok, verdict.first_bad_seq, verdict_text(verdict))
@@ -277,7 +277,7 @@ class Manager1(OpdbusInterface):
             opts.epoch_seconds, force=opts.force, uid=current_caller().uid
         )
 
-    @bus_method(read_only=True)
+    @bus_method(read_only=True, expensive=True)
     async def GetAudit(self, start: DBusUInt64, limit: DBusUInt32) -> AuditEntriesT:
         entries = await self._s.audit.read(start, limit)
         return [audit_entry_to_dbus(entry) for entry in entries]

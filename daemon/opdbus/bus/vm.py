@@ -172,7 +172,7 @@ class VM1(OpdbusInterface):
         )
         return await self._job("Delete", body)
 
-    @bus_method(read_only=True)
+    @bus_method(read_only=True, expensive=True)
     async def GetXML(self) -> DBusStr:
         return await self._vms.get_xml(self._uuid)
 
@@ -188,7 +188,7 @@ class VM1(OpdbusInterface):
         body = self._vms.snapshot_job(self._uuid, snapshot_name(name), opts.description)
         return await self._job("CreateSnapshot", body)
 
-    @bus_method(read_only=True)
+    @bus_method(read_only=True, expensive=True)
     async def ListSnapshots(self) -> SnapshotsT:
         return await self._vms.list_snapshots(self._uuid)
 

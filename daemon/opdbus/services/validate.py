@@ -179,9 +179,24 @@ class Validator:
     # -- resources -----------------------------------------------------------
 
     async def _disk(self, fix: bool) -> CheckResult:
-        free, total = await asyncio.to_thread(host.free_bytes, self._config.state_dir)
+        state = self._config.state_dir
+        pool = self._config.libvirt.pool_dir or state / "images"
+        free, total = await asyncio.to_thread(host.free_bytes, state)
+        shared = await asyncio.to_thread(host.same_file_system, state, pool)
         limits = self._config.validate_
-        text = f"{free / GIB:.1f} GiB free of {total / GIB:.1f} GiB under {self._config.state_dir}"
+        text = f"{free / GIB:.1f} GiB free of {total / GIB:.1f} GiB under {state}"
+        if shared:
+            # A VM disk filling up leaves the audit log no room: then every
+            # change is refused (fail closed) until space is freed.
+            text += f" (shared with the VM image pool {pool}: keep room for the audit log)"
+        else:
+            pool_free, _ = await asyncio.to_thread(host.free_bytes, pool)
+            text += f"; VM image pool {pool}: {pool_free / GIB:.1f} GiB free"
+            if pool_free < limits.disk_warn_gib * GIB:
+                return CheckResult(
+                    status=WARN,
+                    message=f"{text} (the pool is below {limits.disk_warn_gib:g} GiB)",
+                )
         if free < limits.disk_fail_gib * GIB:
             return CheckResult(status=FAIL, message=f"{text} (below {limits.disk_fail_gib:g} GiB)")
         if free < limits.disk_warn_gib * GIB:

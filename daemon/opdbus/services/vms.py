@@ -202,10 +202,7 @@ class VmService:
     # -- profiles ------------------------------------------------------------------
 
     async def _target(self, profile: VmProfile) -> Target:
-        target = domains.target_for(self.conn.capabilities, profile.arch, self.config.uri)
-        if isinstance(target, str):
-            raise NotSupported(target)
-        return target
+        return _target_for(self.conn.capabilities, profile, self.config.uri)
 
     async def check_profile(
         self, text: str, *, trusted: bool = True
@@ -214,14 +211,28 @@ class VmService:
 
         ``trusted`` (an administrator asks): disk paths anywhere are checked for
         existence. Otherwise only paths inside the image directories are looked
-        at, so the answer says nothing about the rest of the file system.
+        at, so the answer says nothing about the rest of the file system. All of
+        it -- parsing, looking at files, building the XML -- runs on the checks
+        pool: anyone may call this, with the largest profile there is.
         """
-        profile = await self._parse(text)
-        warnings = await self._check_host(profile, trusted=trusted)
-        if self.conn.connected:
-            target = await self._target(profile)
+        connected = self.conn.connected
+        return await self._checks.run(
+            self._check_sync,
+            text,
+            trusted,
+            self.conn.capabilities if connected else None,
+            self.conn.detail,
+        )
+
+    def _check_sync(
+        self, text: str, trusted: bool, capabilities: str | None, detail: str
+    ) -> tuple[VmProfile, str, list[str]]:
+        profile = parse_profile(text, "profile")
+        warnings = self._check_host(profile, trusted=trusted)
+        if capabilities is not None:
+            target = _target_for(capabilities, profile, self.config.uri)
         else:
-            warnings.append(f"libvirt is not connected ({self.conn.detail}): XML for KVM shown")
+            warnings.append(f"libvirt is not connected ({detail}): XML for KVM shown")
             target = Target("kvm", None, None, profile.arch.value)
         if target.domain_type == "test" and profile.arch.value != target.arch:
             warnings.append(
@@ -239,51 +250,43 @@ class VmService:
         xml = to_xml(build_domain(profile, target=target, disks=sources))
         return profile, xml, warnings
 
-    async def _parse(self, text: str) -> VmProfile:
-        """A profile from JSON, off the loop (a big one takes a while to check)."""
-        return await self._checks.run(parse_profile, text, "profile")
-
-    async def _check_host(self, profile: VmProfile, *, trusted: bool) -> list[str]:
+    def _check_host(self, profile: VmProfile, *, trusted: bool) -> list[str]:
+        """(Blocking.) What needs the host: image directories, disk paths, memory."""
         images = [
             p for p in (profile.iso_path, profile.cloud_init and profile.cloud_init.seed_path) if p
         ]
-
-        def check() -> list[str]:
-            warnings: list[str] = []
-            allowed = [Path(os.path.realpath(d)) for d in self.config.iso_dirs]
-            for image in images:
-                # An untrusted caller's path is judged by its text: resolving it
-                # would follow symlinks where the caller cannot look.
-                real = Path(os.path.realpath(image) if trusted else os.path.normpath(image))
-                if not any(real.is_relative_to(d) for d in allowed):
-                    raise InvalidArgs(
-                        f"{image} is outside the allowed image directories "
-                        f"({', '.join(str(d) for d in self.config.iso_dirs)})"
-                    )
-                if not real.is_file():
-                    raise NotFound(f"{image}: no such file")
-            inside = [*allowed, Path(os.path.realpath(self.pool_dir))]
-            for disk in profile.disks:
-                if disk.path is None:
-                    continue
-                path = Path(os.path.normpath(disk.path))
-                if not trusted and not any(path.is_relative_to(d) for d in inside):
-                    warnings.append(
-                        f"disk {disk.path}: not checked (only administrators learn whether "
-                        "files outside the image directories exist)"
-                    )
-                elif not path.exists():
-                    raise NotFound(f"disk {disk.path}: no such file")
-            if not self.config.uri.startswith("test:"):
-                total_mib = meminfo().get("MemTotal", 0) // (1024 * 1024)
-                if total_mib and profile.memory_mb > total_mib:
-                    raise InvalidArgs(
-                        f"memory_mb {profile.memory_mb} is more than this host has "
-                        f"({total_mib} MiB)"
-                    )
-            return warnings
-
-        return await asyncio.to_thread(check)
+        warnings: list[str] = []
+        allowed = [Path(os.path.realpath(d)) for d in self.config.iso_dirs]
+        for image in images:
+            # An untrusted caller's path is judged by its text: resolving it
+            # would follow symlinks where the caller cannot look.
+            real = Path(os.path.realpath(image) if trusted else os.path.normpath(image))
+            if not any(real.is_relative_to(d) for d in allowed):
+                raise InvalidArgs(
+                    f"{image} is outside the allowed image directories "
+                    f"({', '.join(str(d) for d in self.config.iso_dirs)})"
+                )
+            if not real.is_file():
+                raise NotFound(f"{image}: no such file")
+        inside = [*allowed, Path(os.path.realpath(self.pool_dir))]
+        for disk in profile.disks:
+            if disk.path is None:
+                continue
+            path = Path(os.path.normpath(disk.path))
+            if not trusted and not any(path.is_relative_to(d) for d in inside):
+                warnings.append(
+                    f"disk {disk.path}: not checked (only administrators learn whether "
+                    "files outside the image directories exist)"
+                )
+            elif not path.exists():
+                raise NotFound(f"disk {disk.path}: no such file")
+        if not self.config.uri.startswith("test:"):
+            total_mib = meminfo().get("MemTotal", 0) // (1024 * 1024)
+            if total_mib and profile.memory_mb > total_mib:
+                raise InvalidArgs(
+                    f"memory_mb {profile.memory_mb} is more than this host has ({total_mib} MiB)"
+                )
+        return warnings
 
     # -- creating ------------------------------------------------------------------
 
@@ -545,6 +548,13 @@ class VmService:
             return JobOutcome(f"snapshot {name} of {info.name} deleted")
 
         return run
+
+
+def _target_for(capabilities: str, profile: VmProfile, uri: str) -> Target:
+    target = domains.target_for(capabilities, profile.arch, uri)
+    if isinstance(target, str):
+        raise NotSupported(target)
+    return target
 
 
 def _volume_name(vm: str, index: int, fmt: str) -> str:

@@ -45,6 +45,7 @@ RETRY_MIN = 0.5
 RETRY_MAX = 5.0
 KEEPALIVE_INTERVAL = 2  # seconds between pings
 KEEPALIVE_COUNT = 3  # unanswered pings before the connection is declared dead
+CALL_BOUND = 120.0  # no libvirt call keeps its caller longer (a VM start can be slow)
 
 # Events that can change what the bus shows of a domain.
 DOMAIN_EVENTS = (
@@ -165,7 +166,12 @@ class LibvirtConnection:
             raise BackendUnavailable(self.detail)
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, conn)
+            # libvirt's keepalive ends a call to a hung libvirtd (the thread then
+            # returns an error); this bound answers the caller even before that.
+            async with asyncio.timeout(CALL_BOUND):
+                return await asyncio.shield(loop.run_in_executor(self._executor, fn, conn))
+        except TimeoutError:
+            raise Timeout(f"{what}: libvirtd did not answer within {CALL_BOUND:g} s") from None
         except libvirt.libvirtError as e:
             error = translate(e, what)
             # Only a dead connection means libvirtd is gone: a system error
