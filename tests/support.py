@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -99,20 +100,31 @@ def become_subreaper() -> None:
             _SPAWNED.add(self.pid)
 
     subprocess.Popen._execute_child = tracked  # type: ignore[attr-defined]
-    signal.signal(signal.SIGCHLD, lambda *_: _CHILD_EXITED.set())
-    threading.Thread(target=_reap_orphans, name="orphan-reaper", daemon=True).start()
+    # The handler only writes a byte to a pipe: it may interrupt any code in
+    # the main thread (an Event's lock, say), so it must take no lock itself.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: _poke(wake_w))
+    threading.Thread(
+        target=_reap_orphans, args=(wake_r,), name="orphan-reaper", daemon=True
+    ).start()
 
 
 _SPAWN_LOCK = threading.Lock()
 _SPAWNED: set[int] = set()
-_CHILD_EXITED = threading.Event()
 
 
-def _reap_orphans() -> None:
+def _poke(fd: int) -> None:
+    with contextlib.suppress(OSError):  # full: the reaper has been woken already
+        os.write(fd, b"x")
+
+
+def _reap_orphans(wake: int) -> None:
     me = os.getpid()
     while True:
-        _CHILD_EXITED.wait(1.0)
-        _CHILD_EXITED.clear()
+        select.select([wake], [], [], 1.0)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(wake, 4096):
+                pass
         with _SPAWN_LOCK:
             table = process_table()
             _SPAWNED.intersection_update(table)  # waited for by their Popen: forget them
