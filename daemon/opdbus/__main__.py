@@ -116,6 +116,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # The event loop answers every client; a thread doing CPU work (checking a
+    # big document) hands the GIL over after this long instead of 5 ms.
+    sys.setswitchinterval(0.001)
     from opdbus.sandbox import Sandbox
 
     sandbox = Sandbox(args.sandbox) if args.sandbox is not None else None

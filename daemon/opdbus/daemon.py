@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from opdbus.backends import host
 from opdbus.backends.netlink import Netlink
 from opdbus.backends.ovsdb.client import OvsdbClient
 from opdbus.backends.process import REAPER
@@ -34,6 +35,7 @@ from opdbus.services.jobs import JobManager
 from opdbus.services.network import NetworkService
 from opdbus.services.rebuild import RebuildService
 from opdbus.services.sync import SyncService
+from opdbus.services.trim import Trimmer
 from opdbus.services.validate import HostPaths, Validator
 from opdbus.services.vms import VmService
 from opdbus.services.workers import Workers
@@ -103,6 +105,7 @@ class Daemon:
         self.server = BusServer(bus_address, config.auth, self.audit)
         # Expensive checks of caller input (profiles, documents), off the loop.
         self.checks = Workers("check", threads=1)
+        self.trimmer = Trimmer(host.trim_memory)
         self.health: BackendHealth | None = None
         self.network: NetworkService | None = None
         self.vms: VmService | None = None
@@ -118,6 +121,7 @@ class Daemon:
         await self.audit.open()
         await self.jobs.start()
         await self.server.connect()
+        self.server.ctx.on_large_call = self.trimmer.note
         self.health = BackendHealth(
             self.config,
             bus_detail=f"connected to {self.server.address}",
@@ -234,6 +238,7 @@ class Daemon:
             await self.health.stop()
         await self.audit.close()
         await self.checks.close()
+        await self.trimmer.close()
         await self.server.close()
         log.info("stopped")
 

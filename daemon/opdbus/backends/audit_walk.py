@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -76,6 +77,8 @@ async def walk_apart(path: Path, state: ChainState, end: int) -> ChainState:
 
 
 def main(argv: list[str]) -> int:
+    # Background work: the daemon's own process comes first for the CPU.
+    os.nice(10)
     path, start, end, seq, prev = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
     state = walk(lines(path, start, end), ChainState(seq=seq, hash=prev, offset=start))
     sys.stdout.write(_encode(state))

@@ -58,6 +58,12 @@ class BusContext:
     accepting: bool = True  # False once shutdown begins
     docs: dict[str, ET.Element] = field(default_factory=dict)
     expensive: dict[int, int] = field(default_factory=dict)  # uid -> expensive calls in flight
+    # Called after a call with a big argument (the daemon gives memory back then).
+    on_large_call: Callable[[], None] = lambda: None
+
+
+# An argument this big makes a call "large" (see BusContext.on_large_call).
+LARGE_ARGUMENT = 1024 * 1024
 
 
 # Expensive reads (a whole-log verify, a profile check, a page of the audit
@@ -118,27 +124,12 @@ def bus_method(
             # Flow control: while replies and signals are backed up on our
             # socket, new work waits instead of queueing more output.
             await ctx.bus.drain()
+            if any(isinstance(arg, str) and len(arg) > LARGE_ARGUMENT for arg in args):
+                ctx.on_large_call()
             try:
                 if not read_only:
-                    if not ctx.accepting:
-                        raise Failed("the daemon is shutting down; try again when it is back")
-                    if call is None:
-                        raise Failed("no caller information for this call")
-                    caller = await ctx.callers.resolve(call.sender)
                     assert action is not None
-                    await ctx.authorizer.authorize(
-                        caller,
-                        action,
-                        what=what,
-                        details={"object": call.path, "verb": call.member},
-                    )
-                    CURRENT_CALLER.set(caller)
-                    # Fail closed: room for this call's entry, or no call at all.
-                    await ctx.audit.reserve()
-                    pending = PendingCall(
-                        caller.uid, what, call.path, digest_args(plain(list(args)))
-                    )
-                    PENDING_CALL.set(pending)
+                    pending = await _admit(ctx, call, action, what, args)
                 if expensive:
                     result = await _limited(ctx, call, fn(self, *args))
                 else:
@@ -173,6 +164,26 @@ def bus_method(
         return dbus_method(name)(wrapper)  # type: ignore[return-value]
 
     return decorate
+
+
+async def _admit(
+    ctx: BusContext, call: CallInfo | None, action: str, what: str, args: tuple[Any, ...]
+) -> PendingCall:
+    """Let a mutating call in: a caller allowed to make it, and room for its audit entry."""
+    if not ctx.accepting:
+        raise Failed("the daemon is shutting down; try again when it is back")
+    if call is None:
+        raise Failed("no caller information for this call")
+    caller = await ctx.callers.resolve(call.sender)
+    await ctx.authorizer.authorize(
+        caller, action, what=what, details={"object": call.path, "verb": call.member}
+    )
+    CURRENT_CALLER.set(caller)
+    # Fail closed: room for this call's entry, or no call at all.
+    await ctx.audit.reserve()
+    pending = PendingCall(caller.uid, what, call.path, digest_args(plain(list(args))))
+    PENDING_CALL.set(pending)
+    return pending
 
 
 async def _limited(ctx: BusContext, call: CallInfo | None, work: Awaitable[T]) -> T:

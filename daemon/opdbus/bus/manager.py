@@ -27,7 +27,7 @@ from opdbus.config import Mode
 from opdbus.errors import InvalidArgs, NotSupported
 from opdbus.models.audit import AuditEntry, AuditVerdict, SealOptions
 from opdbus.models.container import ContainerSpec
-from opdbus.models.document import parse_json
+from opdbus.models.document import check_size, parse_json
 from opdbus.models.network import BridgesDocument, BridgeSpec, SeedNet
 from opdbus.models.sync import RebuildAction, RebuildOptions, SyncOptions, UpdateOptions
 from opdbus.models.validation import ValidateOptions
@@ -212,6 +212,7 @@ class Manager1(OpdbusInterface):
     @bus_method(action=Action.BRIDGE_APPLY)
     async def ApplyBridges(self, document: DBusStr) -> DBusObjectPath:
         network = self._network()
+        check_size(document, "ApplyBridges")
         doc = await self._s.checks.run(_bridges_document, document)
         return await submit_job(
             self._s.jobs,

@@ -39,7 +39,7 @@ from opdbus.errors import (
     NotSupported,
     Timeout,
 )
-from opdbus.models.document import check_document, parse_json
+from opdbus.models.document import check_document, check_size, parse_json
 from opdbus.models.vm import VmInfo, VmName, VmProfile, VmState
 from opdbus.names import vm_path
 from opdbus.services.cache import ObservedCache
@@ -215,6 +215,7 @@ class VmService:
         it -- parsing, looking at files, building the XML -- runs on the checks
         pool: anyone may call this, with the largest profile there is.
         """
+        check_size(text, "profile", PROFILE_MAX_BYTES)  # here: a 10 MB text never leaves the loop
         connected = self.conn.connected
         return await self._checks.run(
             self._check_sync,
