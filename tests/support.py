@@ -211,6 +211,7 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "libvirt": {"uri": f"qemu+unix:///system?socket={tmp}/no-libvirt-sock"},
         "ovsdb": {"remote": f"unix:{tmp}/no-ovsdb.sock"},
         "lxc": {"path": str(tmp / "lxc")},
+        "state": {"file": str(tmp / "state.json")},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

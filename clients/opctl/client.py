@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -390,6 +391,34 @@ class Client:
         """Call a VM1 method that returns a job; the job's path."""
         (job,) = await self.vm_call(path, member, signature, body)
         return str(job)
+
+    # -- declarative state ---------------------------------------------------------
+
+    async def state_apply(self, document: str, **options: Any) -> str:
+        (path,) = await self.call(
+            names.STATE_PATH, names.STATE_IFACE, "Apply", "sa{sv}", [document, to_variants(options)]
+        )
+        return str(path)
+
+    async def state_diff(self, document: str, **options: Any) -> list[dict[str, Any]]:
+        (plan,) = await self.call(
+            names.STATE_PATH, names.STATE_IFACE, "Diff", "sa{sv}", [document, to_variants(options)]
+        )
+        result: list[dict[str, Any]] = json.loads(plan)
+        return result
+
+    async def state_query(self, providers: list[str] | None = None) -> dict[str, Any]:
+        (document,) = await self.call(
+            names.STATE_PATH, names.STATE_IFACE, "Query", "as", [providers or []]
+        )
+        result: dict[str, Any] = json.loads(document)
+        return result
+
+    async def state_call(self, member: str) -> list[Any]:
+        return await self.call(names.STATE_PATH, names.STATE_IFACE, member)
+
+    async def state(self) -> dict[str, Any]:
+        return await self.get_all(names.STATE_PATH, names.STATE_IFACE)
 
     async def verify_audit(self) -> AuditVerdict:
         ok, first_bad, reason = await self.call(names.ROOT_PATH, names.MANAGER_IFACE, "VerifyAudit")

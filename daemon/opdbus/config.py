@@ -132,6 +132,19 @@ class RebuildConfig(_Section):
     kill_grace_seconds: float = Field(5.0, gt=0, description="SIGTERM to SIGKILL on cancel")
 
 
+class StateConfig(_Section):
+    file: Path = Field(
+        Path("/etc/op-dbus/state.json"),
+        description="the desired state, applied at start and on Reload()/SIGHUP (none: nothing)",
+    )
+    drift_policy: Literal["report", "enforce"] = Field(
+        "report", description="report drift, or also apply the document again"
+    )
+    enforce_delay_seconds: float = Field(
+        2.0, ge=0, le=3600, description="quiet time before drift is repaired (enforce)"
+    )
+
+
 class Config(_Section):
     mode: Mode = Mode.FULL
     state_dir: Path = DEFAULT_STATE_DIR
@@ -146,6 +159,7 @@ class Config(_Section):
     lxc: LxcConfig = LxcConfig()
     sync: SyncConfig = SyncConfig()
     rebuild: RebuildConfig = RebuildConfig()
+    state: StateConfig = StateConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

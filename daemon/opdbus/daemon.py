@@ -24,16 +24,23 @@ from opdbus.backends import host
 from opdbus.backends.netlink import Netlink
 from opdbus.backends.ovsdb.client import OvsdbClient
 from opdbus.backends.process import REAPER
+from opdbus.backends.state_files import StateFiles
 from opdbus.bus.manager import ManagerServices
 from opdbus.bus.server import BusServer
 from opdbus.config import Config
+from opdbus.errors import OpdbusError
 from opdbus.services.audit import AuditLog
 from opdbus.services.containers import ContainerService
 from opdbus.services.health import BackendHealth
 from opdbus.services.job_store import JobStore
 from opdbus.services.jobs import JobManager
 from opdbus.services.network import NetworkService
+from opdbus.services.providers.base import Provider
+from opdbus.services.providers.lxc import LxcProvider
+from opdbus.services.providers.net import NetProvider
+from opdbus.services.providers.vms import VmsProvider
 from opdbus.services.rebuild import RebuildService
+from opdbus.services.state import StateService
 from opdbus.services.sync import SyncService
 from opdbus.services.trim import Trimmer
 from opdbus.services.validate import HostPaths, Validator
@@ -110,9 +117,11 @@ class Daemon:
         self.network: NetworkService | None = None
         self.vms: VmService | None = None
         self.containers: ContainerService | None = None
+        self.state: StateService | None = None
         # Awaited once org.opdbus is owned (the sandbox announces its address).
         self.ready_hooks: list[Callable[[], Awaitable[None]]] = []
         self._stopped = False
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         # Before any child: whatever we start must end with us, even on SIGKILL.
@@ -143,6 +152,7 @@ class Daemon:
             self.vms = await self._start_vms(self.health)
         if self.health.enabled("lxc"):
             self.containers = await self._start_containers(self.health)
+        self.state = self._make_state()
         self.server.serve(
             ManagerServices(
                 version=VERSION,
@@ -159,8 +169,10 @@ class Daemon:
                 network=self.network,
                 vms=self.vms,
                 containers=self.containers,
-            )
+            ),
+            self.state,
         )
+        await self.state.start()
         self.health.start()
         await self.server.own_name()
         log.info(
@@ -173,6 +185,23 @@ class Daemon:
         for hook in self.ready_hooks:
             await hook()
         sd_notify("READY=1\nSTATUS=serving org.opdbus")
+
+    def _make_state(self) -> StateService:
+        providers: list[Provider] = []
+        if self.network is not None:
+            providers.append(NetProvider(self.network))
+        if self.containers is not None:
+            providers.append(LxcProvider(self.containers))
+        if self.vms is not None:
+            providers.append(VmsProvider(self.vms))
+        return StateService(
+            self.config.state,
+            self.config.mode,
+            providers,
+            self.jobs,
+            self.checks,
+            StateFiles(self.config.state_dir / "state"),
+        )
 
     async def _start_network(self, health: BackendHealth) -> NetworkService:
         config = self.config.ovsdb
@@ -227,6 +256,11 @@ class Daemon:
         log.info("stopping: no new calls, interrupting running jobs")
         with contextlib.suppress(AssertionError):
             self.server.stop_accepting()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.state is not None:
+            await self.state.stop()
         await self.jobs.shutdown()
         if self.network is not None:
             await self.network.stop()
@@ -242,12 +276,28 @@ class Daemon:
         await self.server.close()
         log.info("stopped")
 
+    def _sighup(self) -> None:
+        """SIGHUP: apply the state file again (as Reload() does)."""
+        if self.state is None:
+            return
+        task = asyncio.ensure_future(self._reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload(self) -> None:
+        assert self.state is not None
+        try:
+            await self.state.reload(uid=0)
+        except OpdbusError as e:
+            log.error("SIGHUP: the state file was not applied: %s", e.message)
+
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT or the bus goes away, stop. Returns the exit status."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         try:
             await self.start()
             lost = asyncio.create_task(self.server.disconnected.wait(), name="bus-lost")
@@ -260,6 +310,6 @@ class Daemon:
                     await task
             return status
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             await self.stop()

@@ -17,12 +17,18 @@ CONTAINER_PATH_PREFIX: Final = "/org/opdbus/container"
 # Job targets (not objects): one sync and one rebuild at a time.
 SYNC_TARGET: Final = "/org/opdbus/sync"
 REBUILD_TARGET: Final = "/org/opdbus/rebuild"
+# The declarative state's object; also the target every state job holds.
+STATE_PATH: Final = "/org/opdbus/state"
+STATE_TARGET: Final = STATE_PATH
 
 MANAGER_IFACE: Final = "org.opdbus.Manager1"
 JOB_IFACE: Final = "org.opdbus.Job1"
 BRIDGE_IFACE: Final = "org.opdbus.Bridge1"
 VM_IFACE: Final = "org.opdbus.VM1"
 CONTAINER_IFACE: Final = "org.opdbus.Container1"
+STATE_IFACE: Final = "org.opdbus.State1"
+# The original op-dbus's interface, served beside State1 for its users.
+STATE_MANAGER_IFACE: Final = "org.opdbus.StateManager"
 
 PROPERTIES_IFACE: Final = "org.freedesktop.DBus.Properties"
 OBJECT_MANAGER_IFACE: Final = "org.freedesktop.DBus.ObjectManager"
@@ -67,6 +73,8 @@ class Action:
     REBUILD: Final = "org.opdbus.host.rebuild"
     UPDATE: Final = "org.opdbus.host.update"
     AUDIT_SEAL: Final = "org.opdbus.audit.seal"
+    STATE_APPLY: Final = "org.opdbus.state.apply"
+    STATE_CONFIRM: Final = "org.opdbus.state.confirm"
 
 
 def job_path(job_id: int) -> str:

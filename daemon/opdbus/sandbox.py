@@ -239,6 +239,7 @@ class Sandbox:
                 "datapath_type": "netdev",
             },
             lxc={"path": str(self.dir / "lxc")},
+            state={**base.state.model_dump(mode="json"), "file": str(self.dir / "state.json")},
         )
 
     def announce(self, address: str) -> None:

@@ -306,7 +306,7 @@ async def test_committed_introspection_matches_the_running_daemon(
     async with running(tmp_path, private_bus, **CALM):
         record = await client.run_job(lambda: client.validate(quick=True))
         live: dict[str, ET.Element] = {}
-        for path in (names.ROOT_PATH, names.job_path(record.id)):
+        for path in (names.ROOT_PATH, names.job_path(record.id), names.STATE_PATH):
             (xml,) = await client.call(path, names.INTROSPECTABLE_IFACE, "Introspect")
             for interface in ET.fromstring(xml).iter("interface"):
                 live[interface.attrib["name"]] = interface
@@ -320,6 +320,11 @@ async def test_committed_introspection_matches_the_running_daemon(
         "org.opdbus.Bridge1.xml",
         "org.opdbus.VM1.xml",
         "org.opdbus.Container1.xml",
+        "org.opdbus.State1.xml",
+        "org.opdbus.StateManager.xml",
     }
-    assert_introspection_matches(live, [names.MANAGER_IFACE, names.JOB_IFACE])
+    assert_introspection_matches(
+        live,
+        [names.MANAGER_IFACE, names.JOB_IFACE, names.STATE_IFACE, names.STATE_MANAGER_IFACE],
+    )
     assert "org.freedesktop.DBus.ObjectManager" in live

@@ -9,11 +9,12 @@ from opdbus.bus.bridge import Bridge1
 from opdbus.bus.container import Container1
 from opdbus.bus.job import Job1
 from opdbus.bus.manager import Manager1
+from opdbus.bus.state import State1, StateManager
 from opdbus.bus.vm import VM1
 from opdbus.names import BUS_NAME
 from tests.support import REPO
 
-INTERFACES = (Manager1, Job1, Bridge1, VM1, Container1)
+INTERFACES = (Manager1, Job1, Bridge1, VM1, Container1, State1, StateManager)
 
 
 def policies() -> dict[tuple[str, str], MethodPolicy]:

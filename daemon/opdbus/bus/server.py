@@ -18,11 +18,13 @@ from opdbus.bus.guard import CallGuard
 from opdbus.bus.job import Job1, JobExporter
 from opdbus.bus.manager import Manager1, ManagerServices
 from opdbus.bus.peers import CallerResolver, PolkitClient, bus_call
+from opdbus.bus.state import State1, StateExporter, StateManager
 from opdbus.bus.transport import FlowControlledBus
 from opdbus.bus.vm import VM1
 from opdbus.config import AuthConfig
 from opdbus.services.audit import AuditLog
 from opdbus.services.authz import Authorizer
+from opdbus.services.state import StateService
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class BusServer:
             return Probe(True, f"{names.POLKIT_NAME} on the bus")
         return Probe(False, f"{names.POLKIT_NAME} is not on the bus")
 
-    def serve(self, services: ManagerServices) -> None:
+    def serve(self, services: ManagerServices, state: StateService | None = None) -> None:
         """Export the root object and every job (before owning the name: no half-ready daemon)."""
         ctx = self.ctx
         ctx.bus.object_managers.add(names.ROOT_PATH)
@@ -93,6 +95,8 @@ class BusServer:
         guard.learn(Bridge1)
         guard.learn(VM1)
         guard.learn(Container1)
+        guard.learn(State1)
+        guard.learn(StateManager)
         ctx.bus.add_message_handler(guard)
         ctx.bus.export(names.ROOT_PATH, manager)
         JobExporter(ctx, services.jobs, manager).attach()
@@ -102,6 +106,8 @@ class BusServer:
             vm.exporter(ctx, services.vms).attach()
         if services.containers is not None:
             container.exporter(ctx, services.containers).attach()
+        if state is not None:
+            StateExporter(ctx, state).attach()
 
     async def own_name(self) -> None:
         bus = self.ctx.bus

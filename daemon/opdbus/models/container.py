@@ -116,6 +116,7 @@ class ContainerMeta(_Strict):
     template: str
     ipv4: list[Cidr] = Field(default_factory=list)
     gateway: Ipv4 | None = None
+    owner: str = ""  # "state": made by the declarative state (only those are pruned)
 
 
 class ContainerInfo(BaseModel):
@@ -136,3 +137,7 @@ class ContainerInfo(BaseModel):
     autostart: bool = False
     memory_used: int = 0  # bytes
     cpu_time_ns: int = 0
+    # What op-dbus configured (its note beside the config), not on the bus.
+    ipv4_config: tuple[str, ...] = ()
+    gateway: str = ""
+    owner: str = ""

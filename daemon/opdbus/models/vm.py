@@ -307,6 +307,7 @@ class VmInfo(BaseModel):
     disks: tuple[tuple[str, str, str, str], ...] = ()  # (target, source, device, format)
     profile: str = ""  # the profile JSON op-dbus defined it from; "" if made elsewhere
     managed: bool = False  # made by op-dbus
+    owner: str = ""  # "state": made by the declarative state (not on the bus)
     snapshots: int = 0
     cpu_time_ns: int = 0
     memory_used_kib: int = 0

@@ -283,7 +283,9 @@ class ContainerService:
         await asyncio.to_thread(_host_checks, opts, set(self.ovs_bridges()))
         return cid
 
-    def create_job(self, name: str, cid: int, opts: CreateContainerOptions) -> JobBody:
+    def create_job(
+        self, name: str, cid: int, opts: CreateContainerOptions, *, owner: str = ""
+    ) -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
             directory = self.config.path / name
             # Hidden until configured (lxc-monitor may report it before); a second
@@ -296,7 +298,11 @@ class ContainerService:
                 ctx.progress(0.6)
                 settings = lxcconf.settings(name, cid, opts)
                 meta = ContainerMeta(
-                    id=cid, template=opts.template.value, ipv4=opts.ipv4, gateway=opts.gateway
+                    id=cid,
+                    template=opts.template.value,
+                    ipv4=opts.ipv4,
+                    gateway=opts.gateway,
+                    owner=owner,
                 )
                 await asyncio.to_thread(self._configure, directory, settings, meta, opts)
                 ctx.log(f"configured {name} (id {cid})")
@@ -427,6 +433,39 @@ class ContainerService:
 
         return run
 
+    async def reconfigure(
+        self, ctx: JobContext, name: str, cid: int, opts: CreateContainerOptions
+    ) -> None:
+        """Give an existing container new settings (network, addresses, limits, id): it is
+        stopped while its config is rewritten and started again if it ran."""
+        info = self.get(name)
+        ran = info.state is not ContainerState.STOPPED
+        if ran:
+            await self._stop(name, None, True)
+            ctx.log(f"  {name} stopped to change its settings")
+        directory = self.config.path / name
+        old = await asyncio.to_thread(lxcconf.read_meta, directory)
+        meta = ContainerMeta(
+            id=cid,
+            template=old.template if old else info.template or opts.template.value,
+            ipv4=opts.ipv4,
+            gateway=opts.gateway,
+            owner=old.owner if old else "",
+        )
+        settings = lxcconf.settings(name, cid, opts)
+
+        def write() -> None:
+            lxcconf.rewrite(directory / "config", settings, lxcconf.limit_keys_all())
+            lxcconf.write_meta(directory, meta)
+            if opts.ipv4 and meta.template == Template.BUSYBOX.value:
+                lxcconf.static_addressing(directory / "rootfs")
+
+        await asyncio.to_thread(write)
+        await self.refresh(name)
+        if ran:
+            await self._start(name)
+            ctx.log(f"  {name} started again")
+
     async def set_autostart(self, name: str, on: bool) -> None:
         self._idle(name)
         await asyncio.to_thread(lxcconf.set_autostart, self.lxc.config_path(name), on)
@@ -484,4 +523,7 @@ def _info(
         autostart=lxcconf.first(entries, "lxc.start.auto") == "1",
         memory_used=live.memory_used,
         cpu_time_ns=live.cpu_time_ns,
+        ipv4_config=tuple(meta.ipv4) if meta else (),
+        gateway=(meta.gateway or "") if meta else "",
+        owner=meta.owner if meta else "",
     )

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 KEY_ADDRESSES = "opdbus:addresses"
 KEY_GATEWAY = "opdbus:gateway"
 KEY_DHCP = "opdbus:dhcp"
+ADDRESSING_KEYS = frozenset({KEY_ADDRESSES, KEY_GATEWAY, KEY_DHCP})
+# Who made the bridge: "state" for the declarative state (only those are pruned).
+KEY_OWNER = "opdbus:owner"
 RESERVED_PREFIX = "opdbus:"
 LINK_TIMEOUT = 5.0
 BY_NAME = operator.attrgetter("name")
@@ -423,7 +426,7 @@ class NetworkService:
 
     async def set_addresses(self, bridge: str, addressing: Addressing) -> BridgeInfo:
         info = self.get(bridge)
-        kept = {k: v for k, v in info.external_ids.items() if not k.startswith(RESERVED_PREFIX)}
+        kept = {k: v for k, v in info.external_ids.items() if k not in ADDRESSING_KEYS}
         ids = {**kept, **addressing_ids(addressing)}
         before = wanted_addressing(info.external_ids, None)
         await self.ovsdb.transact(

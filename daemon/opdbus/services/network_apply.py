@@ -28,6 +28,8 @@ from opdbus.errors import NotFound, OpdbusError
 from opdbus.models.network import Addressing, BridgesDocument, BridgeSpec, PortSpec, PortType
 from opdbus.services.jobs import JobBody, JobContext, JobOutcome
 from opdbus.services.network import (
+    ADDRESSING_KEYS,
+    KEY_OWNER,
     LINK_TIMEOUT,
     RESERVED_PREFIX,
     NetworkService,
@@ -75,13 +77,15 @@ def _port_spec(cache: OvsCache, port: PortRow) -> PortSpec:
     )
 
 
-def make_plan(doc: BridgesDocument, cache: OvsCache, default_datapath: str) -> Plan:
+def make_plan(
+    doc: BridgesDocument, cache: OvsCache, default_datapath: str, *, owner: str = ""
+) -> Plan:
     plan = Plan()
     for spec in doc.bridges:
         row = cache.bridge(spec.name)
         before = len(plan.steps)
         if row is None:
-            _plan_new_bridge(plan, spec, default_datapath)
+            _plan_new_bridge(plan, spec, default_datapath, owner)
             plan.created.append(spec.name)
         else:
             _plan_bridge_update(plan, spec, row, cache)
@@ -96,8 +100,10 @@ def make_plan(doc: BridgesDocument, cache: OvsCache, default_datapath: str) -> P
     return plan
 
 
-def _plan_new_bridge(plan: Plan, spec: BridgeSpec, default_datapath: str) -> None:
+def _plan_new_bridge(plan: Plan, spec: BridgeSpec, default_datapath: str, owner: str) -> None:
     ids = {**user_ids(spec.external_ids), **addressing_ids(spec)}
+    if owner:
+        ids[KEY_OWNER] = owner
     datapath = spec.datapath_type or default_datapath
 
     def step(tx: Txn) -> None:
@@ -126,7 +132,8 @@ def _plan_bridge_update(plan: Plan, spec: BridgeSpec, row: BridgeRow, cache: Ovs
         new_ids = {k: v for k, v in old_ids.items() if k.startswith(RESERVED_PREFIX)}
         new_ids.update(user_ids(spec.external_ids))
     if given & ADDRESSING_FIELDS - {"mtu"}:
-        new_ids = {k: v for k, v in new_ids.items() if not k.startswith(RESERVED_PREFIX)}
+        # The addressing keys are replaced; op-dbus's other keys (the owner) stay.
+        new_ids = {k: v for k, v in new_ids.items() if k not in ADDRESSING_KEYS}
         new_ids.update(addressing_ids(spec))
     wanted: dict[str, Any] = {}
     if "datapath_type" in given and spec.datapath_type and spec.datapath_type != row.datapath_type:
@@ -198,48 +205,7 @@ def _run_all(steps: list[Step]) -> Step:
 def apply_job(network: NetworkService, doc: BridgesDocument) -> JobBody:
     async def run(ctx: JobContext) -> JobOutcome:
         ctx.log(f"applying {len(doc.bridges)} bridge(s)")
-        cache = network.ovsdb.cache
-        for spec in doc.bridges:
-            for wanted in spec.ports:
-                known = cache.bridge_of_port(wanted.name) is not None
-                if (
-                    wanted.type is PortType.SYSTEM
-                    and not known
-                    and network.netlink.index(wanted.name) is None
-                ):
-                    raise NotFound(f"port {wanted.name} of {spec.name}: no such network interface")
-        plan = make_plan(doc, network.ovsdb.cache, network.default_datapath)
-        for line in plan.changes:
-            ctx.log(f"  {line}")
-        if plan.steps:
-            await network.ovsdb.transact(
-                _run_all(plan.steps),
-                undo=_run_all(list(reversed(plan.undo))),
-                what=f"applying {len(plan.steps)} change(s) to bridges",
-            )
-        ctx.progress(0.5)
-        checkpoint = {
-            name: wanted_addressing(info.external_ids, None)
-            for name, info in network.bridges.items()
-            if name in plan.addressing
-        }
-        try:
-            for bridge, port in plan.new_ports:
-                await network.check_interface_error(bridge, port)
-            for done, (name, addressing) in enumerate(plan.addressing.items(), 1):
-                await network.netlink.wait_for(name, LINK_TIMEOUT)
-                link = await network.configure(name, addressing, manage_gateway=True)
-                ctx.log(
-                    f"  {name}: {', '.join(link.addresses) or 'no addresses'}"
-                    + (f", gateway {addressing.gateway}" if addressing.gateway else "")
-                )
-                ctx.progress(0.5 + 0.5 * done / len(plan.addressing))
-        except BaseException:
-            ctx.log("failed: rolling back")
-            await asyncio.shield(_rollback(network, plan, checkpoint))
-            raise
-        for name in {b.name for b in doc.bridges}:
-            await network.refresh(name)
+        plan = await apply_bridges(network, doc, ctx)
         output = {
             "created": plan.created,
             "updated": plan.updated,
@@ -255,6 +221,57 @@ def apply_job(network: NetworkService, doc: BridgesDocument) -> JobBody:
         return JobOutcome(summary, output)
 
     return run
+
+
+async def apply_bridges(
+    network: NetworkService, doc: BridgesDocument, ctx: JobContext, *, owner: str = ""
+) -> Plan:
+    """Make OVSDB (and the bridges' addressing) match ``doc``: one transaction, undone
+    as a whole if anything after it fails. ``owner`` marks the bridges it creates
+    (``opdbus:owner``: only those may ever be pruned)."""
+    cache = network.ovsdb.cache
+    for spec in doc.bridges:
+        for wanted in spec.ports:
+            known = cache.bridge_of_port(wanted.name) is not None
+            if (
+                wanted.type is PortType.SYSTEM
+                and not known
+                and network.netlink.index(wanted.name) is None
+            ):
+                raise NotFound(f"port {wanted.name} of {spec.name}: no such network interface")
+    plan = make_plan(doc, network.ovsdb.cache, network.default_datapath, owner=owner)
+    for line in plan.changes:
+        ctx.log(f"  {line}")
+    if plan.steps:
+        await network.ovsdb.transact(
+            _run_all(plan.steps),
+            undo=_run_all(list(reversed(plan.undo))),
+            what=f"applying {len(plan.steps)} change(s) to bridges",
+        )
+    ctx.progress(0.5)
+    checkpoint = {
+        name: wanted_addressing(info.external_ids, None)
+        for name, info in network.bridges.items()
+        if name in plan.addressing
+    }
+    try:
+        for bridge, port in plan.new_ports:
+            await network.check_interface_error(bridge, port)
+        for done, (name, addressing) in enumerate(plan.addressing.items(), 1):
+            await network.netlink.wait_for(name, LINK_TIMEOUT)
+            link = await network.configure(name, addressing, manage_gateway=True)
+            ctx.log(
+                f"  {name}: {', '.join(link.addresses) or 'no addresses'}"
+                + (f", gateway {addressing.gateway}" if addressing.gateway else "")
+            )
+            ctx.progress(0.5 + 0.5 * done / len(plan.addressing))
+    except BaseException:
+        ctx.log("failed: rolling back")
+        await asyncio.shield(_rollback(network, plan, checkpoint))
+        raise
+    for name in {b.name for b in doc.bridges}:
+        await network.refresh(name)
+    return plan
 
 
 async def _rollback(network: NetworkService, plan: Plan, checkpoint: dict[str, Addressing]) -> None:

@@ -301,7 +301,12 @@ class VmService:
         return profile, str(uuidlib.uuid4())
 
     def _domain_xml(
-        self, profile: VmProfile, target: Target, disks: list[DiskSource], uuid: str
+        self,
+        profile: VmProfile,
+        target: Target,
+        disks: list[DiskSource],
+        uuid: str,
+        owner: str = "",
     ) -> str:
         return to_xml(
             build_domain(
@@ -310,16 +315,17 @@ class VmService:
                 disks=disks,
                 uuid=uuid,
                 profile_json=profile.model_dump_json(exclude_defaults=True),
+                owner=owner,
             )
         )
 
-    def create_job(self, profile: VmProfile, uuid: str, *, start: bool) -> JobBody:
+    def create_job(self, profile: VmProfile, uuid: str, *, start: bool, owner: str = "") -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
             target = await self._target(profile)
             made: list[str] = []
             try:
                 sources = await self._disks(ctx, profile, made, reuse=False)
-                xml = self._domain_xml(profile, target, sources, uuid)
+                xml = self._domain_xml(profile, target, sources, uuid, owner)
                 await self.conn.call(
                     lambda c: ops.define(c, xml, autostart=profile.autostart),
                     f"defining {profile.name}",
@@ -503,7 +509,7 @@ class VmService:
         made: list[str] = []
         try:
             sources = await self._disks(None, profile, made, reuse=True)
-            xml = self._domain_xml(profile, target, sources, uuid)
+            xml = self._domain_xml(profile, target, sources, uuid, info.owner)
             await self.conn.call(
                 lambda c: ops.define(c, xml, autostart=profile.autostart),
                 f"redefining {info.name}",

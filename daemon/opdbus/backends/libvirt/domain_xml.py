@@ -71,6 +71,7 @@ def build_domain(
     disks: list[DiskSource],
     uuid: str | None = None,
     profile_json: str | None = None,
+    owner: str = "",
 ) -> ET.Element:
     dom = ET.Element("domain", type=target.domain_type)
     _sub(dom, "name", profile.name)
@@ -80,8 +81,10 @@ def build_domain(
         _sub(dom, "title", profile.description.splitlines()[0][:200])
         _sub(dom, "description", profile.description)
     metadata = _sub(dom, "metadata")
-    owner = _sub(metadata, f"{{{METADATA_NS}}}vm")
-    _sub(owner, f"{{{METADATA_NS}}}profile", profile_json or profile.model_dump_json())
+    mine = _sub(metadata, f"{{{METADATA_NS}}}vm")
+    _sub(mine, f"{{{METADATA_NS}}}profile", profile_json or profile.model_dump_json())
+    if owner:  # "state": made by the declarative state (only those are pruned)
+        _sub(mine, f"{{{METADATA_NS}}}owner", owner)
     _sub(dom, "memory", str(profile.memory_mb), unit="MiB")
     _sub(dom, "currentMemory", str(profile.memory_mb), unit="MiB")
     _memory_backing(dom, profile)
@@ -283,9 +286,18 @@ def _launch_security(dom: ET.Element, profile: VmProfile) -> None:
 
 def profile_from_domain(xml: str) -> str:
     """The profile JSON op-dbus stored in a domain, or "" for a domain made elsewhere."""
+    return _metadata(xml, "profile")
+
+
+def owner_from_domain(xml: str) -> str:
+    """Who made the domain ("state"), as op-dbus noted it; "" otherwise."""
+    return _metadata(xml, "owner")
+
+
+def _metadata(xml: str, name: str) -> str:
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return ""
-    element = root.find(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}profile")
+    element = root.find(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}{name}")
     return (element.text or "") if element is not None else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import libvirt
 
-from opdbus.backends.libvirt.domain_xml import Target, profile_from_domain
+from opdbus.backends.libvirt.domain_xml import Target, owner_from_domain, profile_from_domain
 from opdbus.models.vm import Arch, VmInfo, VmState
 
 _STATES = {
@@ -71,6 +71,7 @@ def read_domain(dom: libvirt.virDomain) -> VmInfo:
         disks=tuple(_disks(root)),
         profile=profile,
         managed=bool(profile),
+        owner=owner_from_domain(xml) if profile else "",
         snapshots=snapshots,
         cpu_time_ns=int(info[4]),
         memory_used_kib=int(info[2]) if vm_state is VmState.RUNNING else 0,

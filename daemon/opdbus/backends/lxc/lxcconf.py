@@ -89,9 +89,10 @@ def settings(name: str, cid: int, opts: CreateContainerOptions) -> list[tuple[st
     return lines
 
 
-def rewrite(path: Path, new: list[tuple[str, str]]) -> None:
-    """Replace every line whose key ``new`` sets (all lxc.net.0.* when it sets a network)."""
-    keys = {key for key, _ in new}
+def rewrite(path: Path, new: list[tuple[str, str]], drop: frozenset[str] = frozenset()) -> None:
+    """Replace every line whose key ``new`` sets (all lxc.net.0.* when it sets a network),
+    and remove the keys in ``drop``."""
+    keys = {key for key, _ in new} | drop
     net = any(key.startswith("lxc.net.0.") for key in keys)
     kept = []
     for line in path.read_text().splitlines():
@@ -101,6 +102,19 @@ def rewrite(path: Path, new: list[tuple[str, str]]) -> None:
         kept.append(line)
     text = "\n".join([*kept, *(f"{k} = {v}" for k, v in new)]) + "\n"
     atomic_write(path, text.encode(), mode=0o640)
+
+
+def limit_keys_all() -> frozenset[str]:
+    """Every key a memory or CPU limit may be written under (either cgroup layout)."""
+    return frozenset(
+        {
+            "lxc.cgroup2.memory.max",
+            "lxc.cgroup2.cpu.max",
+            "lxc.cgroup.memory.limit_in_bytes",
+            "lxc.cgroup.cpu.cfs_quota_us",
+            "lxc.cgroup.cpu.cfs_period_us",
+        }
+    )
 
 
 def set_autostart(path: Path, on: bool) -> None:
