@@ -216,6 +216,7 @@ class Daemon:
             Netlink(),
             default_datapath=config.datapath_type,
             on_status=lambda ok, detail: health.report("ovsdb", ok, detail),
+            busy=self.jobs.check_idle,
         )
         await network.start()
         # Bounded: with ovsdb-server up, the bridges are on the bus at READY;

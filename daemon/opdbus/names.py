@@ -100,6 +100,11 @@ def vm_path(uuid: str) -> str:
     return f"{VM_PATH_PREFIX}/{escape_path_element(uuid)}"
 
 
+def vm_name_target(name: str) -> str:
+    """A job target for a VM's name (held while a VM of that name is being made)."""
+    return f"{VM_PATH_PREFIX}_name/{escape_path_element(name)}"
+
+
 def container_path(name: str) -> str:
     return f"{CONTAINER_PATH_PREFIX}/{escape_path_element(name)}"
 

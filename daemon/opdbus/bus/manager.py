@@ -40,6 +40,7 @@ from opdbus.names import (
     Action,
     bridge_path,
     container_path,
+    vm_name_target,
     vm_path,
 )
 from opdbus.services.audit import AuditLog
@@ -237,7 +238,7 @@ class Manager1(OpdbusInterface):
             self._s.jobs,
             f"CreateVM {spec.name}",
             vms.create_job(spec, uuid, start=opts.start),
-            [vm_path(uuid)],
+            [vm_path(uuid), vm_name_target(spec.name)],
         )
 
     @bus_method(read_only=True, expensive=True)

@@ -261,8 +261,15 @@ class ContainerService:
 
     # -- creating ------------------------------------------------------------------
 
-    async def prepare_create(self, name: str, opts: CreateContainerOptions) -> int:
-        """Checks a caller hears about at once (before a job); returns the id."""
+    async def prepare_create(
+        self, name: str, opts: CreateContainerOptions, *, job: bool = False
+    ) -> int:
+        """Checks a caller hears about at once (before a job); returns the id.
+
+        ``job``: called by the job that already holds the container's target.
+        """
+        if not job:
+            self.jobs.check_idle(container_path(name), name)
         if name in self.cache.items or name in self._creating:
             raise AlreadyExists(f"a container named {name} already exists")
         if await asyncio.to_thread((self.config.path / name).exists):

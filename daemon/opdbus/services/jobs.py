@@ -193,6 +193,15 @@ class JobManager:
     def active_on(self, target: str) -> Job | None:
         return self._busy.get(target)
 
+    def check_idle(self, target: str, what: str) -> None:
+        """Busy when a job holds ``target`` (an imperative call must not interleave with it)."""
+        holder = self._busy.get(target)
+        if holder is not None:
+            raise Busy(
+                f"{what} is busy with job {holder.id} ({holder.record.operation}); "
+                "wait for it or cancel it"
+            )
+
     async def get_log(self, job_id: int, start: int, limit: int) -> list[LogLine]:
         job = self.get(job_id)
         start = max(start, 1)

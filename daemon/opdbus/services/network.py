@@ -35,6 +35,7 @@ from opdbus.models.network import (
     PortSpec,
     PortType,
 )
+from opdbus.names import bridge_path
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,11 @@ class NetworkService:
         *,
         default_datapath: str,
         on_status: Callable[[bool, str], None],
+        busy: Callable[[str, str], None] = lambda target, what: None,
     ) -> None:
         self.ovsdb = ovsdb
+        # Raises Busy when a job (an apply of the desired state) holds the bridge.
+        self._busy = busy
         self.netlink = netlink
         self.default_datapath = default_datapath
         self.bridges: dict[str, BridgeInfo] = {}
@@ -359,6 +363,7 @@ class NetworkService:
     # -- changes -----------------------------------------------------------------
 
     async def create_bridge(self, name: str, options: BridgeOptions) -> BridgeInfo:
+        self._busy(bridge_path(name), f"bridge {name}")
         ids = {**user_ids(options.external_ids), **addressing_ids(options)}
 
         def build(tx: Txn) -> None:
@@ -388,7 +393,10 @@ class NetworkService:
             raise
         return await self._fresh(name)
 
-    async def delete_bridge(self, name: str) -> None:
+    async def delete_bridge(self, name: str, *, job: bool = False) -> None:
+        """``job``: called by the job that holds the bridge (not an imperative call)."""
+        if not job:
+            self._busy(bridge_path(name), f"bridge {name}")
         info = self.get(name)
         await self.ovsdb.transact(
             lambda tx: commands.delete_bridge(tx, name),
@@ -398,6 +406,7 @@ class NetworkService:
         await self.refresh(name)
 
     async def add_port(self, bridge: str, spec: PortSpec) -> BridgeInfo:
+        self._busy(bridge_path(bridge), f"bridge {bridge}")
         self.get(bridge)
         if spec.type is PortType.SYSTEM and self.netlink.index(spec.name) is None:
             raise NotFound(f"there is no network interface {spec.name} to add (create it first)")
@@ -413,7 +422,9 @@ class NetworkService:
             raise
         return await self._fresh(bridge)
 
-    async def remove_port(self, bridge: str, name: str) -> BridgeInfo:
+    async def remove_port(self, bridge: str, name: str, *, job: bool = False) -> BridgeInfo:
+        if not job:
+            self._busy(bridge_path(bridge), f"bridge {bridge}")
         port = next((p for p in self.get(bridge).ports if p.name == name), None)
         await self.ovsdb.transact(
             lambda tx: commands.delete_port(tx, bridge, name),
@@ -425,6 +436,7 @@ class NetworkService:
         return await self._fresh(bridge)
 
     async def set_addresses(self, bridge: str, addressing: Addressing) -> BridgeInfo:
+        self._busy(bridge_path(bridge), f"bridge {bridge}")
         info = self.get(bridge)
         kept = {k: v for k, v in info.external_ids.items() if k not in ADDRESSING_KEYS}
         ids = {**kept, **addressing_ids(addressing)}

@@ -120,7 +120,7 @@ async def restore(providers: Sequence[Provider], saved: dict[str, Any], ctx: Job
         touched = set(provider.resources(section)) | set(saved["created"].get(provider.name, []))
         created = set(saved["created"].get(provider.name, []))
         current = provider.restrict(provider.query(), touched)
-        changes = provider.diff(section, current, prune=True, owned=created)
+        changes = provider.diff(section, current, prune=True, owned=created, exact=True)
         for change in changes:
             ctx.log(f"  {describe(change)}")
         try:
@@ -136,6 +136,7 @@ async def restore(providers: Sequence[Provider], saved: dict[str, Any], ctx: Job
             provider.restrict(provider.query(), touched),
             prune=True,
             owned=set(saved["created"].get(name, [])),
+            exact=True,
         )
         if left:
             problems.append(f"{name}: still differs: " + "; ".join(describe(c) for c in left[:5]))

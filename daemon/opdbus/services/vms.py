@@ -41,7 +41,7 @@ from opdbus.errors import (
 )
 from opdbus.models.document import check_document, check_size, parse_json
 from opdbus.models.vm import VmInfo, VmName, VmProfile, VmState
-from opdbus.names import vm_path
+from opdbus.names import vm_name_target, vm_path
 from opdbus.services.cache import ObservedCache
 from opdbus.services.jobs import JobBody, JobContext, JobManager, JobOutcome
 from opdbus.services.workers import Workers
@@ -291,9 +291,14 @@ class VmService:
 
     # -- creating ------------------------------------------------------------------
 
-    async def prepare_create(self, text: str) -> tuple[VmProfile, str]:
-        """Checks a caller hears about at once (before a job): returns (profile, new uuid)."""
+    async def prepare_create(self, text: str, *, job: bool = False) -> tuple[VmProfile, str]:
+        """Checks a caller hears about at once (before a job): returns (profile, new uuid).
+
+        ``job``: called by the job that already holds the name's target.
+        """
         profile, _, _ = await self.check_profile(text)
+        if not job:
+            self.jobs.check_idle(vm_name_target(profile.name), f"VM name {profile.name}")
         if not self.conn.connected:
             raise BackendUnavailable(self.conn.detail)
         if self.by_name(profile.name) is not None:

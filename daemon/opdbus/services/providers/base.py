@@ -53,8 +53,12 @@ class Provider(ABC):
         """A section holding these resources (to restrict one, or to build one)."""
 
     @abstractmethod
-    def compare(self, want: BaseModel, have: BaseModel) -> list[Difference]:
-        """How a resource the host has differs from the wanted one (pure)."""
+    def compare(self, want: BaseModel, have: BaseModel, *, exact: bool = False) -> list[Difference]:
+        """How a resource the host has differs from the wanted one (pure).
+
+        ``exact`` (restoring a checkpoint): what the resource has beyond what
+        is wanted counts too (a bridge's extra ports), not only what is named.
+        """
 
     @abstractmethod
     def owned(self) -> set[str]:
@@ -80,7 +84,13 @@ class Provider(ABC):
         return self.section([r for rid, r in self.resources(section).items() if rid in ids])
 
     def diff(
-        self, desired: BaseModel, current: BaseModel, *, prune: bool, owned: set[str]
+        self,
+        desired: BaseModel,
+        current: BaseModel,
+        *,
+        prune: bool,
+        owned: set[str],
+        exact: bool = False,
     ) -> list[Change]:
         """What would make ``current`` into ``desired``; deletions only of ``owned`` ones."""
         want, have = self.resources(desired), self.resources(current)
@@ -90,7 +100,7 @@ class Provider(ABC):
             if found is None:
                 changes.append(Change(self.name, rid, "create", after=dump(spec)))
                 continue
-            for field, before, after in self.compare(spec, found):
+            for field, before, after in self.compare(spec, found, exact=exact):
                 changes.append(Change(self.name, rid, "modify", field, before, after))
         if prune:
             for rid in sorted(have.keys() - want.keys()):

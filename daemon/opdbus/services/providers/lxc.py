@@ -108,7 +108,7 @@ class LxcProvider(Provider):
     def section(self, resources: list[BaseModel]) -> LxcSection:
         return LxcSection(containers=[r for r in resources if isinstance(r, LxcContainer)])
 
-    def compare(self, want: BaseModel, have: BaseModel) -> list[Difference]:
+    def compare(self, want: BaseModel, have: BaseModel, *, exact: bool = False) -> list[Difference]:
         assert isinstance(want, LxcContainer) and isinstance(have, LxcContainer)
         out: list[Difference] = []
         wanted, current = _values(want), _values(have)
@@ -162,7 +162,7 @@ class LxcProvider(Provider):
     async def _create(self, ctx: JobContext, item: LxcContainer) -> None:
         ctx.log(f"  create container {item.name} (id {item.id})")
         opts = self._options(item, bool(item.autostart))
-        cid = await self.containers.prepare_create(item.name, opts)
+        cid = await self.containers.prepare_create(item.name, opts, job=True)
         await self.containers.create_job(item.name, cid, opts, owner=OWNER)(ctx)
 
     async def _modify(self, ctx: JobContext, item: LxcContainer, fields: set[str]) -> None:

@@ -113,15 +113,19 @@ class NetProvider(Provider):
     def section(self, resources: list[BaseModel]) -> NetSection:
         return NetSection(interfaces=[r for r in resources if isinstance(r, SeedInterface)])
 
-    def compare(self, want: BaseModel, have: BaseModel) -> list[Difference]:
+    def compare(self, want: BaseModel, have: BaseModel, *, exact: bool = False) -> list[Difference]:
         assert isinstance(want, SeedInterface) and isinstance(have, SeedInterface)
         out: list[Difference] = []
         had = {p.name: p for p in map(_port, have.ports)}
-        for port in map(_port, want.ports):
+        named = {p.name: p for p in map(_port, want.ports)}
+        for port in named.values():
             current = had.get(port.name)
             if current != port:
                 before = None if current is None else current.model_dump(exclude_defaults=True)
                 out.append((f"ports[{port.name}]", before, port.model_dump(exclude_defaults=True)))
+        if exact:  # a checkpoint's ports are all the bridge had: the rest were added since
+            for name in sorted(had.keys() - named.keys()):
+                out.append((f"ports[{name}]", had[name].model_dump(exclude_defaults=True), None))
         if want.ipv4 is not None:
             wanted = addressing(want.ipv4)
             current_ipv4 = addressing(have.ipv4 or SeedIpv4(enabled=False))
@@ -144,9 +148,14 @@ class NetProvider(Provider):
             specs = [self._bridge_spec(want[name]) for name in touched]
             await apply_bridges(self.network, BridgesDocument(bridges=specs), ctx, owner=OWNER)
         for change in changes:
+            if change.op == "modify" and change.field.startswith("ports[") and change.after is None:
+                port = change.field.removeprefix("ports[").removesuffix("]")
+                ctx.log(f"  remove port {port} from {change.id}")
+                await self.network.remove_port(change.id, port, job=True)
+        for change in changes:
             if change.op == "delete":
                 ctx.log(f"  delete bridge {change.id}")
-                await self.network.delete_bridge(change.id)
+                await self.network.delete_bridge(change.id, job=True)
 
     @staticmethod
     def _bridge_spec(item: BaseModel) -> BridgeSpec:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from opdbus.errors import Conflict
 from opdbus.models.state import Change, VmDomain, VmsSection
 from opdbus.models.vm import VmInfo, VmProfile, VmState
-from opdbus.names import vm_path
+from opdbus.names import vm_name_target, vm_path
 from opdbus.services.jobs import JobContext
 from opdbus.services.providers.base import Difference, Provider
 from opdbus.services.vms import VmService
@@ -89,7 +89,7 @@ class VmsProvider(Provider):
     def section(self, resources: list[BaseModel]) -> VmsSection:
         return VmsSection(domains=[r for r in resources if isinstance(r, VmDomain)])
 
-    def compare(self, want: BaseModel, have: BaseModel) -> list[Difference]:
+    def compare(self, want: BaseModel, have: BaseModel, *, exact: bool = False) -> list[Difference]:
         assert isinstance(want, VmDomain) and isinstance(have, VmDomain)
         out: list[Difference] = []
         wanted, current = _bare(want.profile), _bare(have.profile)
@@ -107,8 +107,9 @@ class VmsProvider(Provider):
         return {info.name for info in self.vms.all() if info.owner == OWNER}
 
     def targets(self, ids: set[str]) -> list[str]:
+        out = [vm_name_target(name) for name in sorted(ids)]
         found = [self.vms.by_name(name) for name in sorted(ids)]
-        return [vm_path(info.uuid) for info in found if info is not None]
+        return out + [vm_path(info.uuid) for info in found if info is not None]
 
     async def apply(self, desired: BaseModel, changes: list[Change], ctx: JobContext) -> None:
         want = self.resources(desired)
@@ -133,7 +134,9 @@ class VmsProvider(Provider):
     async def _create(self, ctx: JobContext, item: VmDomain) -> None:
         ctx.log(f"  create VM {item.profile.name}")
         profile = item.profile.model_copy(update={"autostart": _autostart(item)})
-        spec, uuid = await self.vms.prepare_create(profile.model_dump_json(exclude_defaults=True))
+        spec, uuid = await self.vms.prepare_create(
+            profile.model_dump_json(exclude_defaults=True), job=True
+        )
         await self.vms.create_job(spec, uuid, start=bool(item.running), owner=OWNER)(ctx)
 
     async def _modify(
