@@ -26,6 +26,8 @@ from opdbus.daemon import Daemon
 from opdbus.models.job import JobRecord, JobState
 from opdbus.sandbox import PrivateBus
 from opdbus.sandbox_ovs import PrivateOvs
+from tests.integration.test_vms import vm_config
+from tests.libvirtd import TEST_PREFIX, PrivateLibvirtd
 from tests.support import base_config, running
 
 pytestmark = [
@@ -483,3 +485,53 @@ async def test_the_state_file_is_applied_at_start_and_on_reload(
         assert (await client.wait_job(job)).state is JobState.SUCCEEDED
         assert await made(["sf0", "sf1"])
         assert daemon.state is not None and daemon.state.digest == (await client.state())["Digest"]
+
+
+async def test_vms_as_state_on_real_qemu(
+    tmp_path: Path, private_bus: PrivateBus, libvirtd: PrivateLibvirtd, client: Client
+) -> None:
+    """Create, start, change (only while off), drift by virsh, prune -- through libvirtd."""
+    libvirtd.cleanup()
+    name = TEST_PREFIX + "st1"
+    config = vm_config(libvirtd)
+    try:
+        async with (
+            running(tmp_path, private_bus, **config),
+            client.signals(f"path='{names.STATE_PATH}'") as queue,
+        ):
+            doc = {"vms": {"domains": [{"profile": {"name": name, "memory_mb": 64},
+                                        "running": True}]}}  # fmt: skip
+            made = await apply(client, doc)
+            assert made.state is JobState.SUCCEEDED, made.result
+            assert await virsh_state(libvirtd, name) == "running"
+            xml = (await asyncio.to_thread(libvirtd.virsh, "dumpxml", name)).stdout
+            assert "<opdbus:owner>state</opdbus:owner>" in xml
+            # A profile change while it runs is refused, and nothing changes.
+            bigger = {"profile": {"name": name, "memory_mb": 64, "cpus": 2}, "running": True}
+            refused = await apply(client, {"vms": {"domains": [bigger]}})
+            assert refused.state is JobState.FAILED and "is running" in refused.result
+            assert await virsh_state(libvirtd, name) == "running"
+            # Off, changed, on again.
+            off = {**bigger, "running": False}
+            assert (await apply(client, {"vms": {"domains": [off]}})).state is JobState.SUCCEEDED
+            vcpus = (await asyncio.to_thread(libvirtd.virsh, "vcpucount", name, "--maximum",
+                                             "--config")).stdout.strip()  # fmt: skip
+            assert vcpus == "2"
+            assert (await apply(client, {"vms": {"domains": [bigger]}})).state is JobState.SUCCEEDED
+            assert await virsh_state(libvirtd, name) == "running"
+            assert await client.state_diff(json.dumps({"vms": {"domains": [bigger]}})) == []
+            # virsh destroy by hand: drift.
+            await asyncio.to_thread(libvirtd.virsh, "destroy", name)
+            event = await next_state_event(queue, "Drifted", 10)
+            assert event.args[:2] == ["vms", name] and "running" in event.args[2]
+            # Prune: gone, since the state made it.
+            pruned = await apply(client, {"vms": {"domains": []}}, prune=True)
+            assert pruned.state is JobState.SUCCEEDED, pruned.result
+            listed = (await asyncio.to_thread(libvirtd.virsh, "list", "--all", "--name")).stdout
+            assert name not in listed.split()
+    finally:
+        libvirtd.cleanup()
+
+
+async def virsh_state(libvirtd: PrivateLibvirtd, name: str) -> str:
+    return (await asyncio.to_thread(libvirtd.virsh, "domstate", name)).stdout.strip()

@@ -473,8 +473,10 @@ class ContainerService:
             await self._start(name)
             ctx.log(f"  {name} started again")
 
-    async def set_autostart(self, name: str, on: bool) -> None:
-        self._idle(name)
+    async def set_autostart(self, name: str, on: bool, *, job: bool = False) -> None:
+        """``job``: called by the job that holds the container (the desired state's apply)."""
+        if not job:
+            self._idle(name)
         await asyncio.to_thread(lxcconf.set_autostart, self.lxc.config_path(name), on)
         await self.refresh(name)
 

@@ -472,8 +472,9 @@ class VmService:
         await self._verb(ops.resume, uuid, f"resuming {info.name}")
         await self.refresh(uuid)
 
-    async def set_autostart(self, uuid: str, on: bool) -> None:
-        info = self.get(uuid)
+    async def set_autostart(self, uuid: str, on: bool, *, job: bool = False) -> None:
+        """``job``: called by the job that holds the VM (the desired state's apply)."""
+        info = self.get(uuid) if job else self._idle(uuid)
         if not info.persistent:
             raise Conflict(f"{info.name} is transient: only defined VMs start with the host")
         await self.conn.call(lambda c: ops.set_autostart(c, uuid, on), f"autostart of {info.name}")
@@ -499,8 +500,9 @@ class VmService:
 
         return run
 
-    async def update_profile(self, uuid: str, text: str) -> None:
-        info = self._idle(uuid)
+    async def update_profile(self, uuid: str, text: str, *, job: bool = False) -> None:
+        """``job``: called by the job that holds the VM (the desired state's apply)."""
+        info = self.get(uuid) if job else self._idle(uuid)
         if info.state is not VmState.SHUTOFF:
             raise Busy(
                 f"{info.name} is {info.state.value}: its profile changes only when it is off"

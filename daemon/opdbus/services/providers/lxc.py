@@ -174,7 +174,7 @@ class LxcProvider(Provider):
             await self.containers.reconfigure(ctx, name, item.id, self._options(item, autostart))
         elif "autostart" in fields:
             ctx.log(f"  container {name}: autostart {'on' if autostart else 'off'}")
-            await self.containers.set_autostart(name, autostart)
+            await self.containers.set_autostart(name, autostart, job=True)
         if "running" in fields or item.running is not None:
             running = self.containers.get(name).state in RUNNING
             if item.running and not running:

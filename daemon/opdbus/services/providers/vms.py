@@ -159,11 +159,13 @@ class VmsProvider(Provider):
                 await self.vms.shutdown_job(uuid, timeout=None, force=True)(ctx)
             ctx.log(f"  update the profile of VM {name}")
             profile = item.profile.model_copy(update={"autostart": _autostart(item)})
-            await self.vms.update_profile(uuid, profile.model_dump_json(exclude_defaults=True))
+            await self.vms.update_profile(
+                uuid, profile.model_dump_json(exclude_defaults=True), job=True
+            )
         current = self.vms.get(uuid)
         if _autostart(item) != current.autostart:
             ctx.log(f"  VM {name}: autostart {'on' if _autostart(item) else 'off'}")
-            await self.vms.set_autostart(uuid, _autostart(item))
+            await self.vms.set_autostart(uuid, _autostart(item), job=True)
         running = self.vms.get(uuid).state in RUNNING
         if item.running and not running:
             ctx.log(f"  start VM {name}")
