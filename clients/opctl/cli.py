@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NoReturn
 
-from opctl import cli_audit, cli_ct, cli_net, cli_sync, cli_vm, render
+from opctl import cli_audit, cli_ct, cli_net, cli_state, cli_sync, cli_vm, render
 from opctl.cli_audit import AuditCommands
 from opctl.cli_ct import CtCommands
 from opctl.cli_net import NetCommands
+from opctl.cli_state import StateCommands
 from opctl.cli_sync import SyncCommands
 from opctl.cli_vm import VmCommands
 from opctl.client import Client, Unreachable, job_ref_to_path
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
 
     cli_audit.add_parser(sub, command)
+    cli_state.add_parser(sub, command)
     cli_net.add_parser(sub, command)
     cli_vm.add_parser(sub, command)
     cli_ct.add_parser(sub, command)
@@ -338,6 +340,9 @@ class Cli:
 
     async def audit(self) -> int:
         return await AuditCommands(self).run()
+
+    async def state(self) -> int:
+        return await StateCommands(self).run()
 
     async def watch(self) -> int:
         """Until SIGINT/SIGTERM, which end it normally (exit 0)."""

@@ -4,7 +4,7 @@
 # annotations as D-Bus signatures, and a deferred "None" is not one.
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from dbus_fast import PropertyAccess
 from dbus_fast.annotations import (
@@ -19,12 +19,17 @@ from dbus_fast.service import dbus_property, dbus_signal
 
 from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, current_caller
 from opdbus.bus.codec import decode_options
-from opdbus.models.state import ApplyStateOptions, DiffStateOptions
+from opdbus.models.state import ApplyStateOptions, DiffStateOptions, StateDocument
 from opdbus.names import STATE_IFACE, STATE_MANAGER_IFACE, STATE_PATH, Action
 from opdbus.services.state import ApplyOptions, StateService
 
 DriftT = Annotated[list[tuple[str, str, str]], DBusSignature("a(sss)")]
 NamesT = Annotated[list[str], DBusSignature("as")]
+
+
+def _compact(doc: StateDocument) -> dict[str, Any]:
+    """A document as Query answers: what is set, without the defaults (it applies the same)."""
+    return doc.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
 
 
 def _options(opts: ApplyStateOptions) -> ApplyOptions:
@@ -87,7 +92,7 @@ class State1(OpdbusInterface):
     @bus_method(read_only=True, expensive=True)
     async def Query(self, providers: NamesT) -> DBusStr:
         doc = self._state.query(list(providers))
-        return json.dumps(doc.model_dump(mode="json", exclude_none=True), sort_keys=True)
+        return json.dumps(_compact(doc), sort_keys=True)
 
     @bus_method(action=Action.STATE_CONFIRM)
     async def Confirm(self) -> None:
@@ -135,7 +140,7 @@ class StateManager(OpdbusInterface):
     @bus_method(read_only=True, expensive=True)
     async def QueryState(self, provider: DBusStr) -> DBusStr:
         doc = self._state.query([provider])
-        return json.dumps(doc.model_dump(mode="json", exclude_none=True)[provider], sort_keys=True)
+        return json.dumps(_compact(doc)[provider], sort_keys=True)
 
 
 class StateExporter:

@@ -1,0 +1,174 @@
+"""``opctl state``: apply, diff, show, confirm, roll back, and drift of the desired state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from opctl import render
+from opctl.files import read_document
+from opdbus.models.job import JobRecord
+
+if TYPE_CHECKING:
+    from opctl.cli import Cli
+
+Command = Callable[..., argparse.ArgumentParser]
+PROVIDERS = ("systemd", "net", "lxc", "vms")
+SIGNS = {"create": "+", "modify": "~", "delete": "-"}
+
+
+def add_parser(sub: Any, command: Command) -> None:
+    state = sub.add_parser(
+        "state",
+        help="the host as a desired-state document: apply, diff, show, confirm, drift",
+        description="A document ({net, lxc, vms, systemd} or {version: 1, plugins}) says "
+        "what the host should be; op-dbusd makes it so as one transaction, keeps it so, "
+        "and can undo it.",
+    )
+    ssub = state.add_subparsers(
+        dest="state_command", required=True, metavar="ACTION", parser_class=type(state)
+    )
+    apply = command(ssub, "apply", "make the host what FILE says (a job)")
+    apply.add_argument("file", metavar="FILE", help="the document (- for stdin)")
+    apply.add_argument("--dry-run", action="store_true", help="plan only, change nothing")
+    apply.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete what the state made that FILE no longer lists (never anything else)",
+    )
+    apply.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="keep a checkpoint: without `opctl state confirm` in time, it is rolled back",
+    )
+    apply.add_argument(
+        "--provider", action="append", choices=PROVIDERS, help="only this section (repeatable)"
+    )
+    apply.add_argument("--no-wait", action="store_true", help="print the job path and return")
+    diff = command(ssub, "diff", "what `apply FILE` would change, like terraform plan")
+    diff.add_argument("file", metavar="FILE", help="the document (- for stdin)")
+    diff.add_argument("--prune", action="store_true", help="include what prune would delete")
+    show = command(ssub, "show", "the host as a document (what Query says)")
+    show.add_argument(
+        "provider", nargs="*", metavar="PROVIDER", help=f"{', '.join(PROVIDERS)} (default: all)"
+    )
+    command(ssub, "confirm", "keep the pending checkpoint's changes")
+    command(ssub, "rollback", "restore the pending checkpoint now")
+    command(ssub, "drift", "where the host differs from the document last applied")
+    command(ssub, "reload", "apply the state file again (as SIGHUP does)")
+
+
+class StateCommands:
+    def __init__(self, cli: Cli) -> None:
+        self.cli = cli
+        self.client = cli.client
+        self.args = cli.args
+
+    async def run(self) -> int:
+        handler: Callable[[], Any] = getattr(self, "_" + self.args.state_command)
+        result: int = await handler()
+        return result
+
+    async def _apply(self) -> int:
+        text = await read_document(self.args.file)
+        options: dict[str, Any] = {
+            "dry_run": self.args.dry_run or None,
+            "prune": self.args.prune or None,
+            "confirm_timeout": self.args.confirm or None,
+            "providers": self.args.provider,
+        }
+
+        def show(record: JobRecord) -> None:
+            if record.output.get("checkpoint") and self.args.confirm:
+                print(
+                    f"confirm with `opctl state confirm` within {self.args.confirm} s, "
+                    "or it is rolled back",
+                    file=sys.stderr,
+                )
+
+        return await self.cli.job(lambda: self.client.state_apply(text, **options), show)
+
+    async def _diff(self) -> int:
+        text = await read_document(self.args.file)
+        plan = await self.client.state_diff(text, prune=self.args.prune or None)
+        if self.args.json:
+            render.dump(plan)
+            return 0
+        if not plan:
+            print("no changes: the host is as the document says")
+            return 0
+        for change in plan:
+            print(_line(change))
+        counts = {op: sum(1 for c in plan if c["op"] == op) for op in SIGNS}
+        print(
+            f"\n{counts['create']} to create, {counts['modify']} to change, "
+            f"{counts['delete']} to delete"
+        )
+        return 0
+
+    async def _show(self) -> int:
+        document = await self.client.state_query(list(self.args.provider))
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return 0
+
+    async def _confirm(self) -> int:
+        await self.client.state_call("Confirm")
+        return self._done("confirmed: the changes stay")
+
+    async def _rollback(self) -> int:
+        await self.client.state_call("Rollback")
+        return self._done("rolled back: the host is as it was before the apply")
+
+    async def _reload(self) -> int:
+        (job,) = await self.client.state_call("Reload")
+        if job == "/":
+            return self._done("no state file to apply")
+        return self.cli.finish_job(await self.cli.follow(str(job)))
+
+    async def _drift(self) -> int:
+        state = await self.client.state()
+        drift = [list(entry) for entry in state["Drift"]]
+        if self.args.json:
+            render.dump(
+                {
+                    "in_sync": state["InSync"],
+                    "digest": state["Digest"] or None,
+                    "pending_checkpoint": state["PendingCheckpoint"] or None,
+                    "drift": [{"provider": p, "id": i, "what": w} for p, i, w in drift],
+                }
+            )
+            return 0
+        if not state["Digest"]:
+            print("no document has been applied yet")
+        elif not drift:
+            print(f"in sync with the document last applied ({state['Digest'][:12]})")
+        else:
+            render.table(["provider", "id", "what differs"], drift)
+        if state["PendingCheckpoint"]:
+            print(
+                f"checkpoint {state['PendingCheckpoint']} is pending: "
+                "`opctl state confirm` or `opctl state rollback`",
+                file=sys.stderr,
+            )
+        return 0
+
+    def _done(self, text: str) -> int:
+        if self.args.json:
+            render.dump({"result": text})
+        else:
+            print(text)
+        return 0
+
+
+def _line(change: dict[str, Any]) -> str:
+    sign = SIGNS[change["op"]]
+    where = f"{change['provider']}/{change['id']}"
+    if change["op"] != "modify":
+        return f"{sign} {where}"
+    before, after = json.dumps(change["from"]), json.dumps(change["to"])
+    return f"{sign} {where}  {change['field']}: {before} -> {after}"
