@@ -61,6 +61,16 @@ def add_parser(sub: Any, command: Command) -> None:
     command(ssub, "rollback", "restore the pending checkpoint now")
     command(ssub, "drift", "where the host differs from the document last applied")
     command(ssub, "reload", "apply the state file again (as SIGHUP does)")
+    schema = command(ssub, "schema", "a provider's section's JSON Schema (no daemon needed)")
+    schema.add_argument("provider", choices=PROVIDERS)
+    schema.set_defaults(offline=print_schema)
+
+
+def print_schema(args: argparse.Namespace) -> int:
+    from opdbus.models.state import section_schema
+
+    print(json.dumps(section_schema(args.provider), indent=2, sort_keys=True))
+    return 0
 
 
 class StateCommands:
