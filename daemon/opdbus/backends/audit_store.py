@@ -204,12 +204,16 @@ class AuditFiles:
         self._allocated = size
 
     def write_head(self, head: Head) -> Head:
-        """Record the durable head in the older slot; returns it with its generation."""
+        """Record the durable head in the older slot; returns it with its generation.
+
+        Not synced: the log is, and a head behind the log after a crash is
+        harmless (the tail is further along and wins); only a log shorter than
+        its head means entries were lost, and that cannot come from here.
+        """
         assert self._head_fd is not None
         self._gen += 1
         head = Head(head.seq, head.hash, head.size, self._gen)
         os.pwrite(self._head_fd, _slot_bytes(head), SLOT * (self._gen % 2))
-        os.fdatasync(self._head_fd)
         return head
 
     def has_room(self, size: int, needed: int) -> bool:

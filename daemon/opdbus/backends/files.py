@@ -16,7 +16,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o640, sync: bool = True) -> None:
+def atomic_write(
+    path: Path, data: bytes, *, mode: int = 0o640, sync: bool = True, sync_dir: bool = True
+) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never half.
 
     The temporary file lives in the same directory (rename is atomic only
@@ -35,7 +37,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o640, sync: bool = Tru
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if sync:
+    if sync and sync_dir:  # (a caller replacing several files syncs the directory once)
         fsync_dir(path.parent)
 
 

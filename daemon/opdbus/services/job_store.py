@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from opdbus.backends.files import atomic_write
+from opdbus.backends.files import atomic_write, fsync_dir
 from opdbus.errors import BackendUnavailable
 from opdbus.models.job import JobRecord, LogLine
 
@@ -128,9 +128,11 @@ class JobStore:
             finally:
                 os.close(fd)
         for job_id, data in batch.records.items():
-            atomic_write(self._dir / f"{job_id}.json", data)
+            atomic_write(self._dir / f"{job_id}.json", data, sync_dir=False)
         if batch.next_id is not None:
-            atomic_write(self._dir / "next-id", f"{batch.next_id}\n".encode())
+            atomic_write(self._dir / "next-id", f"{batch.next_id}\n".encode(), sync_dir=False)
+        if batch.records or batch.next_id is not None:
+            fsync_dir(self._dir)  # once for every file the batch replaced
         for job_id in batch.removed:
             for suffix in (".json", ".log"):
                 with contextlib.suppress(FileNotFoundError):

@@ -248,6 +248,7 @@ async def apply_bridges(
             undo=_run_all(list(reversed(plan.undo))),
             what=f"applying {len(plan.steps)} change(s) to bridges",
         )
+        ctx.log(f"one OVSDB transaction of {len(plan.steps)} step(s): committed and applied")
     ctx.progress(0.5)
     checkpoint = {
         name: wanted_addressing(info.external_ids, None)

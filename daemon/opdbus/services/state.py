@@ -268,6 +268,7 @@ class StateService:
             left = verify(plan, deletions=False)
             if left:
                 raise Failed("verify: " + "; ".join(describe(c) for c in left[:5]))
+            ctx.log("verified: the host is as the document says")
             ctx.progress(0.85)
             if opts.confirm_timeout:
                 saved["phase"] = "pending"

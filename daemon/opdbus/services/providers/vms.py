@@ -32,9 +32,9 @@ def _autostart(item: VmDomain) -> bool:
     return item.autostart if item.autostart is not None else item.profile.autostart
 
 
-def _bare(profile: VmProfile) -> VmProfile:
-    """The profile without autostart, which the domain keeps (SetAutostart changes it)."""
-    return profile.model_copy(update={"autostart": False})
+def _same_but_autostart(a: VmProfile, b: VmProfile) -> bool:
+    """Equal but for autostart, which the domain keeps (SetAutostart changes it)."""
+    return {**a.__dict__, "autostart": False} == {**b.__dict__, "autostart": False}
 
 
 class _Observer:
@@ -58,6 +58,8 @@ class VmsProvider(Provider):
 
     def __init__(self, vms: VmService) -> None:
         self.vms = vms
+        # Profiles read back from domains, by their JSON: parsed once, not per query.
+        self._parsed: dict[str, VmProfile] = {}
 
     def available(self) -> str | None:
         return None if self.vms.conn.connected else self.vms.conn.detail
@@ -71,11 +73,17 @@ class VmsProvider(Provider):
                 domains.append(VmDomain(profile=profile, running=running, autostart=info.autostart))
         return VmsSection(domains=domains)
 
-    @staticmethod
-    def _profile(info: VmInfo) -> VmProfile | None:
+    def _profile(self, info: VmInfo) -> VmProfile | None:
         try:
             if info.profile:
-                return VmProfile.model_validate_json(info.profile)
+                found = self._parsed.get(info.profile)
+                if found is None:
+                    if len(self._parsed) > 2 * len(self.vms.vms) + 64:  # VMs went meanwhile
+                        self._parsed.clear()
+                    found = self._parsed[info.profile] = VmProfile.model_validate_json(
+                        info.profile
+                    )
+                return found
             return VmProfile(
                 name=info.name, cpus=max(info.vcpus, 1), memory_mb=max(info.memory_mib, 16)
             )
@@ -92,11 +100,11 @@ class VmsProvider(Provider):
     def compare(self, want: BaseModel, have: BaseModel, *, exact: bool = False) -> list[Difference]:
         assert isinstance(want, VmDomain) and isinstance(have, VmDomain)
         out: list[Difference] = []
-        wanted, current = _bare(want.profile), _bare(have.profile)
-        for field in VmProfile.model_fields:
-            a, b = getattr(wanted, field), getattr(current, field)
-            if a != b:
-                out.append((f"profile.{field}", _json(b), _json(a)))
+        if not _same_but_autostart(want.profile, have.profile):
+            for field in VmProfile.model_fields:
+                a, b = getattr(want.profile, field), getattr(have.profile, field)
+                if a != b and field != "autostart":
+                    out.append((f"profile.{field}", _json(b), _json(a)))
         if _autostart(want) != have.autostart:
             out.append(("autostart", have.autostart, _autostart(want)))
         if want.running is not None and want.running != have.running:
