@@ -19,10 +19,11 @@ import socket
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
+from opdbus import kinds
 from opdbus.backends import host
-from opdbus.backends.netlink import Netlink
-from opdbus.backends.ovsdb.client import OvsdbClient
+from opdbus.backends.job_store import JobStore
 from opdbus.backends.process import REAPER
 from opdbus.backends.state_files import StateFiles
 from opdbus.bus.manager import ManagerServices
@@ -30,26 +31,17 @@ from opdbus.bus.server import BusServer
 from opdbus.config import Config
 from opdbus.errors import OpdbusError
 from opdbus.services.audit import AuditLog
-from opdbus.services.containers import ContainerService
 from opdbus.services.health import BackendHealth
-from opdbus.services.job_store import JobStore
 from opdbus.services.jobs import JobManager
-from opdbus.services.network import NetworkService
-from opdbus.services.providers.base import Provider
-from opdbus.services.providers.lxc import LxcProvider
-from opdbus.services.providers.net import NetProvider
-from opdbus.services.providers.vms import VmsProvider
 from opdbus.services.rebuild import RebuildService
+from opdbus.services.resource import ResourceService, Wiring
 from opdbus.services.state import StateService
 from opdbus.services.sync import SyncService
 from opdbus.services.trim import Trimmer
 from opdbus.services.validate import HostPaths, Validator
-from opdbus.services.vms import VmService
 from opdbus.services.workers import Workers
 
 log = logging.getLogger(__name__)
-
-OVSDB_SYNC_WAIT = 2.0
 
 
 def _installed_version() -> str:
@@ -114,9 +106,8 @@ class Daemon:
         self.checks = Workers("check", threads=1)
         self.trimmer = Trimmer(host.trim_memory)
         self.health: BackendHealth | None = None
-        self.network: NetworkService | None = None
-        self.vms: VmService | None = None
-        self.containers: ContainerService | None = None
+        # Every running kind of resource (opdbus.kinds), by name, in start order.
+        self.started: dict[str, ResourceService[Any]] = {}
         self.state: StateService | None = None
         # Awaited once org.opdbus is owned (the sandbox announces its address).
         self.ready_hooks: list[Callable[[], Awaitable[None]]] = []
@@ -134,7 +125,7 @@ class Daemon:
         self.health = BackendHealth(
             self.config,
             bus_detail=f"connected to {self.server.address}",
-            polkit_probe=self.server.probe_polkit,
+            backends=kinds.backends(self.config, self.server.probe_polkit),
         )
         sync = SyncService(
             self.config.sync,
@@ -146,13 +137,19 @@ class Daemon:
         validator = Validator(
             self.config, HostPaths(config_file=self.config_path), self.health, self.audit
         )
-        if self.health.enabled("ovsdb"):
-            self.network = await self._start_network(self.health)
-        if self.health.enabled("libvirt"):
-            self.vms = await self._start_vms(self.health)
-        if self.health.enabled("lxc"):
-            self.containers = await self._start_containers(self.health)
-        self.state = self._make_state()
+        wiring = Wiring(self.config, self.jobs, self.checks, self.health, self.started)
+        for kind in kinds.enabled(self.config):
+            service = await kind.start(wiring)
+            if service is not None:
+                self.started[kind.name] = service
+        self.state = StateService(
+            self.config.state,
+            self.config.mode,
+            kinds.providers(self.started),
+            self.jobs,
+            self.checks,
+            StateFiles(self.config.state_dir / "state"),
+        )
         self.server.serve(
             ManagerServices(
                 version=VERSION,
@@ -166,10 +163,9 @@ class Daemon:
                 rebuild=RebuildService(
                     self.config.rebuild, self.config.state_dir, self.config.paths.flake_dir
                 ),
-                network=self.network,
-                vms=self.vms,
-                containers=self.containers,
+                kinds=self.started,
             ),
+            kinds.exported(self.started),
             self.state,
         )
         await self.state.start()
@@ -186,69 +182,6 @@ class Daemon:
             await hook()
         sd_notify("READY=1\nSTATUS=serving org.opdbus")
 
-    def _make_state(self) -> StateService:
-        providers: list[Provider] = []
-        if self.network is not None:
-            providers.append(NetProvider(self.network))
-        if self.containers is not None:
-            providers.append(LxcProvider(self.containers))
-        if self.vms is not None:
-            providers.append(VmsProvider(self.vms))
-        return StateService(
-            self.config.state,
-            self.config.mode,
-            providers,
-            self.jobs,
-            self.checks,
-            StateFiles(self.config.state_dir / "state"),
-        )
-
-    async def _start_network(self, health: BackendHealth) -> NetworkService:
-        config = self.config.ovsdb
-        health.attach("ovsdb")
-        ovsdb = OvsdbClient(
-            config.remote,
-            apply_timeout=config.apply_timeout_seconds,
-            request_timeout=config.request_timeout_seconds,
-        )
-        network = NetworkService(
-            ovsdb,
-            Netlink(),
-            default_datapath=config.datapath_type,
-            on_status=lambda ok, detail: health.report("ovsdb", ok, detail),
-            busy=self.jobs.check_idle,
-        )
-        await network.start()
-        # Bounded: with ovsdb-server up, the bridges are on the bus at READY;
-        # without it, we serve anyway and they appear when it comes.
-        if await ovsdb.wait_settled(OVSDB_SYNC_WAIT):
-            await network.refresh_all()
-        return network
-
-    async def _start_vms(self, health: BackendHealth) -> VmService:
-        health.attach("libvirt")
-        vms = VmService(self.config.libvirt, self.config.state_dir, self.jobs, self.checks)
-        vms.on_status.append(lambda ok, detail: health.report("libvirt", ok, detail))
-        # Bounded: with libvirtd up, the VMs are on the bus at READY.
-        await vms.start()
-        return vms
-
-    async def _start_containers(self, health: BackendHealth) -> ContainerService | None:
-        probe = await health.probe("lxc")
-        if not probe.available:
-            log.warning("containers off: %s", probe.detail)
-            return None
-        network = self.network
-        containers = ContainerService(
-            self.config.lxc,
-            self.config.state_dir,
-            self.jobs,
-            ovsdb_remote=self.config.ovsdb.remote if network is not None else None,
-            ovs_bridges=network.bridges.keys if network is not None else tuple,
-        )
-        await containers.start()
-        return containers
-
     async def stop(self) -> None:
         if self._stopped:
             return
@@ -263,12 +196,8 @@ class Daemon:
         if self.state is not None:
             await self.state.stop()
         await self.jobs.shutdown()
-        if self.network is not None:
-            await self.network.stop()
-        if self.vms is not None:
-            await self.vms.stop()
-        if self.containers is not None:
-            await self.containers.stop()
+        for service in reversed(list(self.started.values())):
+            await service.stop()
         if self.health is not None:
             await self.health.stop()
         await self.audit.close()

@@ -9,12 +9,12 @@ import pytest
 from blockbuster import BlockingError
 
 from opdbus.backends.files import atomic_write
+from opdbus.backends.job_store import JobStore
 from opdbus.config import JobsConfig
 from opdbus.errors import BackendFailed, Busy, Conflict, NotFound, NotSupported
 from opdbus.models.job import JobState, LogLine
 from opdbus.services import jobs as jobs_module
 from opdbus.services.audit import AuditLog
-from opdbus.services.job_store import JobStore
 from opdbus.services.jobs import Job, JobContext, JobManager, JobOutcome
 
 

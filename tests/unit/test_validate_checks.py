@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from opdbus.backends.probes import Probe
 from opdbus.config import Config
+from opdbus.models.health import Probe
 from opdbus.models.validation import CheckStatus, ValidateOptions
 from opdbus.services.audit import AuditLog
-from opdbus.services.health import BackendHealth
+from opdbus.services.health import EVERY_MODE, Backend, BackendHealth
 from opdbus.services.jobs import JobFailed
 from opdbus.services.validate import HostPaths, Validator, _check_config, _check_dirs, _check_kvm
 
@@ -96,7 +96,9 @@ async def test_a_check_that_cannot_run_fails_instead_of_crashing_the_job(tmp_pat
     blocker = tmp_path / "file"
     blocker.write_text("")
     config = Config.model_validate({"mode": "agent", "state_dir": str(blocker / "state")})
-    health = BackendHealth(config, bus_detail="test", polkit_probe=no_polkit)
+    health = BackendHealth(
+        config, bus_detail="test", backends=[Backend("polkit", EVERY_MODE, no_polkit)]
+    )
     validator = Validator(
         config, HostPaths(config_file=tmp_path / "c.json"), health, AuditLog(tmp_path / "audit")
     )

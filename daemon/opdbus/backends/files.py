@@ -61,3 +61,22 @@ def marks(directory: Path) -> list[str]:
         return sorted(entry.name for entry in directory.iterdir())
     except FileNotFoundError:
         return []
+
+
+def first_since_boot(marker: Path) -> bool:
+    """True the first time this is asked with ``marker`` since the machine booted.
+
+    The marker holds the kernel's boot id; asking again before a reboot says False.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    try:
+        if marker.read_text().strip() == boot:
+            return False
+    except OSError:
+        pass
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(boot + "\n")
+    return True

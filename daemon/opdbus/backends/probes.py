@@ -14,15 +14,10 @@ import importlib.util
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-
-@dataclass(frozen=True)
-class Probe:
-    available: bool
-    detail: str
+from opdbus.models.health import Probe
 
 
 async def _connect(

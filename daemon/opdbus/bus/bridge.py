@@ -11,6 +11,7 @@ from dbus_fast.service import dbus_property
 
 from opdbus.bus.base import BusContext, OpdbusInterface, bus_method
 from opdbus.bus.codec import decode_options
+from opdbus.bus.exporter import CacheExporter
 from opdbus.models.network import Addressing, BridgeInfo, PortSpec
 from opdbus.names import BRIDGE_IFACE, Action, bridge_path
 from opdbus.services.network import NetworkService
@@ -139,42 +140,14 @@ class Bridge1(OpdbusInterface):
         await self._network.delete_bridge(self._name)
 
 
-class BridgeExporter:
-    """The NetworkObserver that mirrors bridges onto the bus."""
-
-    def __init__(self, ctx: BusContext, network: NetworkService) -> None:
-        self._ctx = ctx
-        self._network = network
-        self._objects: dict[str, Bridge1] = {}
-
-    def attach(self) -> None:
-        for info in self._network.all():
-            self.bridge_added(info)
-        self._network.observers.append(self)
-
-    def bridge_added(self, info: BridgeInfo) -> None:
-        if info.name in self._objects:
-            return
-        obj = Bridge1(self._ctx, self._network, info.name)
-        self._objects[info.name] = obj
-        self._ctx.bus.export(bridge_path(info.name), obj)
-
-    def bridge_changed(self, info: BridgeInfo, fields: set[str]) -> None:
-        obj = self._objects.get(info.name)
-        if obj is None:
-            self.bridge_added(info)
-            return
-        names = sorted(FIELD_TO_PROPERTY[f] for f in fields if f in FIELD_TO_PROPERTY)
-        invalidated = []
-        if "Ports" in names and len(info.ports) > PORTS_SENT_IN_FULL:
-            # Marshalling every port on every change would make adding the
-            # Nth port cost O(N); past this size, say "changed" and let
-            # whoever cares read Ports (one GetAll).
-            names.remove("Ports")
-            invalidated.append("Ports")
-        if names or invalidated:
-            obj.emit_properties_changed({name: getattr(obj, name) for name in names}, invalidated)
-
-    def bridge_removed(self, name: str) -> None:
-        if self._objects.pop(name, None) is not None:
-            self._ctx.bus.unexport(bridge_path(name))
+def exporter(ctx: BusContext, network: NetworkService) -> CacheExporter[BridgeInfo]:
+    """The cache observer that mirrors bridges onto the bus."""
+    return CacheExporter(
+        ctx,
+        network.cache,
+        make=lambda key: Bridge1(ctx, network, key),
+        path=bridge_path,
+        fields=FIELD_TO_PROPERTY,
+        # Past this many ports, Ports is only invalidated: whoever cares reads it (one Get).
+        too_big={"Ports": lambda info: len(info.ports) > PORTS_SENT_IN_FULL},
+    )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Generic
+from dataclasses import dataclass
+from typing import Any, Generic
 
 from opdbus.bus.base import BusContext, OpdbusInterface
 from opdbus.services.cache import InfoT, ObservedCache
@@ -13,7 +14,10 @@ class CacheExporter(Generic[InfoT]):
     """The cache's observer: exports ``make(key)`` at ``path(key)`` while the entry exists.
 
     ``fields`` maps model fields to property names; a changed field not in it
-    (nothing the bus shows) sends nothing.
+    (nothing the bus shows) sends nothing. ``too_big`` names properties that,
+    when their predicate holds for the new value, are only said to have
+    changed (invalidated) rather than sent: marshalling a bridge's thousand
+    ports on every change would make adding the Nth port cost O(N).
     """
 
     def __init__(
@@ -24,12 +28,14 @@ class CacheExporter(Generic[InfoT]):
         make: Callable[[str], OpdbusInterface],
         path: Callable[[str], str],
         fields: Mapping[str, str],
+        too_big: Mapping[str, Callable[[InfoT], bool]] | None = None,
     ) -> None:
         self._ctx = ctx
         self._cache = cache
         self._make = make
         self._path = path
         self._fields = fields
+        self._too_big = too_big or {}
         self._objects: dict[str, OpdbusInterface] = {}
 
     def attach(self) -> None:
@@ -50,9 +56,19 @@ class CacheExporter(Generic[InfoT]):
             self.added(key, info)
             return
         names = sorted(self._fields[f] for f in fields if f in self._fields)
-        if names:
-            obj.emit_properties_changed({name: getattr(obj, name) for name in names})
+        invalidated = [n for n in names if n in self._too_big and self._too_big[n](info)]
+        sent = [n for n in names if n not in invalidated]
+        if sent or invalidated:
+            obj.emit_properties_changed({name: getattr(obj, name) for name in sent}, invalidated)
 
     def removed(self, key: str) -> None:
         if self._objects.pop(key, None) is not None:
             self._ctx.bus.unexport(self._path(key))
+
+
+@dataclass(frozen=True)
+class Exported:
+    """One kind of resource as the server sees it (the daemon builds these from opdbus.kinds)."""
+
+    interface: type[OpdbusInterface]
+    exporter: Callable[[BusContext], CacheExporter[Any]] | None  # None: not running here

@@ -1,7 +1,8 @@
 """org.opdbus.Manager1 at /org/opdbus: the daemon's front door."""
 
-from dataclasses import dataclass
-from typing import Annotated, Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
 
 from dbus_fast import PropertyAccess, Variant
 from dbus_fast.annotations import (
@@ -63,6 +64,7 @@ ProfileCheckT = Annotated[tuple[str, list[str]], DBusSignature("sas")]
 AuditEntriesT = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 
 _AUDIT_TYPES = {"seq": "t", "uid": "u"}
+KindT = TypeVar("KindT")
 
 
 @dataclass
@@ -76,9 +78,15 @@ class ManagerServices:
     validator: Validator
     sync: SyncService
     rebuild: RebuildService
-    network: NetworkService | None = None  # None: OVS is off in this mode
-    vms: VmService | None = None  # None: libvirt is off in this mode
-    containers: ContainerService | None = None  # None: LXC is off in this mode
+    # The running kinds of resource (opdbus.kinds) by name; a kind not here is off.
+    kinds: Mapping[str, object] = field(default_factory=dict)
+
+    def running(self, name: str, cls: type[KindT], what: str) -> KindT:
+        """The service of a running kind, or NotSupported saying ``what`` is off."""
+        service = self.kinds.get(name)
+        if not isinstance(service, cls):
+            raise NotSupported(f"{what} are off in {self.mode.value} mode")
+        return service
 
 
 def _bridges_document(text: str) -> BridgesDocument:
@@ -197,9 +205,7 @@ class Manager1(OpdbusInterface):
     # -- bridges ----------------------------------------------------------------
 
     def _network(self) -> NetworkService:
-        if self._s.network is None:
-            raise NotSupported(f"Open vSwitch bridges are off in {self._s.mode.value} mode")
-        return self._s.network
+        return self._s.running("network", NetworkService, "Open vSwitch bridges")
 
     @bus_method(action=Action.BRIDGE_CREATE)
     async def CreateBridge(self, name: DBusStr, options: DBusDict) -> DBusObjectPath:
@@ -225,9 +231,7 @@ class Manager1(OpdbusInterface):
     # -- virtual machines ------------------------------------------------------
 
     def _vms(self) -> VmService:
-        if self._s.vms is None:
-            raise NotSupported(f"virtual machines are off in {self._s.mode.value} mode")
-        return self._s.vms
+        return self._s.running("vms", VmService, "virtual machines")
 
     @bus_method(action=Action.VM_CREATE)
     async def CreateVM(self, profile: DBusStr, options: DBusDict) -> DBusObjectPath:
@@ -253,9 +257,7 @@ class Manager1(OpdbusInterface):
 
     @bus_method(action=Action.CONTAINER_CREATE)
     async def CreateContainer(self, name: DBusStr, options: DBusDict) -> DBusObjectPath:
-        containers = self._s.containers
-        if containers is None:
-            raise NotSupported(f"containers are off in {self._s.mode.value} mode")
+        containers = self._s.running("containers", ContainerService, "containers")
         spec = decode_options(ContainerSpec, options, "CreateContainer", name=name)
         cid = await containers.prepare_create(spec.name, spec)
         return await submit_job(

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from dbus_fast import BusType, DBusError, NameFlag, RequestNameReply
 from dbus_fast._private.address import get_bus_address
 
 from opdbus import names
-from opdbus.backends.probes import Probe
-from opdbus.bus import container, vm
 from opdbus.bus.base import BusContext, load_docs
-from opdbus.bus.bridge import Bridge1, BridgeExporter
-from opdbus.bus.container import Container1
+from opdbus.bus.exporter import Exported
 from opdbus.bus.guard import CallGuard
 from opdbus.bus.job import Job1, JobExporter
 from opdbus.bus.manager import Manager1, ManagerServices
 from opdbus.bus.peers import CallerResolver, PolkitClient, bus_call
 from opdbus.bus.state import State1, StateExporter, StateManager
 from opdbus.bus.transport import FlowControlledBus
-from opdbus.bus.vm import VM1
 from opdbus.config import AuthConfig
+from opdbus.models.health import Probe
 from opdbus.services.audit import AuditLog
 from opdbus.services.authz import Authorizer
 from opdbus.services.state import StateService
@@ -84,28 +82,27 @@ class BusServer:
             return Probe(True, f"{names.POLKIT_NAME} on the bus")
         return Probe(False, f"{names.POLKIT_NAME} is not on the bus")
 
-    def serve(self, services: ManagerServices, state: StateService | None = None) -> None:
-        """Export the root object and every job (before owning the name: no half-ready daemon)."""
+    def serve(
+        self, services: ManagerServices, kinds: Sequence[Exported], state: StateService | None
+    ) -> None:
+        """Export the root object, every job and every resource (before owning the name:
+        no half-ready daemon)."""
         ctx = self.ctx
         ctx.bus.object_managers.add(names.ROOT_PATH)
         manager = Manager1(ctx, services)
         guard = CallGuard(ctx.bus)
         guard.learn(Manager1)
         guard.learn(Job1)
-        guard.learn(Bridge1)
-        guard.learn(VM1)
-        guard.learn(Container1)
+        for kind in kinds:
+            guard.learn(kind.interface)
         guard.learn(State1)
         guard.learn(StateManager)
         ctx.bus.add_message_handler(guard)
         ctx.bus.export(names.ROOT_PATH, manager)
         JobExporter(ctx, services.jobs, manager).attach()
-        if services.network is not None:
-            BridgeExporter(ctx, services.network).attach()
-        if services.vms is not None:
-            vm.exporter(ctx, services.vms).attach()
-        if services.containers is not None:
-            container.exporter(ctx, services.containers).attach()
+        for kind in kinds:
+            if kind.exporter is not None:
+                kind.exporter(ctx).attach()
         if state is not None:
             StateExporter(ctx, state).attach()
 

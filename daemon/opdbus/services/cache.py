@@ -68,3 +68,21 @@ class ObservedCache(Generic[InfoT]):
         except TimeoutError:
             return False
         return True
+
+
+class Notify(Generic[InfoT]):
+    """An observer that calls back on any change but to the ``ignore``d fields (usage counters)."""
+
+    def __init__(self, callback: Callable[[], None], ignore: frozenset[str] = frozenset()) -> None:
+        self._callback = callback
+        self._ignore = ignore
+
+    def added(self, key: str, info: InfoT) -> None:
+        self._callback()
+
+    def changed(self, key: str, info: InfoT, fields: set[str]) -> None:
+        if fields - self._ignore:
+            self._callback()
+
+    def removed(self, key: str) -> None:
+        self._callback()

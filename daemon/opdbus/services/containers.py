@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from opdbus.backends import files
@@ -33,8 +33,8 @@ from opdbus.models.container import (
     Template,
 )
 from opdbus.names import container_path
-from opdbus.services.cache import ObservedCache
 from opdbus.services.jobs import JobBody, JobContext, JobManager, JobOutcome
+from opdbus.services.resource import ResourceService, Wiring
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def ovs_env(remote: str | None) -> dict[str, str] | None:
     return {**os.environ, "OVS_RUNDIR": str(socket.parent)}
 
 
-class ContainerService:
+class ContainerService(ResourceService[ContainerInfo]):
+    kind = "containers"
+
     def __init__(
         self,
         config: LxcConfig,
@@ -65,17 +67,13 @@ class ContainerService:
         ovsdb_remote: str | None,
         ovs_bridges: Callable[[], Iterable[str]] = tuple,
     ) -> None:
+        super().__init__()  # the cache is keyed by name
         self.config = config
         self.ovs_bridges = ovs_bridges  # the OVS bridges the network service knows
         self.state_dir = state_dir
         self.jobs = jobs
         self.lxc = Lxc(config.path, env=ovs_env(ovsdb_remote))
-        self.cache: ObservedCache[ContainerInfo] = ObservedCache()
-        self.monitor = Monitor(config.path, on_change=self._event, on_connected=self._resync)
-        self._dirty: set[str] = set()
-        self._resync_wanted = True
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.monitor = Monitor(config.path, on_change=self._event, on_connected=self.resync)
         self._creating: set[str] = set()
         # A marker per create in progress, so a start after a crash finds what it left.
         self._creating_dir = state_dir / "lxc-creating"
@@ -86,24 +84,13 @@ class ContainerService:
     async def start(self) -> None:
         await asyncio.to_thread(self.config.path.mkdir, parents=True, exist_ok=True)
         await self._remove_half_made()
-        await self._read_all()
-        self._resync_wanted = False
+        await self._resync()
         self._spawn(self.monitor.run(), "lxc-monitor")
-        self._spawn(self._refresh_loop(), "lxc-refresh")
-        self._spawn(self._stats_loop(), "lxc-stats")
-        if await asyncio.to_thread(self._first_start_since_boot):
+        self._start_refresher()
+        self._every(self.config.stats_interval_seconds, self._read_running, "lxc-stats")
+        # Autostart runs once per boot: a daemon restart must not start what a user stopped.
+        if await asyncio.to_thread(files.first_since_boot, self.state_dir / "autostart.boot"):
             self._spawn(self._autostart(), "lxc-autostart")
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _event(self, name: str, what: str) -> None:
         try:
@@ -113,22 +100,13 @@ class ContainerService:
         info = self.cache.items.get(name)
         if state is not None and info is not None:
             self.cache.store(name, info.model_copy(update={"state": state}))
-        self._dirty.add(name)
-        self._wake.set()
+        self.mark(name)
 
-    def _resync(self) -> None:
-        self._resync_wanted = True
-        self._wake.set()
+    async def _resync(self) -> None:
+        await self._read_all()
 
-    async def _refresh_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._resync_wanted:
-                self._resync_wanted = False
-                await self._read_all()
-            dirty, self._dirty = self._dirty, set()
-            await self._read_some(sorted(dirty))
+    async def _refresh_some(self, keys: list[str]) -> None:
+        await self._read_some(keys)
 
     async def _read_all(self) -> None:
         names = await asyncio.to_thread(self.lxc.names)
@@ -178,15 +156,11 @@ class ContainerService:
         live = await self.lxc.info(name)
         return _info(name, entries, meta, live)
 
-    async def _stats_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.stats_interval_seconds)
-            running = [
-                name
-                for name, info in self.cache.items.items()
-                if info.state is ContainerState.RUNNING
-            ]
-            await self._read_some(running)
+    async def _read_running(self) -> None:
+        running = [
+            name for name, info in self.cache.items.items() if info.state is ContainerState.RUNNING
+        ]
+        await self._read_some(running)
 
     async def _remove_half_made(self) -> None:
         """Containers whose create was cut short by a crash: never finished, never shown; gone."""
@@ -196,22 +170,6 @@ class ContainerService:
             await asyncio.to_thread(files.unmark, self._creating_dir, name)
 
     # -- autostart -------------------------------------------------------------------
-
-    def _first_start_since_boot(self) -> bool:
-        """Autostart runs once per boot: a daemon restart must not start what a user stopped."""
-        try:
-            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        except OSError:
-            boot = ""
-        marker = self.state_dir / "autostart.boot"
-        try:
-            if marker.read_text().strip() == boot:
-                return False
-        except OSError:
-            pass
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(boot + "\n")
-        return True
 
     async def _autostart(self) -> None:
         """Containers marked autostart, in id order (Phoenix: core ids first), each a job."""
@@ -536,3 +494,21 @@ def _info(
         gateway=(meta.gateway or "") if meta else "",
         owner=meta.owner if meta else "",
     )
+
+
+async def start(w: Wiring) -> ContainerService | None:
+    """The containers kind, started (kinds.py); None when LXC cannot work here."""
+    probe = await w.health.probe("lxc")
+    if not probe.available:
+        log.warning("containers off: %s", probe.detail)
+        return None
+    network = w.started.get("network")  # a port on an OVS bridge needs to know the bridges
+    containers = ContainerService(
+        w.config.lxc,
+        w.state_dir,
+        w.jobs,
+        ovsdb_remote=w.config.ovsdb.remote if network is not None else None,
+        ovs_bridges=network.cache.items.keys if network is not None else tuple,
+    )
+    await containers.start()
+    return containers

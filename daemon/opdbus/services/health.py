@@ -3,6 +3,8 @@
 Which backends matter depends on the mode (the op-dbus seed's dependency
 matrix): agent = D-Bus + systemd (+ polkit), standalone adds Open vSwitch,
 full adds LXC and libvirt. A backend the mode does not use is reported off.
+The list of backends and their probes is not kept here: the daemon hands it
+over from ``opdbus.kinds`` (each kind of resource names its backend).
 """
 
 from __future__ import annotations
@@ -10,40 +12,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
-from opdbus.backends.probes import Probe, probe_libvirt, probe_lxc, probe_ovsdb, probe_systemd
 from opdbus.config import Config, Mode
 from opdbus.errors import BackendUnavailable, NotSupported
+from opdbus.models.health import Probe
 
 log = logging.getLogger(__name__)
 
-ALL_BACKENDS = ("dbus", "polkit", "systemd", "ovsdb", "libvirt", "lxc")
-_MODE_BACKENDS: dict[Mode, frozenset[str]] = {
-    Mode.AGENT: frozenset({"dbus", "polkit", "systemd"}),
-    Mode.STANDALONE: frozenset({"dbus", "polkit", "systemd", "ovsdb"}),
-    Mode.FULL: frozenset(ALL_BACKENDS),
-}
+EVERY_MODE = frozenset(Mode)
 
 
-def backend_enabled(mode: Mode, name: str) -> bool:
-    return name in _MODE_BACKENDS[mode]
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    modes: frozenset[Mode]  # the modes that use it
+    probe: Callable[[], Awaitable[Probe]]
 
 
 class BackendHealth:
-    def __init__(
-        self,
-        config: Config,
-        *,
-        bus_detail: str,
-        polkit_probe: Callable[[], Awaitable[Probe]],
-    ) -> None:
+    def __init__(self, config: Config, *, bus_detail: str, backends: Sequence[Backend]) -> None:
         self._config = config
-        self._polkit_probe = polkit_probe
-        self.status: dict[str, Probe] = {
-            name: Probe(False, "not probed yet") for name in ALL_BACKENDS
-        }
-        self.status["dbus"] = Probe(True, bus_detail)
+        self._backends = {b.name: b for b in backends}
+        self.status: dict[str, Probe] = {"dbus": Probe(True, bus_detail)}
+        for name in self._backends:
+            self.status[name] = Probe(False, "not probed yet")
         self.on_change: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         # Backends with a live connection report their own state (report());
@@ -51,7 +45,8 @@ class BackendHealth:
         self._live: set[str] = set()
 
     def enabled(self, name: str) -> bool:
-        return backend_enabled(self._config.mode, name)
+        backend = self._backends.get(name)
+        return name == "dbus" or (backend is not None and self._config.mode in backend.modes)
 
     def require(self, name: str) -> None:
         """Raise the right error when a method's backend cannot serve it."""
@@ -79,18 +74,8 @@ class BackendHealth:
         return result
 
     async def _run_probe(self, name: str) -> Probe:
-        timeout = self._config.health.timeout_seconds
-        if name == "polkit":
-            return await self._polkit_probe()
-        if name == "systemd":
-            return await probe_systemd()
-        if name == "ovsdb":
-            return await probe_ovsdb(self._config.ovsdb.remote, timeout)
-        if name == "libvirt":
-            return await probe_libvirt(self._config.libvirt.uri, timeout)
-        if name == "lxc":
-            return await probe_lxc(self._config.lxc.path)
-        return self.status[name]
+        backend = self._backends.get(name)
+        return await backend.probe() if backend is not None else self.status[name]
 
     def _record(self, name: str, result: Probe) -> None:
         old = self.status.get(name)
@@ -110,7 +95,7 @@ class BackendHealth:
             callback()
 
     async def refresh(self) -> None:
-        names = [name for name in ALL_BACKENDS if name != "dbus" and name not in self._live]
+        names = [name for name in self._backends if name not in self._live]
         results = await asyncio.gather(
             *(self.probe(name) for name in names), return_exceptions=True
         )

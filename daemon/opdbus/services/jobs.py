@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from opdbus.backends.job_store import JobStore
 from opdbus.config import JobsConfig
 from opdbus.errors import (
     BackendUnavailable,
@@ -33,7 +34,6 @@ from opdbus.errors import (
 from opdbus.models.job import JobRecord, JobState, LogLine
 from opdbus.names import job_path
 from opdbus.services.audit import PENDING_CALL, AuditLog
-from opdbus.services.job_store import JobStore
 
 log = logging.getLogger(__name__)
 

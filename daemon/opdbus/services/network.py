@@ -18,7 +18,6 @@ import contextlib
 import logging
 import operator
 from collections.abc import Callable
-from typing import Protocol
 
 from opdbus.backends.dhcp import DhcpClient, DhcpLease
 from opdbus.backends.netlink import LinkState, Netlink
@@ -36,6 +35,7 @@ from opdbus.models.network import (
     PortType,
 )
 from opdbus.names import bridge_path
+from opdbus.services.resource import ResourceService, Wiring
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,8 @@ ADDRESSING_KEYS = frozenset({KEY_ADDRESSES, KEY_GATEWAY, KEY_DHCP})
 KEY_OWNER = "opdbus:owner"
 RESERVED_PREFIX = "opdbus:"
 LINK_TIMEOUT = 5.0
+OVSDB_SYNC_WAIT = 2.0  # at start: how long the bridges may take to be read
 BY_NAME = operator.attrgetter("name")
-
-
-class NetworkObserver(Protocol):
-    def bridge_added(self, info: BridgeInfo) -> None: ...
-    def bridge_changed(self, info: BridgeInfo, fields: set[str]) -> None: ...
-    def bridge_removed(self, name: str) -> None: ...
 
 
 def wanted_addressing(external_ids: dict[str, str], mtu: int | None) -> Addressing:
@@ -112,7 +107,9 @@ def _recreate(tx: Txn, info: BridgeInfo) -> None:
             commands.add_port(tx, info.name, port_spec(port))
 
 
-class NetworkService:
+class NetworkService(ResourceService[BridgeInfo]):
+    kind = "bridges"
+
     def __init__(
         self,
         ovsdb: OvsdbClient,
@@ -122,17 +119,14 @@ class NetworkService:
         on_status: Callable[[bool, str], None],
         busy: Callable[[str, str], None] = lambda target, what: None,
     ) -> None:
+        super().__init__()  # the cache is keyed by bridge name
         self.ovsdb = ovsdb
         # Raises Busy when a job (an apply of the desired state) holds the bridge.
         self._busy = busy
         self.netlink = netlink
         self.default_datapath = default_datapath
-        self.bridges: dict[str, BridgeInfo] = {}
-        self.observers: list[NetworkObserver] = []
+        self.bridges = self.cache.items
         self._on_status = on_status
-        self._dirty: set[str] = set()
-        self._wake = asyncio.Event()
-        self._refresher: asyncio.Task[None] | None = None
         self._link_index: dict[str, int] = {}  # bridge -> ifindex when last configured
         # One configuration of a bridge's interface at a time (a caller's and
         # the reconciler's would otherwise race to add the same address).
@@ -149,13 +143,10 @@ class NetworkService:
         self.netlink.on_change.append(self._link_changed)
         await self.netlink.start()
         await self.ovsdb.start()
-        self._refresher = asyncio.create_task(self._refresh_loop(), name="network-refresh")
+        self._start_refresher()
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        await super().stop()
         clients, self._dhcp = list(self._dhcp.values()), {}
         for client in clients:
             await client.stop(release=False)
@@ -166,29 +157,24 @@ class NetworkService:
         self._on_status(connected, detail)
 
     def _ovs_changed(self, changes: Changes) -> None:
-        self._mark(changes.added | changes.changed | changes.removed)
+        self.mark(*(changes.added | changes.changed | changes.removed))
 
     def _link_changed(self, name: str) -> None:
         if name in self.bridges or self.ovsdb.cache.bridge(name) is not None:
-            self._mark({name})
+            self.mark(name)
 
-    def _mark(self, names: set[str]) -> None:
-        self._dirty |= names
-        self._wake.set()
+    async def _refresh_some(self, keys: list[str]) -> None:
+        self._refreshing.update(keys)
+        for name in keys:
+            try:
+                await self.refresh(name)
+            except OpdbusError as e:  # one bridge's trouble does not hold up the others
+                log.warning("bridge %s: %s", name, e)
+            finally:
+                self._refreshing.discard(name)
 
-    async def _refresh_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            names, self._dirty = self._dirty, set()
-            self._refreshing |= names
-            for name in sorted(names):
-                try:
-                    await self.refresh(name)
-                except OpdbusError as e:
-                    log.warning("bridge %s: %s", name, e)
-                finally:
-                    self._refreshing.discard(name)
+    async def _resync(self) -> None:
+        await self.refresh_all()
 
     async def refresh_all(self) -> None:
         for name in sorted(set(self.ovsdb.cache.bridge_names()) | set(self.bridges)):
@@ -200,24 +186,13 @@ class NetworkService:
         # refresher need not do it again (a change's caller refreshes at once).
         self._dirty.discard(name)
         info = self._info(name)
-        old = self.bridges.get(name)
         if info is None:
-            if old is not None:
-                del self.bridges[name]
+            if name in self.bridges:
+                self.cache.forget(name)
                 self._link_index.pop(name, None)
-                for observer in self.observers:
-                    observer.bridge_removed(name)
             await self._follow_dhcp(name, wanted=False, release=False)
             return None
-        self.bridges[name] = info
-        if old is None:
-            for observer in self.observers:
-                observer.bridge_added(info)
-        else:
-            fields = {key for key, value in info if getattr(old, key) != value}
-            if fields:
-                for observer in self.observers:
-                    observer.bridge_changed(info, fields)
+        self.cache.store(name, info)
         await self._reconcile(info)
         return info
 
@@ -509,3 +484,27 @@ class NetworkService:
         if info is None:
             raise NotFound(f"bridge {name} vanished meanwhile")
         return info
+
+
+async def start(w: Wiring) -> NetworkService:
+    """The bridges kind, started (kinds.py): connected to OVSDB and netlink."""
+    config = w.config.ovsdb
+    w.health.attach("ovsdb")
+    ovsdb = OvsdbClient(
+        config.remote,
+        apply_timeout=config.apply_timeout_seconds,
+        request_timeout=config.request_timeout_seconds,
+    )
+    network = NetworkService(
+        ovsdb,
+        Netlink(),
+        default_datapath=config.datapath_type,
+        on_status=lambda ok, detail: w.health.report("ovsdb", ok, detail),
+        busy=w.jobs.check_idle,
+    )
+    await network.start()
+    # Bounded: with ovsdb-server up, the bridges are on the bus at READY;
+    # without it, we serve anyway and they appear when it comes.
+    if await ovsdb.wait_settled(OVSDB_SYNC_WAIT):
+        await network.refresh_all()
+    return network

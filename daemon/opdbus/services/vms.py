@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,8 @@ from opdbus.errors import (
 from opdbus.models.document import check_document, check_size, parse_json
 from opdbus.models.vm import VmInfo, VmName, VmProfile, VmState
 from opdbus.names import vm_name_target, vm_path
-from opdbus.services.cache import ObservedCache
 from opdbus.services.jobs import JobBody, JobContext, JobManager, JobOutcome
+from opdbus.services.resource import ResourceService, Wiring
 from opdbus.services.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -68,75 +68,40 @@ def snapshot_name(name: str) -> str:
         raise InvalidArgs(f"snapshot name: {e.errors()[0]['msg']}") from None
 
 
-class VmService:
+class VmService(ResourceService[VmInfo]):
+    kind = "VMs"
+
     def __init__(
         self, config: LibvirtConfig, state_dir: Path, jobs: JobManager, checks: Workers
     ) -> None:
+        super().__init__()  # the cache is keyed by UUID
         self.config = config
         self._checks = checks  # expensive checks anyone may ask for, on threads of their own
         self.pool_dir = config.pool_dir or state_dir / "images"
         self.jobs = jobs
-        self.cache: ObservedCache[VmInfo] = ObservedCache()  # by UUID
         self.vms = self.cache.items
         self.on_status: list[Callable[[bool, str], None]] = []
         self.conn = LibvirtConnection(
-            config.uri, on_status=self._status, on_open=self._opened, on_domain=self._dirty
+            config.uri, on_status=self._status, on_open=self.resync, on_domain=self.mark
         )
-        self._dirty_set: set[str] = set()
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._resync_wanted = False
 
     # -- running -------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.conn.start()
-        self._spawn(self._refresh_loop(), "vm-refresh")
-        self._spawn(self._stats_loop(), "vm-stats")
+        self._start_refresher()
+        self._every(self.config.stats_interval_seconds, self._read_stats, "vm-stats")
         await self.conn.wait_open(OPEN_WAIT)
         if self.conn.connected:
             await self._resync()
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await super().stop()
         await self.conn.stop()
-
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _status(self, ok: bool, detail: str) -> None:
         for callback in self.on_status:
             callback(ok, detail)
-
-    def _opened(self) -> None:
-        self._resync_wanted = True
-        self._wake.set()
-
-    def _dirty(self, uuid: str) -> None:
-        self._dirty_set.add(uuid)
-        self._wake.set()
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                if self._resync_wanted:
-                    self._resync_wanted = False
-                    self._dirty_set.clear()
-                    await self._resync()
-                    continue
-                dirty, self._dirty_set = self._dirty_set, set()
-                for uuid in dirty:
-                    await self.refresh(uuid)
-            except Exception as e:
-                log.warning("refreshing VMs failed: %s", e)
-                await asyncio.sleep(0.5)
 
     async def _resync(self) -> None:
         infos = await self.conn.call(domains.read_all, "listing domains")
@@ -146,6 +111,10 @@ class VmService:
         for uuid in [u for u in self.vms if u not in seen]:
             self._forget(uuid)
 
+    async def _refresh_some(self, keys: list[str]) -> None:
+        for uuid in keys:
+            await self.refresh(uuid)
+
     async def refresh(self, uuid: str) -> VmInfo | None:
         info = await self.conn.call(lambda c: domains.read_one(c, uuid), "reading a domain")
         if info is None:
@@ -154,22 +123,16 @@ class VmService:
             self._store(info)
         return info
 
-    async def _stats_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.stats_interval_seconds)
-            if not self.conn.connected or not any(
-                info.state is VmState.RUNNING for info in self.vms.values()
-            ):
-                continue
-            try:
-                values = await self.conn.call(domains.stats, "reading domain statistics")
-            except Exception as e:
-                log.debug("domain statistics: %s", e)
-                continue
-            for uuid, found in values.items():
-                info = self.vms.get(uuid)
-                if info is not None and found:
-                    self._store(info.model_copy(update=found))
+    async def _read_stats(self) -> None:
+        if not self.conn.connected or not any(
+            info.state is VmState.RUNNING for info in self.vms.values()
+        ):
+            return
+        values = await self.conn.call(domains.stats, "reading domain statistics")
+        for uuid, found in values.items():
+            info = self.vms.get(uuid)
+            if info is not None and found:
+                self._store(info.model_copy(update=found))
 
     def _store(self, info: VmInfo) -> None:
         self.cache.store(info.uuid, info)
@@ -573,3 +536,13 @@ def _target_for(capabilities: str, profile: VmProfile, uri: str) -> Target:
 
 def _volume_name(vm: str, index: int, fmt: str) -> str:
     return f"{vm}-disk{index}.{fmt}"
+
+
+async def start(w: Wiring) -> VmService:
+    """The VMs kind, started (kinds.py): connected to libvirt, domains read."""
+    w.health.attach("libvirt")
+    vms = VmService(w.config.libvirt, w.state_dir, w.jobs, w.checks)
+    vms.on_status.append(lambda ok, detail: w.health.report("libvirt", ok, detail))
+    # Bounded: with libvirtd up, the VMs are on the bus at READY.
+    await vms.start()
+    return vms

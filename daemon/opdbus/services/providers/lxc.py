@@ -23,6 +23,7 @@ from opdbus.models.container import (
 )
 from opdbus.models.state import Change, LxcContainer, LxcSection
 from opdbus.names import container_path
+from opdbus.services.cache import Notify
 from opdbus.services.containers import ContainerService
 from opdbus.services.jobs import JobContext
 from opdbus.services.providers.base import Difference, Provider
@@ -50,21 +51,6 @@ def _values(item: LxcContainer) -> dict[str, Any]:
         "memory": item.memory,
         "cpus": item.cpus,
     }
-
-
-class _Observer:
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self._callback = callback
-
-    def added(self, key: str, info: ContainerInfo) -> None:
-        self._callback()
-
-    def changed(self, key: str, info: ContainerInfo, fields: set[str]) -> None:
-        if fields - NOISE:
-            self._callback()
-
-    def removed(self, key: str) -> None:
-        self._callback()
 
 
 class LxcProvider(Provider):
@@ -185,4 +171,4 @@ class LxcProvider(Provider):
                 await self.containers.stop_job(name, timeout=None, force=False)(ctx)
 
     def subscribe(self, callback: Callable[[], None]) -> None:
-        self.containers.cache.observers.append(_Observer(callback))
+        self.containers.cache.observers.append(Notify(callback, NOISE))

@@ -29,6 +29,7 @@ from opdbus.models.network import (
 )
 from opdbus.models.state import Change, NetSection
 from opdbus.names import bridge_path
+from opdbus.services.cache import Notify
 from opdbus.services.jobs import JobContext
 from opdbus.services.network import KEY_OWNER, NetworkService, port_spec, wanted_addressing
 from opdbus.services.network_apply import apply_bridges
@@ -54,20 +55,6 @@ def _entry(spec: PortSpec) -> str | PortSpec:
     """A port as Query writes it: its bare name when it is a plain system port."""
     plain = spec.type is PortType.SYSTEM and spec.tag is None and not spec.trunks
     return spec.name if plain else spec
-
-
-class _Observer:
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self._callback = callback
-
-    def bridge_added(self, info: BridgeInfo) -> None:
-        self._callback()
-
-    def bridge_changed(self, info: BridgeInfo, fields: set[str]) -> None:
-        self._callback()
-
-    def bridge_removed(self, name: str) -> None:
-        self._callback()
 
 
 class NetProvider(Provider):
@@ -170,7 +157,7 @@ class NetProvider(Provider):
         return BridgeSpec.model_validate(fields)
 
     def subscribe(self, callback: Callable[[], None]) -> None:
-        self.network.observers.append(_Observer(callback))
+        self.network.cache.observers.append(Notify(callback))
 
 
 def _show(value: Addressing) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from opdbus.errors import Conflict
 from opdbus.models.state import Change, VmDomain, VmsSection
 from opdbus.models.vm import VmInfo, VmProfile, VmState
 from opdbus.names import vm_name_target, vm_path
+from opdbus.services.cache import Notify
 from opdbus.services.jobs import JobContext
 from opdbus.services.providers.base import Difference, Provider
 from opdbus.services.vms import VmService
@@ -35,21 +36,6 @@ def _autostart(item: VmDomain) -> bool:
 def _same_but_autostart(a: VmProfile, b: VmProfile) -> bool:
     """Equal but for autostart, which the domain keeps (SetAutostart changes it)."""
     return {**a.__dict__, "autostart": False} == {**b.__dict__, "autostart": False}
-
-
-class _Observer:
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self._callback = callback
-
-    def added(self, key: str, info: VmInfo) -> None:
-        self._callback()
-
-    def changed(self, key: str, info: VmInfo, fields: set[str]) -> None:
-        if fields - NOISE:
-            self._callback()
-
-    def removed(self, key: str) -> None:
-        self._callback()
 
 
 class VmsProvider(Provider):
@@ -80,9 +66,7 @@ class VmsProvider(Provider):
                 if found is None:
                     if len(self._parsed) > 2 * len(self.vms.vms) + 64:  # VMs went meanwhile
                         self._parsed.clear()
-                    found = self._parsed[info.profile] = VmProfile.model_validate_json(
-                        info.profile
-                    )
+                    found = self._parsed[info.profile] = VmProfile.model_validate_json(info.profile)
                 return found
             return VmProfile(
                 name=info.name, cpus=max(info.vcpus, 1), memory_mb=max(info.memory_mib, 16)
@@ -183,7 +167,7 @@ class VmsProvider(Provider):
             await self.vms.shutdown_job(uuid, timeout=None, force=True)(ctx)
 
     def subscribe(self, callback: Callable[[], None]) -> None:
-        self.vms.cache.observers.append(_Observer(callback))
+        self.vms.cache.observers.append(Notify(callback, NOISE))
 
 
 def _json(value: object) -> object:

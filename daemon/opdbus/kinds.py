@@ -1,0 +1,128 @@
+"""Every kind of resource op-dbus manages, listed once.
+
+The daemon starts, exports and stops what this list names, the health check
+probes its backends, the bus guard learns its interfaces and the declarative
+state gets its providers from it. Adding a kind is its backend module, its
+service module (a ResourceService with an ``async def start(w: Wiring)``), its
+model, its bus module and introspection XML, its provider -- and one line in
+KINDS. Nothing else iterates resources by hand.
+
+This module is the composition: it may import every layer, and no layer
+imports it but the daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from opdbus.backends import probes
+from opdbus.bus import bridge, container, vm
+from opdbus.bus.base import BusContext, OpdbusInterface
+from opdbus.bus.exporter import CacheExporter, Exported
+from opdbus.config import Config, Mode
+from opdbus.models.health import Probe
+from opdbus.services import containers, network, vms
+from opdbus.services.health import EVERY_MODE, Backend
+from opdbus.services.providers.base import Provider
+from opdbus.services.providers.lxc import LxcProvider
+from opdbus.services.providers.net import NetProvider
+from opdbus.services.providers.vms import VmsProvider
+from opdbus.services.resource import ResourceService, Wiring
+
+STANDALONE_UP = frozenset({Mode.STANDALONE, Mode.FULL})
+FULL_ONLY = frozenset({Mode.FULL})
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # the started service's key (Wiring.started, ManagerServices)
+    backend: str  # its entry in Manager1.Backends
+    modes: frozenset[Mode]  # the modes that run it
+    probe: Callable[[Config], Awaitable[Probe]]
+    # The service, started; None when it cannot run here (told in the log).
+    start: Callable[[Wiring], Awaitable[ResourceService[Any] | None]]
+    interface: type[OpdbusInterface]  # the objects' bus interface (the call guard learns it)
+    export: Callable[[BusContext, Any], CacheExporter[Any]]
+    provider: Callable[[Any], Provider]  # its section of the declarative state
+
+
+def _ovsdb(config: Config) -> Awaitable[Probe]:
+    return probes.probe_ovsdb(config.ovsdb.remote, config.health.timeout_seconds)
+
+
+def _libvirt(config: Config) -> Awaitable[Probe]:
+    return probes.probe_libvirt(config.libvirt.uri, config.health.timeout_seconds)
+
+
+def _lxc(config: Config) -> Awaitable[Probe]:
+    return probes.probe_lxc(config.lxc.path)
+
+
+# In start order: containers join bridges, so the network comes first.
+KINDS: tuple[Kind, ...] = (
+    Kind(
+        name="network",
+        backend="ovsdb",
+        modes=STANDALONE_UP,
+        probe=_ovsdb,
+        start=network.start,
+        interface=bridge.Bridge1,
+        export=bridge.exporter,
+        provider=NetProvider,
+    ),
+    Kind(
+        name="vms",
+        backend="libvirt",
+        modes=FULL_ONLY,
+        probe=_libvirt,
+        start=vms.start,
+        interface=vm.VM1,
+        export=vm.exporter,
+        provider=VmsProvider,
+    ),
+    Kind(
+        name="containers",
+        backend="lxc",
+        modes=FULL_ONLY,
+        probe=_lxc,
+        start=containers.start,
+        interface=container.Container1,
+        export=container.exporter,
+        provider=LxcProvider,
+    ),
+)
+
+
+def backends(config: Config, polkit: Callable[[], Awaitable[Probe]]) -> Sequence[Backend]:
+    """What the health check probes: the bus's own services, then each kind's backend."""
+    return (
+        Backend("polkit", EVERY_MODE, polkit),
+        Backend("systemd", EVERY_MODE, probes.probe_systemd),
+        *(Backend(kind.backend, kind.modes, partial(kind.probe, config)) for kind in KINDS),
+    )
+
+
+def enabled(config: Config) -> list[Kind]:
+    return [kind for kind in KINDS if config.mode in kind.modes]
+
+
+def exported(started: Mapping[str, Any]) -> list[Exported]:
+    """Every kind's interface, with what exports its objects where the kind runs."""
+
+    def exporter(kind: Kind, service: Any) -> Callable[[BusContext], CacheExporter[Any]]:
+        return lambda ctx: kind.export(ctx, service)
+
+    return [
+        Exported(
+            kind.interface,
+            exporter(kind, started[kind.name]) if kind.name in started else None,
+        )
+        for kind in KINDS
+    ]
+
+
+def providers(started: Mapping[str, Any]) -> list[Provider]:
+    return [kind.provider(started[kind.name]) for kind in KINDS if kind.name in started]

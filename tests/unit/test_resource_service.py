@@ -1,0 +1,131 @@
+"""The shared resource-service base, and the registry of kinds built on it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import BaseModel
+
+from opdbus import kinds
+from opdbus.bus.base import load_docs
+from opdbus.config import Config, Mode
+from opdbus.errors import Timeout
+from opdbus.models.health import Probe
+from opdbus.services import resource
+from opdbus.services.health import BackendHealth
+from opdbus.services.resource import ResourceService
+
+
+class Thing(BaseModel):
+    name: str
+    reads: int
+
+
+class Flaky(ResourceService[Thing]):
+    """Reads fail ``failures`` times (as an lxc-info that times out), then work."""
+
+    kind = "things"
+
+    def __init__(self, failures: int, resync_failures: int = 0) -> None:
+        super().__init__()
+        self.failures = failures
+        self.resync_failures = resync_failures
+        self.resyncs = 0
+        self.reads: list[list[str]] = []
+
+    async def _resync(self) -> None:
+        self.resyncs += 1
+        if self.resync_failures:
+            self.resync_failures -= 1
+            raise OSError("the listing failed")
+        await self._refresh_some(["listed"])
+
+    async def _refresh_some(self, keys: list[str]) -> None:
+        self.reads.append(keys)
+        if self.failures:
+            self.failures -= 1
+            raise Timeout("lxc-info did not answer within 10 s")
+        for key in keys:
+            old = self.cache.items.get(key)
+            self.cache.store(key, Thing(name=key, reads=(old.reads if old else 0) + 1))
+
+
+@pytest.fixture(autouse=True)
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resource, "BACKOFF_MIN", 0.01)
+
+
+async def test_a_failed_read_is_retried_and_later_changes_still_arrive() -> None:
+    service = Flaky(failures=2)
+    service._start_refresher()
+    try:
+        service.mark("a")
+        assert await service.cache.wait_for("a", lambda t: t is not None, 5)
+        # Failed twice: the key was kept for the next round each time.
+        assert service.reads == [["a"], ["a"], ["a"]]
+        service.resync()
+        await asyncio.sleep(0.05)
+        assert service.resyncs == 1
+        service.mark("b")
+        assert await service.cache.wait_for("b", lambda t: t is not None, 5)
+    finally:
+        await service.stop()
+    assert not service._tasks
+
+
+async def test_a_failed_resync_is_asked_for_again() -> None:
+    service = Flaky(failures=0, resync_failures=2)
+    service._start_refresher()
+    try:
+        service.resync()
+        assert await service.cache.wait_for("listed", lambda t: t is not None, 5)
+        assert service.resyncs == 3
+    finally:
+        await service.stop()
+
+
+async def test_periodic_work_survives_its_failures() -> None:
+    service = Flaky(failures=0)
+    calls = 0
+    done = asyncio.Event()
+
+    async def work() -> None:
+        nonlocal calls
+        calls += 1
+        if calls >= 3:
+            done.set()
+        raise OSError("statistics unreadable")
+
+    service._every(0.001, work, "stats")
+    try:
+        async with asyncio.timeout(5):
+            await done.wait()
+    finally:
+        await service.stop()
+    assert calls >= 3
+    assert not service._tasks
+
+
+def test_the_registry_names_each_kind_once_with_its_documented_interface() -> None:
+    names = [kind.name for kind in kinds.KINDS]
+    assert len(names) == len(set(names))
+    docs = load_docs()
+    for kind in kinds.KINDS:
+        assert kind.interface.INTERFACE in docs, f"{kind.name}: no introspection XML"
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_health_probes_what_the_registry_says_each_mode_uses(mode: Mode) -> None:
+    config = Config.model_validate({"mode": mode.value})
+
+    async def polkit() -> Probe:
+        return Probe(True, "")
+
+    health = BackendHealth(config, bus_detail="", backends=kinds.backends(config, polkit))
+    assert set(health.status) == {"dbus", "polkit", "systemd"} | {k.backend for k in kinds.KINDS}
+    for kind in kinds.KINDS:
+        assert health.enabled(kind.backend) == (mode in kind.modes)
+    assert [k.name for k in kinds.enabled(config)] == [
+        k.name for k in kinds.KINDS if mode in k.modes
+    ]
