@@ -23,8 +23,8 @@ from opdbus.backends.dhcp import DhcpClient, DhcpLease
 from opdbus.backends.netlink import LinkState, Netlink
 from opdbus.backends.ovsdb import commands
 from opdbus.backends.ovsdb.client import Changes, OvsdbClient
-from opdbus.backends.ovsdb.idl import Txn
 from opdbus.backends.ovsdb.rows import PortRow, RowId, row_uuid
+from opdbus.backends.ovsdb.txn import Txn
 from opdbus.errors import BackendFailed, InvalidArgs, NotFound, OpdbusError
 from opdbus.models.network import (
     Addressing,

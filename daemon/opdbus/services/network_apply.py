@@ -22,8 +22,8 @@ from typing import Any
 
 from opdbus.backends.ovsdb import commands
 from opdbus.backends.ovsdb.client import OvsCache
-from opdbus.backends.ovsdb.idl import Txn
 from opdbus.backends.ovsdb.rows import BridgeRow, PortRow
+from opdbus.backends.ovsdb.txn import Txn
 from opdbus.errors import NotFound, OpdbusError
 from opdbus.models.network import Addressing, BridgesDocument, BridgeSpec, PortSpec, PortType
 from opdbus.services.jobs import JobBody, JobContext, JobOutcome

@@ -24,10 +24,10 @@ from opdbus.backends.ovsdb.idl import (
     RowEvent,
     Snapshot,
     Status,
-    Txn,
     Update,
 )
 from opdbus.backends.ovsdb.rows import BridgeRow, InterfaceRow, PortRow, RootRow, Row, RowId
+from opdbus.backends.ovsdb.txn import Txn
 from opdbus.errors import BackendUnavailable, Timeout
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from opdbus.backends.ovsdb.idl import Txn
+from opdbus.backends.ovsdb.txn import Txn
 from opdbus.errors import AlreadyExists, InvalidArgs, NotFound
 from opdbus.models.network import PortSpec, PortType
 
