@@ -146,6 +146,7 @@ class Daemon:
             self.config.state,
             self.config.mode,
             kinds.providers(self.started),
+            kinds.provider_modes(),
             self.jobs,
             self.checks,
             StateFiles(self.config.state_dir / "state"),

@@ -39,6 +39,7 @@ FULL_ONLY = frozenset({Mode.FULL})
 @dataclass(frozen=True)
 class Kind:
     name: str  # the started service's key (Wiring.started, ManagerServices)
+    section: str  # its provider's section of the state document
     backend: str  # its entry in Manager1.Backends
     modes: frozenset[Mode]  # the modes that run it
     probe: Callable[[Config], Awaitable[Probe]]
@@ -65,6 +66,7 @@ def _lxc(config: Config) -> Awaitable[Probe]:
 KINDS: tuple[Kind, ...] = (
     Kind(
         name="network",
+        section="net",
         backend="ovsdb",
         modes=STANDALONE_UP,
         probe=_ovsdb,
@@ -75,6 +77,7 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind(
         name="vms",
+        section="vms",
         backend="libvirt",
         modes=FULL_ONLY,
         probe=_libvirt,
@@ -85,6 +88,7 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind(
         name="containers",
+        section="lxc",
         backend="lxc",
         modes=FULL_ONLY,
         probe=_lxc,
@@ -126,3 +130,8 @@ def exported(started: Mapping[str, Any]) -> list[Exported]:
 
 def providers(started: Mapping[str, Any]) -> list[Provider]:
     return [kind.provider(started[kind.name]) for kind in KINDS if kind.name in started]
+
+
+def provider_modes() -> dict[str, frozenset[Mode]]:
+    """The modes each section of the state document is served in."""
+    return {kind.section: kind.modes for kind in KINDS}

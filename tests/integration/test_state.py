@@ -430,6 +430,10 @@ async def test_bad_documents_are_named_and_change_nothing(
                 names.STATE_PATH, names.STATE_IFACE, "Apply", "sa{sv}",
                 ["{}", {"prune": Variant("s", "yes")}],
             )  # fmt: skip
+        # A section the schema knows but no provider of this daemon serves yet.
+        units = json.dumps({"systemd": {"units": {}}, "net": {"interfaces": []}})
+        with pytest.raises(errors.NotSupported, match="no systemd provider yet"):
+            await client.state_apply(units)
         assert await host_snapshot(ovs, lxcpath) == before
 
 

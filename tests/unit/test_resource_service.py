@@ -113,6 +113,8 @@ def test_the_registry_names_each_kind_once_with_its_documented_interface() -> No
     docs = load_docs()
     for kind in kinds.KINDS:
         assert kind.interface.INTERFACE in docs, f"{kind.name}: no introspection XML"
+        # The provider serves the section the registry says.
+        assert getattr(kind.provider, "name", None) == kind.section
 
 
 @pytest.mark.parametrize("mode", list(Mode))

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,13 +54,6 @@ from opdbus.services.workers import Workers
 log = logging.getLogger(__name__)
 
 DRIFT_QUIET = 0.02  # seconds: changes arriving together are compared once
-# The modes each provider is part of (the op-dbus seed's dependency matrix).
-PROVIDER_MODES: dict[str, frozenset[Mode]] = {
-    "systemd": frozenset(Mode),
-    "net": frozenset({Mode.STANDALONE, Mode.FULL}),
-    "lxc": frozenset({Mode.FULL}),
-    "vms": frozenset({Mode.FULL}),
-}
 
 
 class StateObserver(Protocol):
@@ -84,12 +77,14 @@ class StateService:
         config: StateConfig,
         mode: Mode,
         providers: Sequence[Provider],
+        modes: Mapping[str, frozenset[Mode]],
         jobs: JobManager,
         checks: Workers,
         files: StateFiles,
     ) -> None:
         self.config = config
         self.mode = mode
+        self.modes = modes  # the modes each provider is part of (opdbus.kinds)
         order = list(SECTIONS)
         self.providers = sorted(providers, key=lambda p: order.index(p.name))
         self.jobs = jobs
@@ -175,7 +170,9 @@ class StateService:
         """A provider by name: known, in this mode, present and reachable -- or the named error."""
         if name not in SECTIONS:
             raise InvalidArgs(f"unknown provider {name!r} (known: {', '.join(SECTIONS)})")
-        if self.mode not in PROVIDER_MODES[name]:
+        if name not in self.modes:
+            raise NotSupported(f"this op-dbusd has no {name} provider yet")
+        if self.mode not in self.modes[name]:
             raise NotSupported(f"the {name} provider is off in {self.mode.value} mode")
         provider = next((p for p in self.providers if p.name == name), None)
         if provider is None:

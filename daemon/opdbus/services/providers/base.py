@@ -32,7 +32,6 @@ def dump(model: BaseModel) -> dict[str, Any]:
 
 class Provider(ABC):
     name: ClassVar[str]  # the document's section: "net", "lxc", "vms"
-    backend: ClassVar[str]  # its entry in Manager1.Backends
 
     # -- what the document and the host say ------------------------------------------
 

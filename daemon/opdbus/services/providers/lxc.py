@@ -55,7 +55,6 @@ def _values(item: LxcContainer) -> dict[str, Any]:
 
 class LxcProvider(Provider):
     name = "lxc"
-    backend = "lxc"
 
     def __init__(self, containers: ContainerService) -> None:
         self.containers = containers

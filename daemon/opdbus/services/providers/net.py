@@ -59,7 +59,6 @@ def _entry(spec: PortSpec) -> str | PortSpec:
 
 class NetProvider(Provider):
     name = "net"
-    backend = "ovsdb"
 
     def __init__(self, network: NetworkService) -> None:
         self.network = network

@@ -40,7 +40,6 @@ def _same_but_autostart(a: VmProfile, b: VmProfile) -> bool:
 
 class VmsProvider(Provider):
     name = "vms"
-    backend = "libvirt"
 
     def __init__(self, vms: VmService) -> None:
         self.vms = vms
