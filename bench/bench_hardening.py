@@ -221,6 +221,7 @@ def full_disk() -> None:
         f"{accepted} calls accepted while claimed room lasted, then {refused} refused "
         f"({message[:120]}); after space returned: call {'ok' if after == 0 else 'failed'}, "
         f"VerifyAudit {verdict}",
+        unit="calls",
     )
 
 

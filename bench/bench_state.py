@@ -150,6 +150,7 @@ async def drift(client: Client, ovs: PrivateOvs) -> None:
         p99 <= 0.1,
         f"p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
         f"over {len(latencies)} changes (the ovs-vsctl process included)",
+        unit="ms",
     )
 
 
@@ -175,6 +176,7 @@ async def diff_1000(address: str) -> None:
         "<= 50 ms",
         took <= 0.05,
         f"median {took * 1000:.1f} ms over {len(times)} calls (libvirt's test driver)",
+        unit="ms",
     )
 
 

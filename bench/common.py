@@ -101,8 +101,10 @@ def isolated() -> None:
         raise SystemExit("this benchmark needs root (it runs Open vSwitch in its own namespace)")
 
 
-def report(name: str, ratio: float, target: str, ok: bool, detail: str) -> None:
-    print(f"{name}: ratio {ratio:.2f}x (target {target}) {'PASS' if ok else 'MISS'}  [{detail}]")
+def report(name: str, ratio: float, target: str, ok: bool, detail: str, unit: str = "x") -> None:
+    """One result line; ``unit`` other than "x" prints an absolute value ("ms")."""
+    shown = f"ratio {ratio:.2f}x" if unit == "x" else f"{ratio:.1f} {unit}"
+    print(f"{name}: {shown} (target {target}) {'PASS' if ok else 'MISS'}  [{detail}]")
 
 
 def median(values: list[float]) -> float:

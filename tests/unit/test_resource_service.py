@@ -13,6 +13,7 @@ from opdbus.config import Config, Mode
 from opdbus.errors import Timeout
 from opdbus.models.health import Probe
 from opdbus.services import resource
+from opdbus.services.cache import Memo, ObservedCache
 from opdbus.services.health import BackendHealth
 from opdbus.services.resource import ResourceService
 
@@ -131,3 +132,23 @@ def test_health_probes_what_the_registry_says_each_mode_uses(mode: Mode) -> None
     assert [k.name for k in kinds.enabled(config)] == [
         k.name for k in kinds.KINDS if mode in k.modes
     ]
+
+
+def test_an_unchanged_entry_keeps_its_object_so_a_memo_makes_nothing_again() -> None:
+    cache: ObservedCache[Thing] = ObservedCache()
+    made: list[str] = []
+
+    def make(info: Thing) -> str:
+        made.append(info.name)
+        return f"{info.name}:{info.reads}"
+
+    memo: Memo[Thing, str] = Memo(make)
+    cache.store("a", Thing(name="a", reads=1))
+    first = cache.items["a"]
+    assert memo.get("a", first) == "a:1"
+    cache.store("a", Thing(name="a", reads=1))  # read again, equal
+    assert cache.items["a"] is first
+    assert memo.get("a", cache.items["a"]) == "a:1"
+    cache.store("a", Thing(name="a", reads=2))  # changed: made again
+    assert memo.get("a", cache.items["a"]) == "a:2"
+    assert made == ["a", "a"]

@@ -31,10 +31,10 @@ class _Batch:
     records: dict[int, bytes] = field(default_factory=dict)
     lines: dict[int, list[LogLine]] = field(default_factory=dict)
     removed: set[int] = field(default_factory=set)
-    next_id: int | None = None
+    next_id: int = 0  # with removals: the id to hand out next, saved first
 
     def empty(self) -> bool:
-        return not (self.records or self.lines or self.removed or self.next_id is not None)
+        return not (self.records or self.lines or self.removed)
 
 
 class JobStore:
@@ -45,6 +45,7 @@ class JobStore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._error = ""  # the last write's failure, until a write succeeds
+        self._next_id = 0
 
     async def load(self) -> tuple[list[JobRecord], int]:
         """Every readable record and the next job id to hand out."""
@@ -74,11 +75,13 @@ class JobStore:
         self._kick()
 
     def save_next_id(self, next_id: int) -> None:
-        self._batch.next_id = next_id
-        self._kick()
+        """The id to hand out next. Written only before records are removed: while a
+        record is there, load() finds its id (one file fewer synced per new job)."""
+        self._next_id = next_id
 
     def remove(self, job_id: int) -> None:
         self._batch.removed.add(job_id)
+        self._batch.next_id = self._next_id
         self._batch.records.pop(job_id, None)
         self._batch.lines.pop(job_id, None)
         self._kick()
@@ -129,9 +132,10 @@ class JobStore:
                 os.close(fd)
         for job_id, data in batch.records.items():
             atomic_write(self._dir / f"{job_id}.json", data, sync_dir=False)
-        if batch.next_id is not None:
+        if batch.removed:
+            # Before a record goes: ids are never handed out twice.
             atomic_write(self._dir / "next-id", f"{batch.next_id}\n".encode(), sync_dir=False)
-        if batch.records or batch.next_id is not None:
+        if batch.records or batch.removed:
             fsync_dir(self._dir)  # once for every file the batch replaced
         for job_id in batch.removed:
             for suffix in (".json", ".log"):

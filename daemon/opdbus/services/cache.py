@@ -8,7 +8,7 @@ each change rather than by polling.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -31,15 +31,18 @@ class ObservedCache(Generic[InfoT]):
 
     def store(self, key: str, info: InfoT) -> None:
         old = self.items.get(key)
-        self.items[key] = info
         if old is None:
+            self.items[key] = info
             for observer in self.observers:
                 observer.added(key, info)
         else:
             fields = {f for f in type(info).model_fields if getattr(old, f) != getattr(info, f)}
             if fields:
+                self.items[key] = info
                 for observer in self.observers:
                     observer.changed(key, info, fields)
+            # else the old object stays: an entry is replaced only when it changed,
+            # so what was computed from it (a Memo) stays valid.
         self._wake()
 
     def forget(self, key: str) -> None:
@@ -86,3 +89,32 @@ class Notify(Generic[InfoT]):
 
     def removed(self, key: str) -> None:
         self._callback()
+
+
+ValueT = TypeVar("ValueT")
+
+
+class Memo(Generic[InfoT, ValueT]):
+    """What was computed from a cache entry, computed again only when the entry is replaced.
+
+    A provider's query turns every entry into its document form; with this, a
+    query of 100 unchanged bridges builds nothing (the cache keeps an entry's
+    object while it does not change).
+    """
+
+    def __init__(self, make: Callable[[InfoT], ValueT]) -> None:
+        self._make = make
+        self._done: dict[str, tuple[InfoT, ValueT]] = {}
+
+    def get(self, key: str, info: InfoT) -> ValueT:
+        hit = self._done.get(key)
+        if hit is not None and hit[0] is info:
+            return hit[1]
+        value = self._make(info)
+        self._done[key] = (info, value)
+        return value
+
+    def keep(self, keys: Collection[str]) -> None:
+        """Forget entries no longer in the cache (call now and then)."""
+        if len(self._done) > 2 * len(keys) + 64:
+            self._done = {k: v for k, v in self._done.items() if k in keys}

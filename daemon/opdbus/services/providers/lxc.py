@@ -23,7 +23,7 @@ from opdbus.models.container import (
 )
 from opdbus.models.state import Change, LxcContainer, LxcSection
 from opdbus.names import container_path
-from opdbus.services.cache import Notify
+from opdbus.services.cache import Memo, Notify
 from opdbus.services.containers import ContainerService
 from opdbus.services.jobs import JobContext
 from opdbus.services.providers.base import Difference, Provider
@@ -58,6 +58,7 @@ class LxcProvider(Provider):
 
     def __init__(self, containers: ContainerService) -> None:
         self.containers = containers
+        self._memo: Memo[ContainerInfo, LxcContainer] = Memo(self._container)
 
     def available(self) -> str | None:
         return None
@@ -65,8 +66,9 @@ class LxcProvider(Provider):
     def query(self) -> LxcSection:
         # Containers made elsewhere with no id (no lxc.start.order) cannot be named
         # in a document; they are left out, so nothing is done to them.
+        self._memo.keep(self.containers.cache.items.keys())
         return LxcSection(
-            containers=[self._container(info) for info in self.containers.all() if info.id]
+            containers=[self._memo.get(i.name, i) for i in self.containers.all() if i.id]
         )
 
     @staticmethod

@@ -29,7 +29,7 @@ from opdbus.models.network import (
 )
 from opdbus.models.state import Change, NetSection
 from opdbus.names import bridge_path
-from opdbus.services.cache import Notify
+from opdbus.services.cache import Memo, Notify
 from opdbus.services.jobs import JobContext
 from opdbus.services.network import KEY_OWNER, NetworkService, port_spec, wanted_addressing
 from opdbus.services.network_apply import apply_bridges
@@ -62,12 +62,16 @@ class NetProvider(Provider):
 
     def __init__(self, network: NetworkService) -> None:
         self.network = network
+        self._memo: Memo[BridgeInfo, SeedInterface] = Memo(self._interface)
 
     def available(self) -> str | None:
         return None if self.network.ovsdb.connected else self.network.ovsdb.detail
 
     def query(self) -> NetSection:
-        return NetSection(interfaces=[self._interface(info) for info in self.network.all()])
+        self._memo.keep(self.network.bridges.keys())
+        return NetSection(
+            interfaces=[self._memo.get(info.name, info) for info in self.network.all()]
+        )
 
     def _interface(self, info: BridgeInfo) -> SeedInterface:
         ports: list[str | PortSpec] = [

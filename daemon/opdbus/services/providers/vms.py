@@ -19,7 +19,7 @@ from opdbus.errors import Conflict
 from opdbus.models.state import Change, VmDomain, VmsSection
 from opdbus.models.vm import VmInfo, VmProfile, VmState
 from opdbus.names import vm_name_target, vm_path
-from opdbus.services.cache import Notify
+from opdbus.services.cache import Memo, Notify
 from opdbus.services.jobs import JobContext
 from opdbus.services.providers.base import Difference, Provider
 from opdbus.services.vms import VmService
@@ -45,18 +45,22 @@ class VmsProvider(Provider):
         self.vms = vms
         # Profiles read back from domains, by their JSON: parsed once, not per query.
         self._parsed: dict[str, VmProfile] = {}
+        self._memo: Memo[VmInfo, VmDomain | None] = Memo(self._domain)
 
     def available(self) -> str | None:
         return None if self.vms.conn.connected else self.vms.conn.detail
 
     def query(self) -> VmsSection:
-        domains = []
-        for info in self.vms.all():
-            profile = self._profile(info)
-            if profile is not None:  # a foreign name op-dbus could not accept: left out
-                running = info.state in RUNNING
-                domains.append(VmDomain(profile=profile, running=running, autostart=info.autostart))
-        return VmsSection(domains=domains)
+        self._memo.keep(self.vms.vms.keys())
+        found = (self._memo.get(info.uuid, info) for info in self.vms.all())
+        # A foreign name op-dbus could not accept is left out.
+        return VmsSection(domains=[domain for domain in found if domain is not None])
+
+    def _domain(self, info: VmInfo) -> VmDomain | None:
+        profile = self._profile(info)
+        if profile is None:
+            return None
+        return VmDomain(profile=profile, running=info.state in RUNNING, autostart=info.autostart)
 
     def _profile(self, info: VmInfo) -> VmProfile | None:
         try:
