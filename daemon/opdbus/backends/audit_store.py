@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from opdbus.backends.audit_walk import read_lines
 from opdbus.models.audit import GENESIS_HASH, AuditEntry, ChainState, walk
 
 log = logging.getLogger(__name__)
@@ -256,16 +257,7 @@ class AuditFiles:
 
     def lines(self, start: int, end: int) -> Iterator[bytes]:
         """The log's lines from byte ``start`` up to byte ``end``."""
-        with self.log_path.open("rb") as f:
-            f.seek(start)
-            remaining = end - start
-            for raw in f:
-                if remaining <= 0:
-                    return
-                if len(raw) > remaining:
-                    raw = raw[:remaining]  # noqa: PLW2901 (a line written past ``end``)
-                remaining -= len(raw)
-                yield raw
+        return read_lines(self.log_path, start, end)
 
     def walk(self, state: ChainState, end: int, digest: Any) -> ChainState:
         """Check the entries after ``state`` up to byte ``end``, feeding ``digest`` as it goes."""

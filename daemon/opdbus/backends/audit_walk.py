@@ -17,9 +17,9 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from opdbus.backends import process
 from opdbus.models.audit import AuditEntry, ChainState, walk
@@ -28,7 +28,8 @@ from opdbus.models.audit import AuditEntry, ChainState, walk
 IN_PROCESS_MAX = 4 * 1024 * 1024
 
 
-def lines(path: Path, start: int, end: int) -> Any:
+def read_lines(path: Path, start: int, end: int) -> Iterator[bytes]:
+    """The log's lines from byte ``start`` up to byte ``end`` (the store reads with this too)."""
     with path.open("rb") as f:
         f.seek(start)
         remaining = end - start
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> int:
     # Background work: the daemon's own process comes first for the CPU.
     os.nice(10)
     path, start, end, seq, prev = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
-    state = walk(lines(path, start, end), ChainState(seq=seq, hash=prev, offset=start))
+    state = walk(read_lines(path, start, end), ChainState(seq=seq, hash=prev, offset=start))
     sys.stdout.write(_encode(state))
     return 0
 
