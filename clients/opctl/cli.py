@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,10 +23,12 @@ from opctl.cli_net import NetCommands
 from opctl.cli_state import StateCommands
 from opctl.cli_sync import SyncCommands
 from opctl.cli_vm import VmCommands
-from opctl.client import Client, Unreachable, job_ref_to_path
+from opctl.client import CALL_TIMEOUT, Client, Unreachable, job_ref_to_path
 from opdbus import errors
 from opdbus.models.job import JobRecord, JobState, LogLine
 from opdbus.models.validation import ValidationReport
+
+CALL_TIMEOUT_ENV = "OPDBUS_CALL_TIMEOUT"
 
 EXIT_CODES = """exit codes:
   0   success
@@ -127,6 +130,35 @@ def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
         default=flag_default,
         help="no progress bar while waiting on a job",
     )
+    p.add_argument(
+        "--call-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        dest="call_timeout",
+        default=default,
+        help="how long a call may go unanswered before opctl gives up (exit 12; default "
+        f"${CALL_TIMEOUT_ENV} or {CALL_TIMEOUT:g}); jobs are followed for as long as they run",
+    )
+
+
+def _env_timeout() -> float:
+    text = os.environ.get(CALL_TIMEOUT_ENV)
+    if not text:
+        return CALL_TIMEOUT
+    try:
+        return _seconds(text)
+    except argparse.ArgumentTypeError as e:
+        raise errors.InvalidArgs(f"${CALL_TIMEOUT_ENV}={text}: {e}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 86400 seconds")
+    return value
 
 
 def job_exit_code(record: JobRecord) -> int:
@@ -401,7 +433,7 @@ async def run(args: argparse.Namespace) -> int:
         status = offline(args)
         if status is not None:
             return status
-    client = await Client.connect(args.bus)
+    client = await Client.connect(args.bus, call_timeout=args.call_timeout or _env_timeout())
     try:
         cli = Cli(args, client)
         command: Callable[[], Awaitable[int]] = getattr(cli, args.command)

@@ -202,8 +202,10 @@ class CtCommands:
         if not argv:
             raise InvalidArgs("opctl ct exec NAME -- COMMAND [ARG...]: no command given")
         options = to_variants({"timeout": self.args.timeout})
+        # The command may take its own timeout (default 30 s); the answer comes after it.
+        wait = (self.args.timeout or 30.0) + self.client.call_timeout
         status, out, err = await self.client.container_call(
-            self.args.name, "Exec", "asa{sv}", [argv, options]
+            self.args.name, "Exec", "asa{sv}", [argv, options], timeout=wait
         )
         if self.args.json:
             render.dump({"status": status, "stdout": out, "stderr": err})

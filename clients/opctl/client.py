@@ -27,6 +27,11 @@ from opdbus.models.job import JobRecord, LogLine
 from opdbus.models.network import BridgeInfo
 from opdbus.models.vm import VmInfo
 
+# How long a method call may go unanswered. Every op-dbusd method answers at
+# once or returns a job (whose end is waited for by signals, not by this), so
+# a minute of silence means a daemon or bus that stopped answering.
+CALL_TIMEOUT = 60.0
+
 
 class Unreachable(errors.OpdbusError):
     """The bus or the daemon cannot be reached (client side only)."""
@@ -108,9 +113,12 @@ class SignalEvent:
 
 
 class Client:
-    def __init__(self, bus: FlowControlledBus, address: str) -> None:
+    def __init__(
+        self, bus: FlowControlledBus, address: str, call_timeout: float = CALL_TIMEOUT
+    ) -> None:
         self.bus = bus
         self.address = address
+        self.call_timeout = call_timeout
         # D-Bus keeps one sender's messages in order, so arrival order tells
         # whether a signal is older than a reply (a snapshot) or newer.
         self._arrivals = 0
@@ -128,14 +136,16 @@ class Client:
             self._reply_arrival[msg.reply_serial] = self._arrivals
 
     @classmethod
-    async def connect(cls, address: str | None = None) -> Client:
+    async def connect(
+        cls, address: str | None = None, *, call_timeout: float = CALL_TIMEOUT
+    ) -> Client:
         resolved = resolve_address(address)
         bus = FlowControlledBus(resolved)
         try:
             await bus.connect()
         except Exception as e:
             raise Unreachable(f"cannot connect to the bus at {resolved}: {e}") from None
-        return cls(bus, resolved)
+        return cls(bus, resolved, call_timeout)
 
     async def close(self) -> None:
         if self.bus.connected:
@@ -159,10 +169,13 @@ class Client:
         signature: str = "",
         body: list[Any] | None = None,
         destination: str = names.BUS_NAME,
+        *,
+        timeout: float | None = None,
     ) -> list[Any]:
-        return (
-            await self._send(self._message(path, interface, member, signature, body, destination))
-        )[0]
+        """One method call; errors.Timeout when no answer comes within ``timeout``
+        (default: the client's call_timeout)."""
+        message = self._message(path, interface, member, signature, body, destination)
+        return (await self._send(message, timeout=timeout))[0]
 
     def _message(
         self,
@@ -184,12 +197,25 @@ class Client:
             serial=self.bus.next_serial(),
         )
 
-    async def _send(self, message: Message, *, stamp: bool = False) -> tuple[list[Any], int]:
+    async def _send(
+        self, message: Message, *, stamp: bool = False, timeout: float | None = None
+    ) -> tuple[list[Any], int]:
         """The reply's body, and (when ``stamp``) where it arrived among all messages."""
         if stamp:
             self._reply_arrival[message.serial] = 0
+        limit = timeout or self.call_timeout
         try:
-            reply = await self.bus.call(message)
+            async with asyncio.timeout(limit):
+                reply = await self.bus.call(message)
+        except TimeoutError:
+            # Every method answers at once (long work is a job), so this is a
+            # daemon or bus that stopped answering: say what we waited for.
+            raise errors.Timeout(
+                f"no answer to {message.interface}.{message.member} on {message.path} "
+                f"within {limit:g} s: op-dbusd (or the bus) is not answering; what it "
+                "was asked may still happen (`opctl jobs list`, `opctl watch`); "
+                "--call-timeout sets how long opctl waits"
+            ) from None
         except DBusError as e:
             raise map_error(e) from None
         except (OSError, EOFError) as e:
@@ -367,10 +393,21 @@ class Client:
         return str(path)
 
     async def container_call(
-        self, name: str, member: str, signature: str = "", body: list[Any] | None = None
+        self,
+        name: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> list[Any]:
         return await self.call(
-            names.container_path(name), names.CONTAINER_IFACE, member, signature, body
+            names.container_path(name),
+            names.CONTAINER_IFACE,
+            member,
+            signature,
+            body,
+            timeout=timeout,
         )
 
     async def vm(self, ref: str) -> tuple[str, VmInfo]:

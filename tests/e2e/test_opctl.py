@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -157,6 +158,34 @@ def test_unreachable_bus_or_daemon(private_bus: PrivateBus, tmp_path: Path) -> N
     result = opctl(private_bus.address, "status")
     assert result.returncode == 14
     assert "op-dbusd is not running on this bus (org.opdbus has no owner)" in result.stderr
+
+
+def test_a_daemon_that_stops_answering_is_a_timeout_naming_the_call(
+    daemon: Opdbusd, private_bus: PrivateBus
+) -> None:
+    assert daemon.process is not None
+    os.kill(daemon.process.pid, signal.SIGSTOP)  # our own op-dbusd: hung, its name still owned
+    try:
+        started = time.monotonic()
+        result = opctl(private_bus.address, "--call-timeout", "1", "net", "bridge", "list")
+        assert result.returncode == 12, result.stderr
+        assert time.monotonic() - started < 15
+        assert result.stderr.startswith("opctl: Timeout: no answer to ")
+        assert "within 1 s: op-dbusd (or the bus) is not answering" in result.stderr
+        result = run(
+            [PYTHON, "-m", "opctl", "--bus", private_bus.address, "status"],
+            env={"OPDBUS_CALL_TIMEOUT": "0.5", "PATH": "/usr/bin:/bin"},
+        )
+        assert result.returncode == 12 and "within 0.5 s" in result.stderr
+        result = run(
+            [PYTHON, "-m", "opctl", "--bus", private_bus.address, "status"],
+            env={"OPDBUS_CALL_TIMEOUT": "soon", "PATH": "/usr/bin:/bin"},
+        )
+        assert result.returncode == 4
+        assert "$OPDBUS_CALL_TIMEOUT=soon: 'soon' is not a number of seconds" in result.stderr
+    finally:
+        os.kill(daemon.process.pid, signal.SIGCONT)
+    assert opctl(private_bus.address, "status").returncode == 0
 
 
 def test_bus_from_the_environment(daemon: Opdbusd, private_bus: PrivateBus) -> None:
