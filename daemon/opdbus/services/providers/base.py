@@ -19,10 +19,31 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from opdbus.models.state import Change
-from opdbus.services.jobs import JobContext
+from opdbus.services.jobs import JobBody, JobContext
 
 # A field that differs: (field, what the host has, what the document wants).
 Difference = tuple[str, Any, Any]
+
+
+async def follow_running(
+    ctx: JobContext,
+    what: str,
+    wanted: bool | None,
+    running: bool,
+    start: Callable[[], JobBody],
+    stop: tuple[str, Callable[[], JobBody]],
+) -> None:
+    """Start or stop a resource as ``wanted`` says (None: left as it is), inside the apply job.
+
+    ``stop`` is how the kind says it and what does it ("shut down", a VM's job).
+    """
+    if wanted and not running:
+        ctx.log(f"  start {what}")
+        await start()(ctx)
+    elif wanted is False and running:
+        verb, body = stop
+        ctx.log(f"  {verb} {what}")
+        await body()(ctx)
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from opdbus.names import container_path
 from opdbus.services.cache import Memo, Notify
 from opdbus.services.containers import ContainerService
 from opdbus.services.jobs import JobContext
-from opdbus.services.providers.base import Difference, Provider
+from opdbus.services.providers.base import Difference, Provider, follow_running
 
 OWNER = "state"
 MIB = 1024 * 1024
@@ -163,13 +163,14 @@ class LxcProvider(Provider):
             ctx.log(f"  container {name}: autostart {'on' if autostart else 'off'}")
             await self.containers.set_autostart(name, autostart, job=True)
         if "running" in fields or item.running is not None:
-            running = self.containers.get(name).state in RUNNING
-            if item.running and not running:
-                ctx.log(f"  start container {name}")
-                await self.containers.start_job(name)(ctx)
-            elif item.running is False and running:
-                ctx.log(f"  stop container {name}")
-                await self.containers.stop_job(name, timeout=None, force=False)(ctx)
+            await follow_running(
+                ctx,
+                f"container {name}",
+                item.running,
+                self.containers.get(name).state in RUNNING,
+                lambda: self.containers.start_job(name),
+                ("stop", lambda: self.containers.stop_job(name, timeout=None, force=False)),
+            )
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         self.containers.cache.observers.append(Notify(callback, NOISE))

@@ -21,7 +21,7 @@ from opdbus.models.vm import VmInfo, VmProfile, VmState
 from opdbus.names import vm_name_target, vm_path
 from opdbus.services.cache import Memo, Notify
 from opdbus.services.jobs import JobContext
-from opdbus.services.providers.base import Difference, Provider
+from opdbus.services.providers.base import Difference, Provider, follow_running
 from opdbus.services.vms import VmService
 
 OWNER = "state"
@@ -161,13 +161,14 @@ class VmsProvider(Provider):
         if _autostart(item) != current.autostart:
             ctx.log(f"  VM {name}: autostart {'on' if _autostart(item) else 'off'}")
             await self.vms.set_autostart(uuid, _autostart(item), job=True)
-        running = self.vms.get(uuid).state in RUNNING
-        if item.running and not running:
-            ctx.log(f"  start VM {name}")
-            await self.vms.start_job(uuid)(ctx)
-        elif item.running is False and running:
-            ctx.log(f"  shut down VM {name}")
-            await self.vms.shutdown_job(uuid, timeout=None, force=True)(ctx)
+        await follow_running(
+            ctx,
+            f"VM {name}",
+            item.running,
+            self.vms.get(uuid).state in RUNNING,
+            lambda: self.vms.start_job(uuid),
+            ("shut down", lambda: self.vms.shutdown_job(uuid, timeout=None, force=True)),
+        )
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         self.vms.cache.observers.append(Notify(callback, NOISE))
