@@ -103,7 +103,10 @@ def isolated() -> None:
 
 def report(name: str, ratio: float, target: str, ok: bool, detail: str, unit: str = "x") -> None:
     """One result line; ``unit`` other than "x" prints an absolute value ("ms")."""
-    shown = f"ratio {ratio:.2f}x" if unit == "x" else f"{ratio:.1f} {unit}"
+    if unit == "x":
+        shown = f"ratio {ratio:.2f}x"
+    else:
+        shown = f"{ratio:.1f} {unit}" if unit == "ms" else f"{ratio:.0f} {unit}"
     print(f"{name}: {shown} (target {target}) {'PASS' if ok else 'MISS'}  [{detail}]")
 
 
