@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opctl.client import SignalEvent
+from opctl.wire import SignalEvent
 from opdbus.config import parse_config
 from opdbus.daemon import Daemon
 from opdbus.sandbox import PrivateBus

@@ -23,7 +23,8 @@ from opctl.cli_net import NetCommands
 from opctl.cli_state import StateCommands
 from opctl.cli_sync import SyncCommands
 from opctl.cli_vm import VmCommands
-from opctl.client import CALL_TIMEOUT, Client, Unreachable, job_ref_to_path
+from opctl.client import Client
+from opctl.wire import CALL_TIMEOUT, Unreachable, job_ref_to_path
 from opdbus import errors
 from opdbus.models.job import JobRecord, JobState, LogLine
 from opdbus.models.validation import ValidationReport

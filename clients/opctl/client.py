@@ -9,16 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from dbus_fast import BusType, DBusError, Message, MessageType, Variant
-from dbus_fast._private.address import get_bus_address
+from dbus_fast import DBusError, Message, MessageType, Variant
 
 from opctl.convert import bridge_info, container_info, job_record, to_variants, vm_info
+from opctl.wire import (
+    CALL_TIMEOUT,
+    SignalEvent,
+    Status,
+    Unreachable,
+    map_error,
+    plain,
+    resolve_address,
+)
 from opdbus import errors, names
 from opdbus.bus.transport import FlowControlledBus
 from opdbus.models.audit import AuditEntry, AuditVerdict
@@ -26,90 +32,6 @@ from opdbus.models.container import ContainerInfo
 from opdbus.models.job import JobRecord, LogLine
 from opdbus.models.network import BridgeInfo
 from opdbus.models.vm import VmInfo
-
-# How long a method call may go unanswered. Every op-dbusd method answers at
-# once or returns a job (whose end is waited for by signals, not by this), so
-# a minute of silence means a daemon or bus that stopped answering.
-CALL_TIMEOUT = 60.0
-
-
-class Unreachable(errors.OpdbusError):
-    """The bus or the daemon cannot be reached (client side only)."""
-
-    dbus_name = "org.opdbus.Client.Unreachable"
-    exit_code = 14
-
-
-_BUS_ERRORS: dict[str, type[errors.OpdbusError]] = {
-    "org.freedesktop.DBus.Error.AccessDenied": errors.NotAuthorized,
-    "org.freedesktop.DBus.Error.UnknownObject": errors.NotFound,
-    "org.freedesktop.DBus.Error.UnknownMethod": errors.NotSupported,
-    "org.freedesktop.DBus.Error.UnknownInterface": errors.NotSupported,
-    "org.freedesktop.DBus.Error.InvalidArgs": errors.InvalidArgs,
-    "org.freedesktop.DBus.Error.NoReply": errors.Timeout,
-    "org.freedesktop.DBus.Error.Timeout": errors.Timeout,
-    "org.freedesktop.DBus.Error.LimitsExceeded": errors.Busy,
-}
-
-
-def map_error(error: DBusError) -> errors.OpdbusError:
-    name = error.type
-    if name.startswith(names.ERROR_PREFIX):
-        return errors.from_dbus_name(name, error.text)
-    if name in (
-        "org.freedesktop.DBus.Error.ServiceUnknown",
-        "org.freedesktop.DBus.Error.NameHasNoOwner",
-    ):
-        return Unreachable(f"op-dbusd is not running on this bus ({names.BUS_NAME} has no owner)")
-    if name == "org.freedesktop.DBus.Error.AccessDenied":
-        return errors.NotAuthorized(f"the bus policy refused this call: {error.text}")
-    return _BUS_ERRORS.get(name, errors.Failed)(error.text or name)
-
-
-def resolve_address(explicit: str | None) -> str:
-    """--bus ADDRESS, then $OPDBUS_BUS_ADDRESS, then the system bus."""
-    if explicit:
-        return explicit
-    from_env = os.environ.get(names.BUS_ADDRESS_ENV)
-    if from_env:
-        return from_env
-    return get_bus_address(BusType.SYSTEM)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Variant):
-        return _plain(value.value)
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
-def job_ref_to_path(ref: str) -> str:
-    """``12``, ``/org/opdbus/job/12`` -> the job's object path."""
-    if ref.isdigit():
-        return names.job_path(int(ref))
-    if names.job_id_from_path(ref) is not None:
-        return ref
-    raise errors.InvalidArgs(f"{ref!r} is not a job number or job path")
-
-
-@dataclass
-class Status:
-    version: str
-    mode: str
-    backends: dict[str, tuple[bool, str]]
-    audit_seq: int
-
-
-@dataclass
-class SignalEvent:
-    path: str
-    interface: str
-    member: str
-    args: list[Any]
-    arrival: int = 0  # position among everything this connection received
 
 
 class Client:
@@ -233,7 +155,7 @@ class Client:
         """Properties, and the arrival position of the reply that carried them."""
         message = self._message(path, names.PROPERTIES_IFACE, "GetAll", "s", [interface])
         (props,), arrival = await self._send(message, stamp=True)
-        return {key: _plain(value) for key, value in props.items()}, arrival
+        return {key: plain(value) for key, value in props.items()}, arrival
 
     async def add_match(self, rule: str) -> None:
         await self.call(names.DBUS_PATH, names.DBUS_IFACE, "AddMatch", "s", [rule], names.DBUS_NAME)
@@ -258,7 +180,7 @@ class Client:
         out = []
         for ifaces in objects.values():
             if names.JOB_IFACE in ifaces:
-                out.append(job_record({k: _plain(v) for k, v in ifaces[names.JOB_IFACE].items()}))
+                out.append(job_record({k: plain(v) for k, v in ifaces[names.JOB_IFACE].items()}))
         return sorted(out, key=lambda record: record.id)
 
     async def job(self, path: str) -> JobRecord:
@@ -285,7 +207,7 @@ class Client:
             names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
         )
         out = [
-            bridge_info({k: _plain(v) for k, v in ifaces[names.BRIDGE_IFACE].items()})
+            bridge_info({k: plain(v) for k, v in ifaces[names.BRIDGE_IFACE].items()})
             for ifaces in objects.values()
             if names.BRIDGE_IFACE in ifaces
         ]
@@ -475,7 +397,7 @@ class Client:
         (entries,) = await self.call(
             names.ROOT_PATH, names.MANAGER_IFACE, "GetAudit", "tu", [start, limit]
         )
-        return [AuditEntry.model_validate(_plain(entry)) for entry in entries]
+        return [AuditEntry.model_validate(plain(entry)) for entry in entries]
 
     # -- signals -----------------------------------------------------------------
 
@@ -542,7 +464,7 @@ class Client:
                         msg.path or "",
                         msg.interface or "",
                         msg.member or "",
-                        _plain(list(msg.body)),
+                        plain(list(msg.body)),
                         self._arrivals,
                     )
                 )

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from dbus_fast import Variant
 
-from opctl.client import Client, SignalEvent
+from opctl.client import Client
+from opctl.wire import SignalEvent
 from opdbus import errors, names
 from opdbus.daemon import Daemon
 from opdbus.models.job import JobState

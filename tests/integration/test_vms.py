@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from opctl.client import Client, SignalEvent
+from opctl.client import Client
 from opctl.convert import to_variants
+from opctl.wire import SignalEvent
 from opdbus import names
 from opdbus.errors import (
     AlreadyExists,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from dbus_fast import DBusError
 
-from opctl.client import Unreachable, job_ref_to_path, map_error
+from opctl.wire import Unreachable, job_ref_to_path, map_error
 from opdbus import errors, names
 
 

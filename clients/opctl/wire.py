@@ -1,0 +1,101 @@
+"""What crosses the wire, client side: error names to errors, the bus address, plain values.
+
+Small and free of dbus-fast's connection machinery, so that commands and
+tests can use it without a client.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from dbus_fast import BusType, DBusError, Variant
+from dbus_fast._private.address import get_bus_address
+
+from opdbus import errors, names
+
+# How long a method call may go unanswered. Every op-dbusd method answers at
+# once or returns a job (whose end is waited for by signals, not by this), so
+# a minute of silence means a daemon or bus that stopped answering.
+CALL_TIMEOUT = 60.0
+
+
+class Unreachable(errors.OpdbusError):
+    """The bus or the daemon cannot be reached (client side only)."""
+
+    dbus_name = "org.opdbus.Client.Unreachable"
+    exit_code = 14
+
+
+_BUS_ERRORS: dict[str, type[errors.OpdbusError]] = {
+    "org.freedesktop.DBus.Error.AccessDenied": errors.NotAuthorized,
+    "org.freedesktop.DBus.Error.UnknownObject": errors.NotFound,
+    "org.freedesktop.DBus.Error.UnknownMethod": errors.NotSupported,
+    "org.freedesktop.DBus.Error.UnknownInterface": errors.NotSupported,
+    "org.freedesktop.DBus.Error.InvalidArgs": errors.InvalidArgs,
+    "org.freedesktop.DBus.Error.NoReply": errors.Timeout,
+    "org.freedesktop.DBus.Error.Timeout": errors.Timeout,
+    "org.freedesktop.DBus.Error.LimitsExceeded": errors.Busy,
+}
+
+
+def map_error(error: DBusError) -> errors.OpdbusError:
+    name = error.type
+    if name.startswith(names.ERROR_PREFIX):
+        return errors.from_dbus_name(name, error.text)
+    if name in (
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+    ):
+        return Unreachable(f"op-dbusd is not running on this bus ({names.BUS_NAME} has no owner)")
+    if name == "org.freedesktop.DBus.Error.AccessDenied":
+        return errors.NotAuthorized(f"the bus policy refused this call: {error.text}")
+    return _BUS_ERRORS.get(name, errors.Failed)(error.text or name)
+
+
+def resolve_address(explicit: str | None) -> str:
+    """--bus ADDRESS, then $OPDBUS_BUS_ADDRESS, then the system bus."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get(names.BUS_ADDRESS_ENV)
+    if from_env:
+        return from_env
+    return get_bus_address(BusType.SYSTEM)
+
+
+def plain(value: Any) -> Any:
+    """A reply's value without Variants (as JSON would have it)."""
+    if isinstance(value, Variant):
+        return plain(value.value)
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
+def job_ref_to_path(ref: str) -> str:
+    """``12``, ``/org/opdbus/job/12`` -> the job's object path."""
+    if ref.isdigit():
+        return names.job_path(int(ref))
+    if names.job_id_from_path(ref) is not None:
+        return ref
+    raise errors.InvalidArgs(f"{ref!r} is not a job number or job path")
+
+
+@dataclass
+class Status:
+    version: str
+    mode: str
+    backends: dict[str, tuple[bool, str]]
+    audit_seq: int
+
+
+@dataclass
+class SignalEvent:
+    path: str
+    interface: str
+    member: str
+    args: list[Any]
+    arrival: int = 0  # position among everything this connection received
