@@ -12,7 +12,7 @@ from opdbus.backends.files import atomic_write
 from opdbus.backends.job_store import JobStore
 from opdbus.config import JobsConfig
 from opdbus.errors import BackendFailed, Busy, Conflict, NotFound, NotSupported
-from opdbus.models.job import JobState, LogLine
+from opdbus.models.job import JobRecord, JobState, LogLine
 from opdbus.services import jobs as jobs_module
 from opdbus.services.audit import AuditLog
 from opdbus.services.jobs import Job, JobContext, JobManager, JobOutcome
@@ -281,3 +281,22 @@ async def test_blocking_calls_from_daemon_code_fail_async_tests(tmp_path: Path) 
     """The loop guard is real: a blocking call from opdbus inside the loop is caught."""
     with pytest.raises(BlockingError):
         atomic_write(tmp_path / "x", b"data")
+
+
+async def test_ids_are_never_handed_out_twice_even_when_every_record_expires(
+    tmp_path: Path,
+) -> None:
+    store = JobStore(tmp_path)
+    await store.load()
+    for job_id in (1, 2, 3):
+        store.save_next_id(job_id + 1)
+        store.save_record(JobRecord(id=job_id, operation="x", started_by_uid=0))
+    await store.flush()
+    # A restart, then retention removes every record before any new job is made.
+    again = JobStore(tmp_path)
+    records, next_id = await again.load()
+    assert [r.id for r in records] == [1, 2, 3] and next_id == 4
+    for job_id in (1, 2, 3):
+        again.remove(job_id)
+    await again.close()
+    assert await JobStore(tmp_path).load() == ([], 4)

@@ -49,7 +49,9 @@ class JobStore:
 
     async def load(self) -> tuple[list[JobRecord], int]:
         """Every readable record and the next job id to hand out."""
-        return await asyncio.to_thread(self._load_sync)
+        records, next_id = await asyncio.to_thread(self._load_sync)
+        self._next_id = next_id  # what a removal writes before any new job is made
+        return records, next_id
 
     def _load_sync(self) -> tuple[list[JobRecord], int]:
         self._dir.mkdir(mode=0o750, parents=True, exist_ok=True)
