@@ -121,7 +121,12 @@ class ContainerService(ResourceService[ContainerInfo]):
             async with limit:
                 await self.refresh(name)
 
-        await asyncio.gather(*(one(name) for name in names))
+        # Every read finishes (none is left running on its own); then the first
+        # failure, if any, goes to the refresh loop, which tries again later.
+        results = await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def refresh(self, name: str) -> ContainerInfo | None:
         """Read one container again (config and lxc-info); store or forget it.
