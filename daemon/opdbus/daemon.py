@@ -165,6 +165,7 @@ class Daemon:
                     self.config.rebuild, self.config.state_dir, self.config.paths.flake_dir
                 ),
                 kinds=self.started,
+                in_mode=frozenset(kind.name for kind in kinds.enabled(self.config)),
             ),
             kinds.exported(self.started),
             self.state,

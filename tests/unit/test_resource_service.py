@@ -9,8 +9,9 @@ from pydantic import BaseModel
 
 from opdbus import kinds
 from opdbus.bus.base import load_docs
+from opdbus.bus.manager import ManagerServices
 from opdbus.config import Config, Mode
-from opdbus.errors import Timeout
+from opdbus.errors import BackendUnavailable, NotSupported, Timeout
 from opdbus.models.health import Probe
 from opdbus.services import resource
 from opdbus.services.cache import Memo, ObservedCache
@@ -152,3 +153,16 @@ def test_an_unchanged_entry_keeps_its_object_so_a_memo_makes_nothing_again() -> 
     cache.store("a", Thing(name="a", reads=2))  # changed: made again
     assert memo.get("a", cache.items["a"]) == "a:2"
     assert made == ["a", "a"]
+
+
+def test_the_manager_says_off_in_this_mode_or_unavailable_here() -> None:
+    services = ManagerServices.__new__(ManagerServices)  # only the kinds part is used
+    services.mode = Mode.FULL
+    services.kinds = {"network": Flaky(failures=0)}
+    services.in_mode = frozenset({"network", "containers"})
+    assert services.running("network", Flaky, "bridges") is services.kinds["network"]
+    with pytest.raises(BackendUnavailable, match="containers are unavailable on this host"):
+        services.running("containers", Flaky, "containers")
+    services.in_mode = frozenset({"network"})
+    with pytest.raises(NotSupported, match="containers are off in full mode"):
+        services.running("containers", Flaky, "containers")

@@ -25,7 +25,7 @@ from opdbus.bus.base import (
 )
 from opdbus.bus.codec import decode_options, validate
 from opdbus.config import Mode
-from opdbus.errors import InvalidArgs, NotSupported
+from opdbus.errors import BackendUnavailable, InvalidArgs, NotSupported
 from opdbus.models.audit import AuditEntry, AuditVerdict, SealOptions
 from opdbus.models.container import ContainerSpec
 from opdbus.models.document import check_size, parse_json
@@ -78,15 +78,20 @@ class ManagerServices:
     validator: Validator
     sync: SyncService
     rebuild: RebuildService
-    # The running kinds of resource (opdbus.kinds) by name; a kind not here is off.
+    # The running kinds of resource (opdbus.kinds) by name, and those this mode has.
     kinds: Mapping[str, object] = field(default_factory=dict)
+    in_mode: frozenset[str] = frozenset()
 
     def running(self, name: str, cls: type[KindT], what: str) -> KindT:
-        """The service of a running kind, or NotSupported saying ``what`` is off."""
+        """The service of a running kind, or the error saying why ``what`` cannot be had."""
         service = self.kinds.get(name)
-        if not isinstance(service, cls):
-            raise NotSupported(f"{what} are off in {self.mode.value} mode")
-        return service
+        if isinstance(service, cls):
+            return service
+        if name in self.in_mode:  # the mode has it; the host could not start it
+            raise BackendUnavailable(
+                f"{what} are unavailable on this host (Manager1.Backends, `opctl status`, says why)"
+            )
+        raise NotSupported(f"{what} are off in {self.mode.value} mode")
 
 
 def _bridges_document(text: str) -> BridgesDocument:
