@@ -212,6 +212,7 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "ovsdb": {"remote": f"unix:{tmp}/no-ovsdb.sock"},
         "lxc": {"path": str(tmp / "lxc")},
         "state": {"file": str(tmp / "state.json")},
+        "systemd": {"bus_address": f"unix:path={tmp}/no-systemd-bus"},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

@@ -132,6 +132,17 @@ class RebuildConfig(_Section):
     kill_grace_seconds: float = Field(5.0, gt=0, description="SIGTERM to SIGKILL on cancel")
 
 
+class SystemdConfig(_Section):
+    bus_address: str = Field(
+        "unix:path=/run/dbus/system_bus_socket",
+        min_length=1,
+        description="the bus systemd answers on (its system bus)",
+    )
+    job_timeout_seconds: float = Field(
+        90.0, gt=0, le=3600, description="how long one unit's start or stop may take"
+    )
+
+
 class StateConfig(_Section):
     file: Path = Field(
         Path("/etc/op-dbus/state.json"),
@@ -160,6 +171,7 @@ class Config(_Section):
     sync: SyncConfig = SyncConfig()
     rebuild: RebuildConfig = RebuildConfig()
     state: StateConfig = StateConfig()
+    systemd: SystemdConfig = SystemdConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

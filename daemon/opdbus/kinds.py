@@ -19,16 +19,17 @@ from functools import partial
 from typing import Any
 
 from opdbus.backends import probes
-from opdbus.bus import bridge, container, vm
+from opdbus.bus import bridge, container, unit, vm
 from opdbus.bus.base import BusContext, OpdbusInterface
 from opdbus.bus.exporter import CacheExporter, Exported
 from opdbus.config import Config, Mode
 from opdbus.models.health import Probe
-from opdbus.services import containers, network, vms
+from opdbus.services import containers, network, units, vms
 from opdbus.services.health import EVERY_MODE, Backend
 from opdbus.services.providers.base import Provider
 from opdbus.services.providers.lxc import LxcProvider
 from opdbus.services.providers.net import NetProvider
+from opdbus.services.providers.systemd import SystemdProvider
 from opdbus.services.providers.vms import VmsProvider
 from opdbus.services.resource import ResourceService, Wiring
 
@@ -50,6 +51,10 @@ class Kind:
     provider: Callable[[Any], Provider]  # its section of the declarative state
 
 
+def _systemd(config: Config) -> Awaitable[Probe]:
+    return probes.probe_systemd(config.systemd.bus_address)
+
+
 def _ovsdb(config: Config) -> Awaitable[Probe]:
     return probes.probe_ovsdb(config.ovsdb.remote, config.health.timeout_seconds)
 
@@ -62,8 +67,20 @@ def _lxc(config: Config) -> Awaitable[Probe]:
     return probes.probe_lxc(config.lxc.path)
 
 
-# In start order: containers join bridges, so the network comes first.
+# In start order: units first (openvswitch.service may be one of them), then the
+# network, since containers join bridges.
 KINDS: tuple[Kind, ...] = (
+    Kind(
+        name="units",
+        section="systemd",
+        backend="systemd",
+        modes=EVERY_MODE,
+        probe=_systemd,
+        start=units.start,
+        interface=unit.Unit1,
+        export=unit.exporter,
+        provider=SystemdProvider,
+    ),
     Kind(
         name="network",
         section="net",
@@ -104,7 +121,6 @@ def backends(config: Config, polkit: Callable[[], Awaitable[Probe]]) -> Sequence
     """What the health check probes: the bus's own services, then each kind's backend."""
     return (
         Backend("polkit", EVERY_MODE, polkit),
-        Backend("systemd", EVERY_MODE, probes.probe_systemd),
         *(Backend(kind.backend, kind.modes, partial(kind.probe, config)) for kind in KINDS),
     )
 

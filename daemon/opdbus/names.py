@@ -14,6 +14,7 @@ JOB_PATH_PREFIX: Final = "/org/opdbus/job"
 BRIDGE_PATH_PREFIX: Final = "/org/opdbus/bridge"
 VM_PATH_PREFIX: Final = "/org/opdbus/vm"
 CONTAINER_PATH_PREFIX: Final = "/org/opdbus/container"
+UNIT_PATH_PREFIX: Final = "/org/opdbus/unit"
 # Job targets (not objects): one sync and one rebuild at a time.
 SYNC_TARGET: Final = "/org/opdbus/sync"
 REBUILD_TARGET: Final = "/org/opdbus/rebuild"
@@ -26,6 +27,7 @@ JOB_IFACE: Final = "org.opdbus.Job1"
 BRIDGE_IFACE: Final = "org.opdbus.Bridge1"
 VM_IFACE: Final = "org.opdbus.VM1"
 CONTAINER_IFACE: Final = "org.opdbus.Container1"
+UNIT_IFACE: Final = "org.opdbus.Unit1"
 STATE_IFACE: Final = "org.opdbus.State1"
 # The original op-dbus's interface, served beside State1 for its users.
 STATE_MANAGER_IFACE: Final = "org.opdbus.StateManager"
@@ -107,6 +109,10 @@ def vm_name_target(name: str) -> str:
 
 def container_path(name: str) -> str:
     return f"{CONTAINER_PATH_PREFIX}/{escape_path_element(name)}"
+
+
+def unit_path(name: str) -> str:
+    return f"{UNIT_PATH_PREFIX}/{escape_path_element(name)}"
 
 
 def escape_path_element(text: str) -> str:

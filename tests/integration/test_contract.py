@@ -314,13 +314,15 @@ async def test_committed_introspection_matches_the_running_daemon(
     files = {f.name for f in (REPO / "daemon" / "opdbus" / "introspection").glob("*.xml")}
     # Bridge1 is compared in tests/integration/test_network.py, where OVS runs;
     # VM1 in tests/integration/test_vms.py, where libvirtd runs; Container1 in
-    # tests/integration/test_containers.py, where LXC runs.
+    # tests/integration/test_containers.py, where LXC runs; Unit1 in
+    # tests/integration/test_units.py, where systemd runs.
     assert files == {
         "org.opdbus.Job1.xml",
         "org.opdbus.Manager1.xml",
         "org.opdbus.Bridge1.xml",
         "org.opdbus.VM1.xml",
         "org.opdbus.Container1.xml",
+        "org.opdbus.Unit1.xml",
         "org.opdbus.State1.xml",
         "org.opdbus.StateManager.xml",
     }

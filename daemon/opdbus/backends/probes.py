@@ -125,11 +125,12 @@ async def probe_lxc(lxc_path: Path) -> Probe:
     return await asyncio.to_thread(_lxc_sync, lxc_path)
 
 
-async def probe_systemd() -> Probe:
-    running = await asyncio.to_thread(os.path.isdir, "/run/systemd/system")
-    if running:
-        return Probe(True, "systemd is the init system")
-    return Probe(False, "systemd is not running as PID 1")
+async def probe_systemd(address: str) -> Probe:
+    """Is there a bus where systemd should answer? (The units service connects and says more.)"""
+    socket = address.removeprefix("unix:path=").split(",", 1)[0]
+    if address.startswith("unix:path=") and not await asyncio.to_thread(os.path.exists, socket):
+        return Probe(False, f"no system bus at {socket}: systemd is not running here")
+    return Probe(True, f"a bus at {address}")
 
 
 def _why(error: BaseException) -> str:

@@ -113,6 +113,15 @@ class StateService:
             self._resume(pending)
         for provider in self.providers:
             provider.subscribe(self._changed)
+        if self.desired is not None:
+            # What the last applied document names is watched for drift from the start.
+            sections = self.desired.sections()
+            for provider in self.providers:
+                if provider.name in sections:
+                    try:
+                        await provider.prepare(sections[provider.name])
+                    except OpdbusError as e:
+                        log.warning("state: %s not watched yet: %s", provider.name, e.message)
         await self.reload(uid=0, missing_ok=True)
         self._changed()
 
@@ -184,6 +193,12 @@ class StateService:
             raise BackendUnavailable(f"{name}: {reason}")
         return provider
 
+    @staticmethod
+    async def _prepare(providers: Sequence[Provider], doc: StateDocument) -> None:
+        sections = doc.sections()
+        for provider in providers:
+            await provider.prepare(sections[provider.name])
+
     def _select(self, doc: StateDocument, names: Sequence[str]) -> list[Provider]:
         """The providers for a document's sections (only ``names`` of them, if given)."""
         present = doc.sections()
@@ -195,7 +210,9 @@ class StateService:
 
     async def diff(self, text: str, *, prune: bool, providers: Sequence[str]) -> str:
         doc = await self.parse(text)
-        plan = make_plan(self._select(doc, providers), doc, prune=prune)
+        chosen = self._select(doc, providers)
+        await self._prepare(chosen, doc)
+        plan = make_plan(chosen, doc, prune=prune)
         return plan_json(plan.all())
 
     def query(self, names: Sequence[str]) -> StateDocument:
@@ -243,6 +260,7 @@ class StateService:
     async def _apply(
         self, ctx: JobContext, doc: StateDocument, opts: ApplyOptions, providers: list[Provider]
     ) -> JobOutcome:
+        await self._prepare(providers, doc)
         plan = make_plan(providers, doc, prune=opts.prune)
         changes = plan.all()
         output: dict[str, Any] = {"plan": [c.as_json() for c in changes]}

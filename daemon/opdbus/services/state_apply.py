@@ -176,7 +176,7 @@ async def apply_deletions(
                 for d in plan_or_saved["deletions"]
                 if d["provider"] == provider.name
             ]
-            desired = provider.section([])
+            desired = provider.section({})
         if changes:
             ctx.log(f"{provider.name}: deleting {len(changes)} resource(s) the state made")
             await provider.apply(desired, changes, ctx)

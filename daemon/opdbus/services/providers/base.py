@@ -69,8 +69,15 @@ class Provider(ABC):
         """A section's resources by id."""
 
     @abstractmethod
-    def section(self, resources: list[BaseModel]) -> BaseModel:
-        """A section holding these resources (to restrict one, or to build one)."""
+    def section(self, resources: Mapping[str, BaseModel]) -> BaseModel:
+        """A section holding these resources, by id (to restrict one, or to build one)."""
+
+    async def prepare(self, section: BaseModel) -> None:  # noqa: B027 -- a default, on purpose
+        """Before a diff or apply of ``section``: make sure its resources are known.
+
+        Most providers know every resource of their kind; one that watches only
+        what documents name (systemd units) starts watching them here.
+        """
 
     @abstractmethod
     def compare(self, want: BaseModel, have: BaseModel, *, exact: bool = False) -> list[Difference]:
@@ -101,7 +108,7 @@ class Provider(ABC):
     # -- derived ---------------------------------------------------------------------------
 
     def restrict(self, section: BaseModel, ids: set[str]) -> BaseModel:
-        return self.section([r for rid, r in self.resources(section).items() if rid in ids])
+        return self.section({rid: r for rid, r in self.resources(section).items() if rid in ids})
 
     def diff(
         self,

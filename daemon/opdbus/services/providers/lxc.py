@@ -92,8 +92,8 @@ class LxcProvider(Provider):
         assert isinstance(section, LxcSection)
         return {item.name: item for item in section.containers}
 
-    def section(self, resources: list[BaseModel]) -> LxcSection:
-        return LxcSection(containers=[r for r in resources if isinstance(r, LxcContainer)])
+    def section(self, resources: Mapping[str, BaseModel]) -> LxcSection:
+        return LxcSection(containers=[r for r in resources.values() if isinstance(r, LxcContainer)])
 
     def compare(self, want: BaseModel, have: BaseModel, *, exact: bool = False) -> list[Difference]:
         assert isinstance(want, LxcContainer) and isinstance(have, LxcContainer)

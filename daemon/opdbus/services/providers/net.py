@@ -100,8 +100,10 @@ class NetProvider(Provider):
         assert isinstance(section, NetSection)
         return {item.name: item for item in section.interfaces}
 
-    def section(self, resources: list[BaseModel]) -> NetSection:
-        return NetSection(interfaces=[r for r in resources if isinstance(r, SeedInterface)])
+    def section(self, resources: Mapping[str, BaseModel]) -> NetSection:
+        return NetSection(
+            interfaces=[r for r in resources.values() if isinstance(r, SeedInterface)]
+        )
 
     def compare(self, want: BaseModel, have: BaseModel, *, exact: bool = False) -> list[Difference]:
         assert isinstance(want, SeedInterface) and isinstance(have, SeedInterface)

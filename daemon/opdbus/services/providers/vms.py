@@ -81,8 +81,8 @@ class VmsProvider(Provider):
         assert isinstance(section, VmsSection)
         return {item.profile.name: item for item in section.domains}
 
-    def section(self, resources: list[BaseModel]) -> VmsSection:
-        return VmsSection(domains=[r for r in resources if isinstance(r, VmDomain)])
+    def section(self, resources: Mapping[str, BaseModel]) -> VmsSection:
+        return VmsSection(domains=[r for r in resources.values() if isinstance(r, VmDomain)])
 
     def compare(self, want: BaseModel, have: BaseModel, *, exact: bool = False) -> list[Difference]:
         assert isinstance(want, VmDomain) and isinstance(have, VmDomain)

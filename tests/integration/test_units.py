@@ -1,0 +1,217 @@
+"""systemd units as declarative state, against a real systemd (PID 1 of its own namespace).
+
+What the daemon does is checked with ``systemctl`` inside that namespace, not
+only through the daemon itself. The daemon runs in agent mode, the mode
+made for this: D-Bus and systemd only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opctl.client import Client
+from opdbus import errors, names
+from opdbus.daemon import Daemon
+from opdbus.models.job import JobState
+from opdbus.sandbox import PrivateBus
+from tests.integration.test_state import apply, next_state_event, until
+from tests.support import assert_introspection_matches, running
+from tests.systemd_ns import PrivateSystemd, have_systemd, service
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not have_systemd(), reason="systemd is not installed"),
+]
+
+UNITS = {
+    "web.service": service("a web server"),
+    "cache.service": service("a cache"),
+    "broken.service": service("fails at once", exec_start="/bin/false", kind="oneshot"),
+    "fixed.service": service("no [Install] section", install=False),
+}
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[PrivateSystemd]:
+    sd = PrivateSystemd(tmp_path / "systemd", dict(UNITS))
+    sd.start()
+    try:
+        yield sd
+    finally:
+        sd.stop()
+
+
+def agent(tmp: Path, bus: PrivateBus, sd: PrivateSystemd, **extra: Any) -> Any:
+    return running(tmp, bus, mode="agent", systemd={"bus_address": sd.address}, **extra)
+
+
+def units(**wanted: dict[str, Any]) -> dict[str, Any]:
+    return {"systemd": {"units": {f"{name}.service": spec for name, spec in wanted.items()}}}
+
+
+async def ctl(sd: PrivateSystemd, *args: str) -> str:
+    return await asyncio.to_thread(sd.systemctl, *args)
+
+
+async def test_units_are_enabled_started_and_shown_as_systemd_says(
+    tmp_path: Path, private_bus: PrivateBus, systemd: PrivateSystemd, client: Client
+) -> None:
+    async with agent(tmp_path, private_bus, systemd):
+        status = await client.status()
+        assert status.backends["systemd"][0] is True, status.backends["systemd"]
+        assert "systemd 252" in status.backends["systemd"][1]
+        doc = units(web={"enabled": True, "active_state": "active"}, cache={"enabled": False})
+        plan = await client.state_diff(json.dumps(doc))
+        assert {(c["id"], c["field"], c["from"], c["to"]) for c in plan} == {
+            ("web.service", "enabled", False, True),
+            ("web.service", "active_state", "inactive", "active"),
+        }
+        done = await apply(client, doc)
+        assert done.state is JobState.SUCCEEDED, done.result
+        assert await ctl(systemd, "is-enabled", "web.service") == "enabled"
+        assert await ctl(systemd, "is-active", "web.service") == "active"
+        assert await ctl(systemd, "is-enabled", "cache.service") == "disabled"
+        log = "\n".join(line.text for line in await client.job_log(names.job_path(done.id)))
+        assert "multi-user.target.wants/web.service" in log  # systemd's own symlink, logged
+        # The unit as an object, in systemd's own words.
+        props = await client.get_all(names.unit_path("web.service"), names.UNIT_IFACE)
+        assert props["ActiveState"] == "active" and props["SubState"] == "running"
+        assert props["UnitFileState"] == "enabled" and props["Enabled"] is True
+        assert props["Description"] == "a web server" and props["Masked"] is False
+        (xml,) = await client.call(
+            names.unit_path("web.service"), names.INTROSPECTABLE_IFACE, "Introspect"
+        )
+        live = {i.attrib["name"]: i for i in ET.fromstring(xml).iter("interface")}
+        assert_introspection_matches(live, [names.UNIT_IFACE])
+        query = await client.state_query(["systemd"])
+        assert query["systemd"]["units"]["web.service"] == {
+            "enabled": True,
+            "active_state": "active",
+            "masked": False,
+        }
+        # Applied again: nothing to do, and systemd is asked for nothing new.
+        again = await apply(client, doc)
+        assert "nothing to change" in again.result
+
+
+async def test_a_stop_by_hand_is_drift_heard_from_systemd(
+    tmp_path: Path, private_bus: PrivateBus, systemd: PrivateSystemd, client: Client
+) -> None:
+    async with (
+        agent(tmp_path, private_bus, systemd),
+        client.signals(f"path='{names.STATE_PATH}'") as queue,
+    ):
+        doc = units(web={"enabled": True, "active_state": "active"})
+        assert (await apply(client, doc)).state is JobState.SUCCEEDED
+        await ctl(systemd, "stop", "web.service")  # behind the daemon's back
+        event = await next_state_event(queue, "Drifted")
+        assert event.args[:2] == ["systemd", "web.service"]
+        assert "active_state: inactive (wanted active)" in event.args[2]
+        await ctl(systemd, "disable", "web.service")
+        event = await next_state_event(queue, "Drifted")
+        assert "enabled: False (wanted True)" in event.args[2]
+        state = await client.state()
+        assert state["InSync"] is False
+        assert sorted(what.split(":")[0] for _, _, what in state["Drift"]) == [
+            "active_state",
+            "enabled",
+        ]
+        props = await client.get_all(names.unit_path("web.service"), names.UNIT_IFACE)
+        assert props["ActiveState"] == "inactive" and props["UnitFileState"] == "disabled"
+
+
+async def test_rollback_restores_enablement_and_active_state(
+    tmp_path: Path, private_bus: PrivateBus, systemd: PrivateSystemd, client: Client
+) -> None:
+    await ctl(systemd, "enable", "--now", "cache.service")
+    async with agent(tmp_path, private_bus, systemd):
+        trial = units(
+            web={"enabled": True, "active_state": "active"},
+            cache={"enabled": False, "active_state": "inactive"},
+        )
+        done = await apply(client, trial, confirm_timeout=60)
+        assert done.state is JobState.SUCCEEDED, done.result
+        assert await ctl(systemd, "is-active", "web.service") == "active"
+        assert await ctl(systemd, "is-active", "cache.service") == "inactive"
+        await client.state_call("Rollback")
+        assert await ctl(systemd, "is-enabled", "web.service") == "disabled"
+        assert await ctl(systemd, "is-active", "web.service") == "inactive"
+        assert await ctl(systemd, "is-enabled", "cache.service") == "enabled"
+        assert await ctl(systemd, "is-active", "cache.service") == "active"
+
+
+async def test_a_unit_that_fails_to_start_fails_the_apply_and_undoes_the_rest(
+    tmp_path: Path, private_bus: PrivateBus, systemd: PrivateSystemd, client: Client
+) -> None:
+    async with agent(tmp_path, private_bus, systemd):
+        doc = units(web={"active_state": "active"}, broken={"active_state": "active"})
+        done = await apply(client, doc)
+        assert done.state is JobState.FAILED
+        assert "broken.service" in done.result and "'failed'" in done.result, done.result
+        assert "journalctl -u broken.service" in done.result
+        assert await ctl(systemd, "is-active", "web.service") == "inactive"  # put back
+
+
+async def test_units_systemd_cannot_change_are_named_errors(
+    tmp_path: Path, private_bus: PrivateBus, systemd: PrivateSystemd, client: Client
+) -> None:
+    async with agent(tmp_path, private_bus, systemd):
+        missing = await apply(client, units(nosuch={"active_state": "active"}))
+        assert missing.state is JobState.FAILED
+        assert "nosuch.service is not installed" in missing.result
+        static = await apply(client, units(fixed={"enabled": True}))
+        assert static.state is JobState.FAILED
+        assert "no [Install] section" in static.result
+        with pytest.raises(errors.InvalidArgs, match="not a unit name"):
+            await client.state_diff(json.dumps({"systemd": {"units": {"../x": {}}}}))
+
+
+async def test_mask_stops_then_masks_and_unmask_brings_it_back(
+    tmp_path: Path, private_bus: PrivateBus, systemd: PrivateSystemd, client: Client
+) -> None:
+    await ctl(systemd, "start", "cache.service")
+    async with agent(tmp_path, private_bus, systemd):
+        done = await apply(client, units(cache={"masked": True, "active_state": "inactive"}))
+        assert done.state is JobState.SUCCEEDED, done.result
+        assert await ctl(systemd, "is-enabled", "cache.service") == "masked"
+        assert await ctl(systemd, "is-active", "cache.service") == "inactive"
+        back = await apply(client, units(cache={"masked": False, "active_state": "active"}))
+        assert back.state is JobState.SUCCEEDED, back.result
+        assert await ctl(systemd, "is-active", "cache.service") == "active"
+
+
+async def test_losing_systemd_reports_it_down_and_units_unavailable(
+    tmp_path: Path, private_bus: PrivateBus, systemd: PrivateSystemd, client: Client
+) -> None:
+    async with agent(tmp_path, private_bus, systemd):
+        assert (await client.status()).backends["systemd"][0] is True
+        systemd.stop()
+
+        async def down() -> bool:
+            return (await client.status()).backends["systemd"][0] is False
+
+        await until(down, 10)
+        with pytest.raises(errors.BackendUnavailable, match="systemd"):
+            await client.state_apply(json.dumps(units(web={"active_state": "active"})))
+
+
+@pytest.fixture
+async def no_systemd(tmp_path: Path, private_bus: PrivateBus) -> AsyncIterator[Daemon]:
+    async with running(tmp_path, private_bus, mode="agent") as daemon:
+        yield daemon
+
+
+async def test_without_systemd_the_provider_says_why_and_nothing_crashes(
+    no_systemd: Daemon, client: Client
+) -> None:
+    up, detail = (await client.status()).backends["systemd"]
+    assert up is False and "no-systemd-bus" in detail and "not reachable" in detail
+    with pytest.raises(errors.BackendUnavailable, match="systemd's bus .* is not reachable"):
+        await client.state_diff(json.dumps(units(web={"enabled": True})))
