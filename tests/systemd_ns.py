@@ -64,7 +64,9 @@ class PrivateSystemd:
     def start(self) -> None:
         unit_dir = self.workdir / "units"
         unit_dir.mkdir(parents=True)
-        (unit_dir / "dbus.socket").write_text("[Socket]\nListenStream=/run/dbus/system_bus_socket\n")
+        (unit_dir / "dbus.socket").write_text(
+            "[Socket]\nListenStream=/run/dbus/system_bus_socket\n"
+        )
         (unit_dir / "dbus.service").write_text(
             "[Unit]\nRequires=dbus.socket\n\n[Service]\nExecStart=/usr/bin/dbus-daemon --system "
             "--nofork --nopidfile --address=systemd: --systemd-activation\n"
@@ -122,6 +124,7 @@ class PrivateSystemd:
             ["busctl", f"--address={self.address}", "call", "org.freedesktop.systemd1",
              "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "GetUnit", "s",
              "dbus.service"],
+            check=False,
             capture_output=True,
             timeout=10,
         )  # fmt: skip
@@ -136,6 +139,7 @@ class PrivateSystemd:
         """``systemctl`` inside the namespace (what an admin types by hand)."""
         done = subprocess.run(
             ["nsenter", "-t", str(self.pid), "-m", "-p", "systemctl", "--no-pager", *args],
+            check=False,
             capture_output=True,
             text=True,
             timeout=30,

@@ -8,7 +8,9 @@ made for this: D-Bus and systemd only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -213,5 +215,53 @@ async def test_without_systemd_the_provider_says_why_and_nothing_crashes(
 ) -> None:
     up, detail = (await client.status()).backends["systemd"]
     assert up is False and "no-systemd-bus" in detail and "not reachable" in detail
-    with pytest.raises(errors.BackendUnavailable, match="systemd's bus .* is not reachable"):
+    with pytest.raises(errors.BackendUnavailable, match=r"systemd's bus .* is not reachable"):
         await client.state_diff(json.dumps(units(web={"enabled": True})))
+
+
+SECTIONS = {
+    "systemd": {"units": {}},
+    "net": {"interfaces": []},
+    "lxc": {"containers": []},
+    "vms": {"domains": []},
+}
+BACKEND = {"systemd": "systemd", "net": "ovsdb", "lxc": "lxc", "vms": "libvirt"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "served"),
+    [
+        ("agent", {"systemd"}),
+        ("standalone", {"systemd", "net"}),
+        ("full", {"systemd", "net", "lxc", "vms"}),
+    ],
+)
+async def test_each_mode_serves_the_seeds_providers_and_names_itself_for_the_rest(
+    mode: str, served: set[str], tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    # A listening OVSDB socket: in agent mode nothing may even connect to it.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as ovsdb:
+        ovsdb.bind(str(tmp_path / "ovsdb.sock"))
+        ovsdb.listen(8)
+        ovsdb.setblocking(False)
+        config: dict[str, Any] = {"mode": mode}
+        if mode == "agent":
+            config["ovsdb"] = {"remote": f"unix:{tmp_path / 'ovsdb.sock'}"}
+        async with running(tmp_path, private_bus, **config):
+            backends = (await client.status()).backends
+            for section, doc in SECTIONS.items():
+                text = json.dumps({section: doc})
+                if section in served:
+                    # Served here: a plan (LXC works here), or its backend is not on
+                    # this host (no systemd, OVS or libvirt at the configured paths).
+                    with contextlib.suppress(errors.BackendUnavailable):
+                        assert await client.state_diff(text) == []
+                    assert backends[BACKEND[section]][1] != f"off in {mode} mode"
+                else:
+                    with pytest.raises(errors.NotSupported, match=f"off in {mode} mode"):
+                        await client.state_diff(text)
+                    assert backends[BACKEND[section]] == (False, f"off in {mode} mode")
+        if mode == "agent":
+            with pytest.raises(BlockingIOError):
+                ovsdb.accept()  # no one ever connected
+            assert not (tmp_path / "lxc").exists()
