@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,9 +223,11 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
 
 
 # Thresholds of 0 make disk and memory pass on any machine; agent mode skips
-# the VM checks: a quick validation then succeeds deterministically.
+# the VM checks: a quick validation then succeeds deterministically. The audit
+# log, off by default in agent mode, is kept: these tests read it.
 CALM: dict[str, Any] = {
     "mode": "agent",
+    "audit": {"enabled": True},
     "validate": {
         "disk_warn_gib": 0,
         "disk_fail_gib": 0,
@@ -451,6 +453,14 @@ def opctl(
     address: str, *args: str, user: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return run([PYTHON, "-m", "opctl", "--bus", address, *args], user=user, timeout=timeout)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Wait for ``condition`` (checked every 50 ms): for states no signal announces."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
 
 
 async def next_event(

@@ -195,6 +195,7 @@ class Cli:
                     },
                     "jobs": counts,
                     "audit_seq": status.audit_seq,
+                    "audit_enabled": status.audit_enabled,
                 }
             )
             return 0
@@ -207,9 +208,12 @@ class Cli:
             ],
         )
         active = counts.get("running", 0) + counts.get("queued", 0)
-        print(
-            f"jobs: {active} active, {len(jobs)} remembered; audit log: {status.audit_seq} entries"
+        audit = (
+            f"audit log: {status.audit_seq} entries"
+            if status.audit_enabled
+            else "audit log: off (audit.enabled is false)"
         )
+        print(f"jobs: {active} active, {len(jobs)} remembered; {audit}")
         return 0
 
     async def follow(self, start: Callable[[], Awaitable[str]] | str) -> JobRecord:

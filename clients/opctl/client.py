@@ -171,6 +171,7 @@ class Client:
                 name: (bool(ok), str(detail)) for name, (ok, detail) in props["Backends"].items()
             },
             audit_seq=props["AuditSeq"],
+            audit_enabled=bool(props.get("AuditEnabled", True)),
         )
 
     async def jobs(self) -> list[JobRecord]:

@@ -90,6 +90,7 @@ class Status:
     mode: str
     backends: dict[str, tuple[bool, str]]
     audit_seq: int
+    audit_enabled: bool = True
 
 
 @dataclass

@@ -143,6 +143,13 @@ class SystemdConfig(_Section):
     )
 
 
+class AuditConfig(_Section):
+    enabled: bool | None = Field(
+        None,
+        description="keep the hash-chained audit log (default: on, except in agent mode)",
+    )
+
+
 class StateConfig(_Section):
     file: Path = Field(
         Path("/etc/op-dbus/state.json"),
@@ -172,8 +179,16 @@ class Config(_Section):
     rebuild: RebuildConfig = RebuildConfig()
     state: StateConfig = StateConfig()
     systemd: SystemdConfig = SystemdConfig()
+    audit: AuditConfig = AuditConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def audit_enabled(self) -> bool:
+        """The original op-dbus keeps its blockchain except in agent mode."""
+        if self.audit.enabled is not None:
+            return self.audit.enabled
+        return self.mode is not Mode.AGENT
 
 
 class ConfigError(Exception):

@@ -99,7 +99,7 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         state = config.state_dir
-        self.audit = AuditLog(state / "audit")
+        self.audit = AuditLog(state / "audit", enabled=self.config.audit_enabled)
         self.jobs = JobManager(JobStore(state / "jobs"), config.jobs, self.audit)
         self.server = BusServer(bus_address, config.auth, self.audit)
         # Expensive checks of caller input (profiles, documents), off the loop.

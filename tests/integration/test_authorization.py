@@ -33,7 +33,12 @@ POLKITD = Path("/usr/lib/polkit-1/polkitd")
 def opdbusd(make_daemon: Any, auth_bus: PrivateBus, tmp_path: Path) -> Any:
     return make_daemon(
         auth_bus,
-        base_config(tmp_path, mode="agent", validate={"disk_fail_gib": 0, "disk_warn_gib": 0}),
+        base_config(
+            tmp_path,
+            mode="agent",
+            validate={"disk_fail_gib": 0, "disk_warn_gib": 0},
+            audit={"enabled": True},  # off by default in agent mode; these tests read it
+        ),
     )
 
 
@@ -475,6 +480,7 @@ def test_only_admins_sync_rebuild_or_update(
     config = base_config(
         tmp_path,
         mode="agent",
+        audit={"enabled": True},
         rebuild={"command": str(fake)},
         sync={"api_url": "http://127.0.0.1:9", "retries": 0},
     )

@@ -21,8 +21,10 @@ from tests.support import (
     CALM,
     REPO,
     assert_introspection_matches,
+    opctl,
     running,
     silent_socket,
+    until,
 )
 
 
@@ -331,3 +333,38 @@ async def test_committed_introspection_matches_the_running_daemon(
         [names.MANAGER_IFACE, names.JOB_IFACE, names.STATE_IFACE, names.STATE_MANAGER_IFACE],
     )
     assert "org.freedesktop.DBus.ObjectManager" in live
+
+
+@pytest.mark.parametrize(
+    ("config", "kept"),
+    [
+        ({"mode": "full"}, True),  # on by default
+        ({"mode": "agent"}, False),  # off by default in agent mode, as in the original op-dbus
+        ({**CALM, "audit": {"enabled": False}}, False),  # NixOS: enableBlockchain = false
+    ],
+)
+async def test_the_audit_log_is_kept_as_configured_and_off_says_so(
+    config: dict[str, Any], kept: bool, tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    async with running(tmp_path, private_bus, **config):
+        await client.state_apply("{}")  # a mutating call: audited when the log is kept
+        props = await client.get_all(names.ROOT_PATH, names.MANAGER_IFACE)
+        assert props["AuditEnabled"] is kept
+        shown = await asyncio.to_thread(opctl, private_bus.address, "status")
+        assert shown.returncode == 0, shown.stderr
+        if kept:
+
+            async def recorded() -> bool:
+                status = await client.get_all(names.ROOT_PATH, names.MANAGER_IFACE)
+                return int(status["AuditSeq"]) >= 1
+
+            await until(recorded)
+            assert (await client.call(names.ROOT_PATH, names.MANAGER_IFACE, "VerifyAudit"))[0]
+            assert "audit log: off" not in shown.stdout
+        else:
+            assert props["AuditSeq"] == 0
+            assert "audit log: off (audit.enabled is false)" in shown.stdout
+            for member, sig, args in (("VerifyAudit", "", []), ("GetAudit", "tu", [1, 10])):
+                with pytest.raises(errors.NotSupported, match="the audit log is off"):
+                    await client.call(names.ROOT_PATH, names.MANAGER_IFACE, member, sig, args)
+    assert (tmp_path / "state" / "audit" / "audit.jsonl").exists() is kept

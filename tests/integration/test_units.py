@@ -23,8 +23,8 @@ from opdbus import errors, names
 from opdbus.daemon import Daemon
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
-from tests.integration.test_state import apply, next_state_event, until
-from tests.support import assert_introspection_matches, running
+from tests.integration.test_state import apply, next_state_event
+from tests.support import assert_introspection_matches, running, until
 from tests.systemd_ns import PrivateSystemd, have_systemd, service
 
 pytestmark = [

@@ -50,7 +50,7 @@ async def test_chain_verifies_and_reopens(tmp_path: Path) -> None:
         job="/org/opdbus/job/1",
         result="succeeded",
     )
-    assert entry.seq == 6
+    assert entry is not None and entry.seq == 6
     first = AuditEntry.model_validate_json(lines(tmp_path)[4])
     assert entry.prev_hash == first.hash
     assert (await again.verify()).ok
@@ -66,7 +66,7 @@ async def test_concurrent_appends_are_serialized_into_one_chain(tmp_path: Path) 
             for i in range(200)
         )
     )
-    assert sorted(entry.seq for entry in entries) == list(range(1, 201))
+    assert sorted(entry.seq for entry in entries if entry is not None) == list(range(1, 201))
     assert (await audit.verify()).ok
     await audit.close()
     head, problem = await asyncio.to_thread(AuditFiles(tmp_path)._read_head)
@@ -132,7 +132,7 @@ async def test_truncation_is_remembered_across_a_restart(tmp_path: Path) -> None
     entry = await again.append(uid=0, kind="call", method="m", target="/", result="ok")
     # Chained from the head record, so the gap 5-6 stays visible; 7 is the
     # daemon's own note of what it found.
-    assert entry.seq == 8
+    assert entry is not None and entry.seq == 8
     (notice,) = await again.read(7, 1)
     assert notice.kind == "daemon" and "log ends before entry 6" in notice.result
     verdict = await again.verify()

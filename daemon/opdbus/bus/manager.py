@@ -6,6 +6,7 @@ from typing import Annotated, Any, TypeVar
 
 from dbus_fast import PropertyAccess, Variant
 from dbus_fast.annotations import (
+    DBusBool,
     DBusDict,
     DBusObjectPath,
     DBusSignature,
@@ -150,6 +151,10 @@ class Manager1(OpdbusInterface):
     @dbus_property(access=PropertyAccess.READ)
     def AuditSeq(self) -> DBusUInt64:
         return self._s.audit.head_seq
+
+    @dbus_property(access=PropertyAccess.READ)
+    def AuditEnabled(self) -> DBusBool:
+        return self._s.audit.enabled
 
     # -- jobs ----------------------------------------------------------------
 

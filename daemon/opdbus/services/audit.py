@@ -17,6 +17,11 @@ it checked then.
 
 With sealing on (``init_sealing``), a seal entry closes every epoch: see
 opdbus.models.audit for what that protects and what it does not.
+
+Off (config ``audit.enabled: false``, NixOS ``enableBlockchain = false``;
+the default in agent mode, as in the original op-dbus) there is no log at
+all: nothing is reserved or written, and reading or verifying it says so
+with NotSupported rather than showing an empty, "intact" log.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any, TypeVar
 
 from opdbus.backends import audit_walk
 from opdbus.backends.audit_store import AuditFiles, Head, SealFile
-from opdbus.errors import BackendFailed, BackendUnavailable, Conflict, Failed
+from opdbus.errors import BackendFailed, BackendUnavailable, Conflict, Failed, NotSupported
 from opdbus.models.audit import (
     ENTRY_MAX_BYTES,
     GENESIS_HASH,
@@ -57,6 +62,11 @@ from opdbus.models.audit import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+OFF = (
+    "the audit log is off on this host (audit.enabled is false; NixOS: "
+    "services.op-dbus.enableBlockchain): there is no log to read or verify"
+)
 
 MAX_READ = 1000
 ROOM_CHUNK = 256 * ENTRY_MAX_BYTES  # claimed at a time: 512 KiB, 256 entries at most
@@ -93,7 +103,8 @@ class _Verified:
 
 
 class AuditLog:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._files = AuditFiles(directory)
         self._dir = directory
         self._seq = 0  # chained, maybe not durable yet
@@ -139,7 +150,18 @@ class AuditLog:
     def sealing(self) -> SealFile | None:
         return self._seal
 
+    def _require(self) -> None:
+        if not self.enabled:
+            raise NotSupported(OFF)
+
     async def open(self) -> None:
+        if not self.enabled:
+            self._open = True
+            log.info("the audit log is off (audit.enabled is false)")
+            return
+        await self._open_log()
+
+    async def _open_log(self) -> None:
         opened = await self._write(self._files.open)
         head, tail = opened.head, opened.tail
         if opened.head_problem:
@@ -217,6 +239,8 @@ class AuditLog:
         """
         if not self._open:
             raise Failed("the audit log is not open")
+        if not self.enabled:
+            return
         if self._write_error:
             raise BackendUnavailable(
                 f"the audit log cannot be written ({self._write_error}); changes are refused "
@@ -256,8 +280,8 @@ class AuditLog:
         job: str = "",
         result: str,
         reserved: bool = True,
-    ) -> AuditEntry:
-        """Chain one entry and return once it is on disk.
+    ) -> AuditEntry | None:
+        """Chain one entry and return once it is on disk (None: the log is off).
 
         ``reserved``: the caller reserve()d room for it before acting.
         """
@@ -265,6 +289,8 @@ class AuditLog:
             raise Failed("the audit log is not open")
         if reserved:
             self.release()
+        if not self.enabled:
+            return None
         entry, done = self._enqueue(
             uid=uid,
             kind=kind,
@@ -295,7 +321,7 @@ class AuditLog:
             self._flusher = asyncio.create_task(self._flush(), name="audit-flush")
         return entry, done
 
-    async def record_call(self, call: PendingCall, result: str, job: str = "") -> AuditEntry:
+    async def record_call(self, call: PendingCall, result: str, job: str = "") -> AuditEntry | None:
         call.recorded = True
         return await self.append(
             uid=call.uid,
@@ -349,6 +375,7 @@ class AuditLog:
 
     async def verify(self) -> AuditVerdict:
         """Recompute the chain; concurrent callers share one computation."""
+        self._require()
         if self._verifying is None or self._verifying.done():
             self._verifying = asyncio.ensure_future(self._verify_once())
         return await asyncio.shield(self._verifying)
@@ -425,6 +452,7 @@ class AuditLog:
 
     async def read(self, start: int, limit: int) -> list[AuditEntry]:
         """Entries from seq ``start`` (1-based), at most ``limit`` (capped at MAX_READ)."""
+        self._require()
         start = max(start, 1)
         limit = min(limit or MAX_READ, MAX_READ)
         if start > self._durable.seq:
@@ -448,6 +476,7 @@ class AuditLog:
 
     async def init_sealing(self, epoch_seconds: int, *, force: bool, uid: int) -> str:
         """Start sealing; the verification key, which is never stored or shown again."""
+        self._require()
         if self._seal is not None and not force:
             raise Conflict(
                 "sealing is already on (its key was shown when it started); "
