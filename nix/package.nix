@@ -8,7 +8,16 @@ python3Packages.buildPythonApplication {
   src = lib.cleanSource ../.;
 
   build-system = [ python3Packages.setuptools ];
-  dependencies = with python3Packages; [ dbus-fast pydantic ];
+  # Every runtime dependency of pyproject.toml (tests/unit/test_nix_module.py
+  # checks the two lists agree).
+  dependencies = with python3Packages; [
+    dbus-fast
+    pydantic
+    ovs
+    pyroute2
+    libvirt
+    aiohttp
+  ];
 
   postInstall = ''
     mkdir -p $out/share/op-dbus

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from opctl import render
 from opctl.files import read_document
+from opdbus import names
 from opdbus.models.job import JobRecord
 
 if TYPE_CHECKING:
@@ -61,6 +63,12 @@ def add_parser(sub: Any, command: Command) -> None:
     command(ssub, "rollback", "restore the pending checkpoint now")
     command(ssub, "drift", "where the host differs from the document last applied")
     command(ssub, "reload", "apply the state file again (as SIGHUP does)")
+    checkpoints = command(
+        ssub, "checkpoints", "checkpoints kept in the snapshot cache, with age and size"
+    )
+    checkpoints.add_argument(
+        "--all", action="store_true", help="also the source trees kept before each sync"
+    )
     schema = command(ssub, "schema", "a provider's section's JSON Schema (no daemon needed)")
     schema.add_argument("provider", choices=PROVIDERS)
     schema.set_defaults(offline=print_schema)
@@ -165,6 +173,26 @@ class StateCommands:
                 "`opctl state confirm` or `opctl state rollback`",
                 file=sys.stderr,
             )
+        return 0
+
+    async def _checkpoints(self) -> int:
+        kind = "" if self.args.all else "checkpoints"
+        (rows,) = await self.client.call(
+            names.ROOT_PATH, names.MANAGER_IFACE, "ListSnapshots", "s", [kind]
+        )
+        found = [(str(k), str(i), int(c), int(b), str(p)) for k, i, c, b, p in rows]
+        if self.args.json:
+            keys = ("kind", "id", "created_us", "bytes", "path")
+            render.dump([dict(zip(keys, row, strict=True)) for row in found])
+            return 0
+        if not found:
+            print("no snapshots yet: they are kept when a state apply or a sync changes something")
+            return 0
+        now = time.time_ns() // 1000
+        render.table(
+            ["kind", "id", "age", "size", "path"],
+            [(k, i, render.age(c, now), render.size(b), p) for k, i, c, b, p in found],
+        )
         return 0
 
     def _done(self, text: str) -> int:

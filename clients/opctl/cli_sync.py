@@ -29,6 +29,11 @@ def add_parsers(sub: Any, command: Command) -> None:
     sync.add_argument("--check-only", action="store_true", help="only compare; download nothing")
     sync.add_argument("--skip-validation", action="store_true", help="no SHA-1 check of downloads")
     sync.add_argument("--force-full", action="store_true", help="the whole tarball, swapped in")
+    sync.add_argument(
+        "--rollback",
+        action="store_true",
+        help="put back the tree as it was before the last sync (needs the snapshot cache)",
+    )
     _no_wait(sync)
 
     rebuild = command(sub, "rebuild", "nixos-rebuild ACTION, its output streamed (a job)")
@@ -70,7 +75,7 @@ class SyncCommands:
     async def sync(self) -> int:
         options = {
             **self._flags("repo", "ref", "target"),
-            **self._flags("dry_run", "check_only", "skip_validation", "force_full"),
+            **self._flags("dry_run", "check_only", "skip_validation", "force_full", "rollback"),
         }
         return await self.cli.job(lambda: self._start("Sync", "a{sv}", to_variants(options)))
 

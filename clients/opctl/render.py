@@ -46,6 +46,24 @@ def when(us: int) -> str:
     return datetime.fromtimestamp(us / 1_000_000).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def age(us: int, now_us: int) -> str:
+    """How long ago, the way people say it: 45s, 12m, 3h, 2d."""
+    seconds = max(now_us - us, 0) // 1_000_000
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
 def duration(record: JobRecord) -> str:
     if not record.started_at:
         return "-"

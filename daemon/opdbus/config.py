@@ -143,6 +143,18 @@ class SystemdConfig(_Section):
     )
 
 
+class CacheConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="keep snapshots under STATE_DIR/@cache: every state checkpoint, and the "
+        "source tree before each sync overwrites it",
+    )
+    max_age_days: float = Field(30.0, gt=0, description="older snapshots are pruned")
+    max_bytes: int = Field(
+        2 * 1024**3, ge=0, description="past this, the oldest are pruned (the newest stays)"
+    )
+
+
 class AuditConfig(_Section):
     enabled: bool | None = Field(
         None,
@@ -180,6 +192,7 @@ class Config(_Section):
     state: StateConfig = StateConfig()
     systemd: SystemdConfig = SystemdConfig()
     audit: AuditConfig = AuditConfig()
+    cache: CacheConfig = CacheConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

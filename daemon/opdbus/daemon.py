@@ -35,6 +35,7 @@ from opdbus.services.health import BackendHealth
 from opdbus.services.jobs import JobManager
 from opdbus.services.rebuild import RebuildService
 from opdbus.services.resource import ResourceService, Wiring
+from opdbus.services.snapshots import SnapshotCache
 from opdbus.services.state import StateService
 from opdbus.services.sync import SyncService
 from opdbus.services.trim import Trimmer
@@ -127,11 +128,14 @@ class Daemon:
             bus_detail=f"connected to {self.server.address}",
             backends=kinds.backends(self.config, self.server.probe_polkit),
         )
+        self.snapshots = SnapshotCache(self.config.cache, self.config.state_dir)
+        await self.snapshots.start()
         sync = SyncService(
             self.config.sync,
             self.config.state_dir,
             self.config.paths.source_dir,
             self.config_path.parent,
+            self.snapshots,
         )
         await sync.start()
         validator = Validator(
@@ -150,6 +154,7 @@ class Daemon:
             self.jobs,
             self.checks,
             StateFiles(self.config.state_dir / "state"),
+            self.snapshots,
         )
         self.server.serve(
             ManagerServices(
@@ -165,6 +170,7 @@ class Daemon:
                     self.config.rebuild, self.config.state_dir, self.config.paths.flake_dir
                 ),
                 kinds=self.started,
+                snapshots=self.snapshots,
                 in_mode=frozenset(kind.name for kind in kinds.enabled(self.config)),
             ),
             kinds.exported(self.started),

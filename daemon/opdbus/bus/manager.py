@@ -52,6 +52,8 @@ from opdbus.services.jobs import JobManager
 from opdbus.services.network import NetworkService
 from opdbus.services.network_apply import apply_job
 from opdbus.services.rebuild import RebuildService
+from opdbus.services.snapshots import KINDS, SnapshotCache
+from opdbus.services.snapshots import OFF as SNAPSHOTS_OFF
 from opdbus.services.sync import SyncService
 from opdbus.services.update import update_job
 from opdbus.services.validate import Validator
@@ -63,6 +65,7 @@ ObjectPathsT = Annotated[list[str], DBusSignature("ao")]
 AuditVerdictT = Annotated[tuple[bool, int, str], DBusSignature("bts")]
 ProfileCheckT = Annotated[tuple[str, list[str]], DBusSignature("sas")]
 AuditEntriesT = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
+SnapshotsT = Annotated[list[tuple[str, str, int, int, str]], DBusSignature("a(sstts)")]
 
 _AUDIT_TYPES = {"seq": "t", "uid": "u"}
 KindT = TypeVar("KindT")
@@ -82,6 +85,7 @@ class ManagerServices:
     # The running kinds of resource (opdbus.kinds) by name, and those this mode has.
     kinds: Mapping[str, object] = field(default_factory=dict)
     in_mode: frozenset[str] = frozenset()
+    snapshots: SnapshotCache | None = None
 
     def running(self, name: str, cls: type[KindT], what: str) -> KindT:
         """The service of a running kind, or the error saying why ``what`` cannot be had."""
@@ -290,6 +294,17 @@ class Manager1(OpdbusInterface):
         return await self._s.audit.init_sealing(
             opts.epoch_seconds, force=opts.force, uid=current_caller().uid
         )
+
+    # -- the snapshot cache ---------------------------------------------------
+
+    @bus_method(read_only=True, expensive=True)
+    async def ListSnapshots(self, kind: DBusStr) -> SnapshotsT:
+        if self._s.snapshots is None:
+            raise NotSupported(SNAPSHOTS_OFF)
+        if kind not in ("", *KINDS):
+            raise InvalidArgs(f"kind: {kind!r} is not one of {', '.join(KINDS)} (or empty: all)")
+        found = await self._s.snapshots.list(kind or None)
+        return [(s.kind, s.id, s.created_us, s.bytes, str(s.path)) for s in found]
 
     @bus_method(read_only=True, expensive=True)
     async def GetAudit(self, start: DBusUInt64, limit: DBusUInt32) -> AuditEntriesT:

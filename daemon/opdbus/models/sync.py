@@ -52,6 +52,7 @@ class SyncOptions(_Strict):
     check_only: bool = False  # compare only: no downloads
     skip_validation: bool = False  # do not check downloads against their SHA-1
     force_full: bool = False  # the tarball, not the changed files
+    rollback: bool = False  # the tree before the last sync, from the snapshot cache
 
 
 class RebuildAction(StrEnum):

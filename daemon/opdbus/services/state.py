@@ -39,6 +39,7 @@ from opdbus.models.state import SECTIONS, Change, StateDocument, parse_state, pl
 from opdbus.names import STATE_TARGET
 from opdbus.services.jobs import Job, JobContext, JobFailed, JobManager, JobOutcome
 from opdbus.services.providers.base import Provider
+from opdbus.services.snapshots import SnapshotCache
 from opdbus.services.state_apply import (
     Plan,
     apply_deletions,
@@ -81,6 +82,7 @@ class StateService:
         jobs: JobManager,
         checks: Workers,
         files: StateFiles,
+        snapshots: SnapshotCache | None = None,
     ) -> None:
         self.config = config
         self.mode = mode
@@ -90,6 +92,7 @@ class StateService:
         self.jobs = jobs
         self.checks = checks
         self.files = files
+        self.snapshots = snapshots
         self.observers: list[StateObserver] = []
         self.desired: StateDocument | None = None
         self.digest = ""
@@ -277,6 +280,7 @@ class StateService:
         saved = checkpoint(plan, doc=doc, expires_us=expires)
         await asyncio.to_thread(self.files.write_checkpoint, saved)
         ctx.log(f"checkpoint {saved['id']} saved")
+        await self._keep(ctx, saved)
         output["checkpoint"] = saved["id"]
         try:
             await apply_forward(plan, ctx)
@@ -308,6 +312,18 @@ class StateService:
         await asyncio.to_thread(self.files.remove_checkpoint)
         await self._commit(doc, ctx)
         return JobOutcome(f"applied {len(changes)} change(s)", output)
+
+    async def _keep(self, ctx: JobContext, saved: dict[str, Any]) -> None:
+        """A copy in the snapshot cache; never the reason an apply fails."""
+        if self.snapshots is None or not self.snapshots.enabled:
+            return
+        try:
+            kept = await self.snapshots.keep_checkpoint(saved)
+        except OSError as e:
+            ctx.log(f"checkpoint not kept in the cache: {e}")
+            return
+        if kept is not None:
+            ctx.log(f"checkpoint kept as {kept.path}")
 
     async def _undo(
         self,

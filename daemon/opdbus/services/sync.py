@@ -23,6 +23,7 @@ from typing import Any
 
 from opdbus.backends import sync_tree
 from opdbus.backends.githost import GitHost, RateLimited, read_token
+from opdbus.backends.snapshots import copy_tree as snapshots_copy
 from opdbus.backends.sync_tree import (
     MODE_LINK,
     Plan,
@@ -34,16 +35,23 @@ from opdbus.backends.sync_tree import (
     safe_tree,
 )
 from opdbus.config import SyncConfig
-from opdbus.errors import BackendFailed
+from opdbus.errors import BackendFailed, InvalidArgs, NotFound
 from opdbus.models.sync import SyncOptions
 from opdbus.services.jobs import JobBody, JobContext, JobOutcome
+from opdbus.services.snapshots import SnapshotCache
 
 
 class SyncService:
     def __init__(
-        self, config: SyncConfig, state_dir: Path, default_target: Path, config_dir: Path
+        self,
+        config: SyncConfig,
+        state_dir: Path,
+        default_target: Path,
+        config_dir: Path,
+        snapshots: SnapshotCache | None = None,
     ) -> None:
         self.config = config
+        self.snapshots = snapshots
         self.dir = state_dir / "sync"
         self.default_target = default_target
         # $GITHUB_TOKEN, else sync.token_file, else github-token beside the config file.
@@ -54,6 +62,9 @@ class SyncService:
         await asyncio.to_thread(sync_tree.remove_stale_staging, self.default_target)
 
     def job(self, opts: SyncOptions) -> JobBody:
+        if opts.rollback:
+            return self._rollback_job(opts)
+
         async def run(ctx: JobContext) -> JobOutcome:
             output = await self.run(ctx, opts)
             return JobOutcome(_summary(output, opts), output)
@@ -135,6 +146,7 @@ class SyncService:
             if opts.dry_run:
                 ctx.log("dry run: every file downloaded and verified; nothing installed")
                 return result
+            await self._keep(ctx, target, commit)
             await asyncio.to_thread(sync_tree.install, target, staging, todo)
             await asyncio.to_thread(sync_tree.refresh_cache, cache, target, todo)
             await asyncio.to_thread(cache.save)
@@ -202,12 +214,59 @@ class SyncService:
             if opts.dry_run:
                 ctx.log(f"dry run: {files} files unpacked and checked; nothing installed")
                 return {"mode": "full", "files": files}
+            await self._keep(ctx, target, commit)
             await asyncio.to_thread(sync_tree.swap, target, staging / "tree")
             ctx.log(f"{target} replaced ({files} files)")
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         await asyncio.to_thread((self.dir / "statcache.json").unlink, True)
         return {"mode": "full", "files": files}
+
+    # -- the snapshot cache ---------------------------------------------------------
+
+    async def _keep(self, ctx: JobContext, target: Path, before: str) -> None:
+        """The tree as it is, into the cache, before it changes (off: nothing)."""
+        if self.snapshots is None or not self.snapshots.enabled:
+            return
+        try:
+            kept = await self.snapshots.keep_tree(target, f"before-{before[:12]}")
+        except OSError as e:
+            ctx.log(f"the tree was not kept in the cache: {e}")
+            return
+        if kept is not None:
+            ctx.log(f"kept the tree as it was: {kept.path}")
+
+    def _rollback_job(self, opts: SyncOptions) -> JobBody:
+        if self.snapshots is None:
+            raise InvalidArgs("rollback: this daemon has no snapshot cache")
+        self.snapshots.require()
+        mixed = [k for k in ("dry_run", "check_only", "force_full", "repo") if getattr(opts, k)]
+        if mixed:
+            raise InvalidArgs(f"rollback cannot be combined with {', '.join(mixed)}")
+        cache = self.snapshots
+        target = Path(opts.target) if opts.target else self.default_target
+
+        async def run(ctx: JobContext) -> JobOutcome:
+            earlier = await cache.list("source")
+            if not earlier:
+                raise NotFound(
+                    "no earlier source tree in the cache: nothing was synced since the cache "
+                    "was turned on"
+                )
+            snap = earlier[-1]
+            ctx.log(f"putting back {snap.path} ({snap.bytes} bytes)")
+            await self._keep(ctx, target, "rollback")
+            staging = await asyncio.to_thread(sync_tree.staging_dir, target)
+            try:
+                await asyncio.to_thread(snapshots_copy, snap.path, staging / "tree")
+                await asyncio.to_thread(sync_tree.swap, target, staging / "tree")
+            finally:
+                await asyncio.to_thread(shutil.rmtree, staging, True)
+            await asyncio.to_thread((self.dir / "statcache.json").unlink, True)
+            output = {"mode": "rollback", "snapshot": str(snap.path), "created": snap.created_us}
+            return JobOutcome(f"put back the tree kept as {snap.path.name}", output)
+
+        return run
 
 
 def _summary(output: dict[str, Any], opts: SyncOptions) -> str:
