@@ -290,6 +290,10 @@ in
         LockPersonality = true;
         SystemCallArchitectures = "native";
         RestrictAddressFamilies = [ "AF_UNIX" "AF_NETLINK" "AF_INET" "AF_INET6" "AF_PACKET" ];
+        # LXC (full mode) writes cgroups and sysctls for its containers; the
+        # other modes only read them (systemd does the cgroup work).
+        ProtectKernelTunables = lib.mkIf (!full) true;
+        ProtectControlGroups = lib.mkIf (!full) true;
       };
     };
   };

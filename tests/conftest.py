@@ -35,6 +35,7 @@ from tests.support import (
     ADMIN_USER,
     PLAIN_USER,
     POLICY_USER,
+    REPO,
     Opdbusd,
     Proc,
     base_config,
@@ -282,6 +283,17 @@ def auth_bus(test_users: dict[str, str], shared_dir: Path) -> Iterator[PrivateBu
         yield bus
     finally:
         bus.stop()
+
+
+@pytest.fixture(scope="session")
+def nixpkgs_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nixpkgs' real lib/, unpacked from ../shared/vendor (tests skip without it)."""
+    tarball = REPO.parent / "shared" / "vendor" / "nixpkgs-lib.tar.gz"
+    if not tarball.exists():
+        pytest.skip("../shared/vendor/nixpkgs-lib.tar.gz is not beside this clone")
+    where = tmp_path_factory.mktemp("nixpkgs-lib")
+    subprocess.run(["tar", "-xzf", str(tarball), "-C", str(where)], check=True, timeout=60)
+    return where / "lib"
 
 
 @pytest.fixture(scope="session")

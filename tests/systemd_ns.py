@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -27,6 +28,10 @@ set -e
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir /run/test-units
 cp -a "$1"/. /run/test-units/
+if [ -d "$1/bus-policy" ]; then  # the test's own bus policy, instead of the host's
+    mount -t tmpfs -o mode=0755 tmpfs /etc/dbus-1/system.d
+    cp "$1"/bus-policy/* /etc/dbus-1/system.d/
+fi
 for d in /tmp /var/tmp /etc/systemd/system; do mount -t tmpfs -o mode=0755 tmpfs "$d"; done
 chmod 1777 /tmp /var/tmp
 export SYSTEMD_UNIT_PATH=/etc/systemd/system:/run/test-units
@@ -54,6 +59,8 @@ def service(
 class PrivateSystemd:
     workdir: Path
     units: dict[str, str] = field(default_factory=dict)  # name -> unit file text
+    files: dict[str, str] = field(default_factory=dict)  # more files, seen at /run/test-units
+    bus_policy: list[Path] = field(default_factory=list)  # for its system bus
     pid: int = 0  # systemd's pid as seen from here
     _proc: subprocess.Popen[bytes] | None = None
 
@@ -74,8 +81,12 @@ class PrivateSystemd:
         for target in TARGETS:
             (unit_dir / f"{target}.target").write_text(f"[Unit]\nDescription={target}\n")
         (unit_dir / "test.target").write_text("[Unit]\nWants=dbus.socket dbus.service\n")
-        for name, text in self.units.items():
+        for name, text in {**self.units, **self.files}.items():
             (unit_dir / name).write_text(text)
+        if self.bus_policy:
+            (unit_dir / "bus-policy").mkdir()
+            for policy in self.bus_policy:
+                shutil.copy(policy, unit_dir / "bus-policy" / policy.name)
         inner = self.workdir / "inner.sh"
         inner.write_text(INNER)
         inner.chmod(0o755)
@@ -163,3 +174,33 @@ class PrivateSystemd:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(timeout=10)
             self._proc = None
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return " ".join(_value(v) for v in value)
+    return str(value)
+
+
+def render_unit(service: dict[str, object], *, paths: dict[str, str]) -> str:
+    """A NixOS ``systemd.services.<name>`` (as evaluated) as the unit file NixOS writes.
+
+    ``paths`` maps store paths (the evaluation's fake ones) to real ones here.
+    """
+    unit = ["[Unit]", f"Description={service['description']}"]
+    for key, name in (("requires", "Requires"), ("wants", "Wants"), ("after", "After")):
+        if service.get(key):
+            unit.append(f"{name}={_value(service[key])}")
+    lines = [*unit, "", "[Service]"]
+    config = service["serviceConfig"]
+    assert isinstance(config, dict)
+    for key, value in sorted(config.items()):
+        text = _value(value)
+        for store, real in paths.items():
+            text = text.replace(store, real)
+        lines.append(f"{key}={text}")
+    if service.get("wantedBy"):
+        lines += ["", "[Install]", f"WantedBy={_value(service['wantedBy'])}"]
+    return "\n".join(lines) + "\n"

@@ -149,13 +149,6 @@ real_lib = pytest.mark.skipif(
 NIX_ENV = {**os.environ, "NIX_CONFIG": "build-users-group ="}
 
 
-@pytest.fixture(scope="module")
-def nixpkgs_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = tmp_path_factory.mktemp("nixpkgs-lib")
-    subprocess.run(["tar", "-xzf", str(LIB_TARBALL), "-C", str(where)], check=True, timeout=60)
-    return where / "lib"
-
-
 def evaluate_real(lib: Path, configuration: Path) -> subprocess.CompletedProcess[str]:
     assert NIX is not None
     return subprocess.run(
