@@ -3,7 +3,7 @@
 Sync runs against the local Git host stand-in (tests/githost_server.py); the
 trees are compared file by file with what the repository held. This
 machine's file systems are not btrfs, so trees are kept as hard-linked
-trees here; the btrfs path (backends/snapshots.py) is not exercised.
+trees here; test_cache_btrfs.py makes a btrfs of its own for the other path.
 """
 
 from __future__ import annotations
