@@ -6,6 +6,7 @@ defs.py). Clients import it too: it is part of the public contract.
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 BUS_NAME: Final = "org.opdbus"
@@ -115,22 +116,22 @@ def unit_path(name: str) -> str:
     return f"{UNIT_PATH_PREFIX}/{escape_path_element(name)}"
 
 
+_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+# One entry per byte value: itself when a letter or digit, else _xx.
+_ESCAPED = tuple(chr(b) if b in _PLAIN else f"_{b:02x}" for b in range(256))
+
+
+@functools.lru_cache(maxsize=16384)
 def escape_path_element(text: str) -> str:
     """Escape any string into one valid object path element, reversibly.
 
     libvirt-dbus style: ASCII letters and digits stay, every other byte of the
     UTF-8 encoding becomes ``_xx`` (lower-case hex). The empty string is ``_``.
+    Cached: every object a job or an apply names is escaped again and again.
     """
     if not text:
         return "_"
-    out: list[str] = []
-    for byte in text.encode():
-        char = chr(byte)
-        if char.isascii() and char.isalnum():
-            out.append(char)
-        else:
-            out.append(f"_{byte:02x}")
-    return "".join(out)
+    return "".join([_ESCAPED[byte] for byte in text.encode()])
 
 
 def unescape_path_element(element: str) -> str:
