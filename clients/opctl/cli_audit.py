@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,52 +14,12 @@ from opdbus import errors
 from opdbus.models.audit import AuditEntry, ChainState, SealKey, SealVerifier, walk
 
 if TYPE_CHECKING:
-    from opctl.cli import Cli
+    from opctl.commands import Cli
 
-Command = Callable[..., argparse.ArgumentParser]
 PAGE = 1000
 
 
-def add_parser(sub: Any, command: Command) -> None:
-    audit = sub.add_parser("audit", help="the hash-chained, sealable audit log")
-    asub = audit.add_subparsers(
-        dest="audit_command", required=True, metavar="ACTION", parser_class=type(audit)
-    )
-    alist = command(asub, "list", "entries (default: the last 20)")
-    alist.add_argument("--from", dest="start", type=int, metavar="SEQ", help="first entry")
-    alist.add_argument("--last", type=int, default=20, metavar="N", help="the last N entries")
-    verify = command(
-        asub,
-        "verify",
-        "recompute the chain (with --key, prove the seals); exit 1 naming every problem",
-        description="Without --key the daemon checks its hash chain. With --key (the "
-        "verification key seal-init printed) opctl itself fetches every entry and proves "
-        "that no entry sealed so far was changed, removed or inserted -- which holds even "
-        "if the host was taken over after it was sealed. --file checks a copy of "
-        "audit.jsonl without any daemon.",
-    )
-    key = verify.add_mutually_exclusive_group()
-    key.add_argument("--key", metavar="KEY", help="the verification key from seal-init")
-    key.add_argument("--key-file", type=Path, metavar="FILE", help="read the key from FILE")
-    verify.add_argument(
-        "--file", type=Path, metavar="AUDIT_JSONL", help="verify this file instead of asking"
-    )
-    verify.set_defaults(offline=_offline_verify)
-    seal = command(
-        asub,
-        "seal-init",
-        "start forward-secure sealing; prints the verification key ONCE",
-        description="Start sealing the audit log. The key printed is never stored or shown "
-        "again: keep it off this host (a password manager, paper). Every epoch the daemon "
-        "seals the log and forgets that epoch's key.",
-    )
-    seal.add_argument(
-        "--epoch", type=int, default=900, metavar="SECONDS", help="epoch length (default 900)"
-    )
-    seal.add_argument("--force", action="store_true", help="start over with a new key")
-
-
-def _offline_verify(args: argparse.Namespace) -> int | None:
+def offline_verify(args: argparse.Namespace) -> int | None:
     """``verify --file`` needs no daemon; anything else does (None)."""
     if args.file is None:
         return None

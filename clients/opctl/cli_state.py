@@ -15,63 +15,9 @@ from opdbus import names
 from opdbus.models.job import JobRecord
 
 if TYPE_CHECKING:
-    from opctl.cli import Cli
+    from opctl.commands import Cli
 
-Command = Callable[..., argparse.ArgumentParser]
-PROVIDERS = ("systemd", "net", "lxc", "vms")
 SIGNS = {"create": "+", "modify": "~", "delete": "-"}
-
-
-def add_parser(sub: Any, command: Command) -> None:
-    state = sub.add_parser(
-        "state",
-        help="the host as a desired-state document: apply, diff, show, confirm, drift",
-        description="A document ({net, lxc, vms, systemd} or {version: 1, plugins}) says "
-        "what the host should be; op-dbusd makes it so as one transaction, keeps it so, "
-        "and can undo it.",
-    )
-    ssub = state.add_subparsers(
-        dest="state_command", required=True, metavar="ACTION", parser_class=type(state)
-    )
-    apply = command(ssub, "apply", "make the host what FILE says (a job)")
-    apply.add_argument("file", metavar="FILE", help="the document (- for stdin)")
-    apply.add_argument("--dry-run", action="store_true", help="plan only, change nothing")
-    apply.add_argument(
-        "--prune",
-        action="store_true",
-        help="also delete what the state made that FILE no longer lists (never anything else)",
-    )
-    apply.add_argument(
-        "--confirm",
-        type=int,
-        default=0,
-        metavar="SECONDS",
-        help="keep a checkpoint: without `opctl state confirm` in time, it is rolled back",
-    )
-    apply.add_argument(
-        "--provider", action="append", choices=PROVIDERS, help="only this section (repeatable)"
-    )
-    apply.add_argument("--no-wait", action="store_true", help="print the job path and return")
-    diff = command(ssub, "diff", "what `apply FILE` would change, like terraform plan")
-    diff.add_argument("file", metavar="FILE", help="the document (- for stdin)")
-    diff.add_argument("--prune", action="store_true", help="include what prune would delete")
-    show = command(ssub, "show", "the host as a document (what Query says)")
-    show.add_argument(
-        "provider", nargs="*", metavar="PROVIDER", help=f"{', '.join(PROVIDERS)} (default: all)"
-    )
-    command(ssub, "confirm", "keep the pending checkpoint's changes")
-    command(ssub, "rollback", "restore the pending checkpoint now")
-    command(ssub, "drift", "where the host differs from the document last applied")
-    command(ssub, "reload", "apply the state file again (as SIGHUP does)")
-    checkpoints = command(
-        ssub, "checkpoints", "checkpoints kept in the snapshot cache, with age and size"
-    )
-    checkpoints.add_argument(
-        "--all", action="store_true", help="also the source trees kept before each sync"
-    )
-    schema = command(ssub, "schema", "a provider's section's JSON Schema (no daemon needed)")
-    schema.add_argument("provider", choices=PROVIDERS)
-    schema.set_defaults(offline=print_schema)
 
 
 def print_schema(args: argparse.Namespace) -> int:

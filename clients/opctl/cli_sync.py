@@ -2,58 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from opctl.convert import to_variants
 from opdbus import names
 
 if TYPE_CHECKING:
-    from opctl.cli import Cli
-
-Command = Callable[..., argparse.ArgumentParser]
-ACTIONS = ["build", "test", "switch", "boot", "dry-build", "dry-activate"]
-
-
-def _no_wait(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-wait", action="store_true", help="print the job path and return at once")
-
-
-def add_parsers(sub: Any, command: Command) -> None:
-    sync = command(sub, "sync", "smart sync of the configuration source (a job)")
-    sync.add_argument("--repo", metavar="OWNER/NAME", help="default: the daemon's sync.repo")
-    sync.add_argument("--ref", metavar="REF", help="branch, tag or commit (default main)")
-    sync.add_argument("--target", metavar="DIR", help="default: /etc/hypervisor/src")
-    sync.add_argument("--dry-run", action="store_true", help="download and verify; install nothing")
-    sync.add_argument("--check-only", action="store_true", help="only compare; download nothing")
-    sync.add_argument("--skip-validation", action="store_true", help="no SHA-1 check of downloads")
-    sync.add_argument("--force-full", action="store_true", help="the whole tarball, swapped in")
-    sync.add_argument(
-        "--rollback",
-        action="store_true",
-        help="put back the tree as it was before the last sync (needs the snapshot cache)",
-    )
-    _no_wait(sync)
-
-    rebuild = command(sub, "rebuild", "nixos-rebuild ACTION, its output streamed (a job)")
-    rebuild.add_argument("action", choices=ACTIONS, metavar="ACTION", help=", ".join(ACTIONS))
-    rebuild.add_argument("--flake", metavar="DIR", help="default /etc/nixos")
-    rebuild.add_argument("--host", metavar="NAME", help="default: this host's short name")
-    rebuild.add_argument("--show-trace", action="store_true")
-    rebuild.add_argument("--no-impure", dest="impure", action="store_false", default=None)
-    rebuild.add_argument("--refresh", action="store_true", help="re-fetch inputs, no cache TTLs")
-    _no_wait(rebuild)
-
-    update = command(sub, "update", "validate, smart sync, then rebuild (one job)")
-    update.add_argument("--ref", metavar="REF", help="default main")
-    update.add_argument("--check-only", action="store_true", help="validate and compare only")
-    update.add_argument("--skip-rebuild", action="store_true")
-    update.add_argument("--force-full", action="store_true")
-    update.add_argument(
-        "--rebuild-action", choices=ACTIONS, metavar="ACTION", help="default switch"
-    )
-    _no_wait(update)
+    from opctl.commands import Cli
 
 
 class SyncCommands:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -11,6 +10,8 @@ from opdbus.errors import InvalidArgs
 
 async def read_document(name: str) -> str:
     """The text of ``name`` (``-``: stdin), read off the event loop."""
+    import asyncio  # here: the parser imports this module, and needs no event loop
+
     try:
         if name == "-":
             return await asyncio.to_thread(sys.stdin.read)

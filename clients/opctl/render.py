@@ -8,9 +8,10 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from opdbus.models.job import JobRecord, LogLine
+if TYPE_CHECKING:
+    from opdbus.models.job import JobRecord, LogLine
 
 
 def table(

@@ -1,19 +1,19 @@
 """What crosses the wire, client side: error names to errors, the bus address, plain values.
 
-Small and free of dbus-fast's connection machinery, so that commands and
-tests can use it without a client.
+Small and free of dbus-fast (imported only inside the functions that need
+it), so that the command line's parser and its help never load it.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
-
-from dbus_fast import BusType, DBusError, Variant
-from dbus_fast._private.address import get_bus_address
+from typing import TYPE_CHECKING, Any
 
 from opdbus import errors, names
+
+if TYPE_CHECKING:
+    from dbus_fast import DBusError
 
 # How long a method call may go unanswered. Every op-dbusd method answers at
 # once or returns a job (whose end is waited for by signals, not by this), so
@@ -61,18 +61,26 @@ def resolve_address(explicit: str | None) -> str:
     from_env = os.environ.get(names.BUS_ADDRESS_ENV)
     if from_env:
         return from_env
+    from dbus_fast import BusType
+    from dbus_fast._private.address import get_bus_address
+
     return get_bus_address(BusType.SYSTEM)
 
 
 def plain(value: Any) -> Any:
     """A reply's value without Variants (as JSON would have it)."""
-    if isinstance(value, Variant):
-        return plain(value.value)
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    return value
+    from dbus_fast import Variant
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, Variant):
+            return walk(value.value)
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    return walk(value)
 
 
 def job_ref_to_path(ref: str) -> str:

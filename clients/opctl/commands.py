@@ -1,0 +1,314 @@
+"""What opctl's commands do: the daemon-wide ones here, each group's in ``opctl.cli_*``.
+
+Imported by ``opctl.cli.main`` once the arguments are parsed (the parser,
+``opctl.parser``, stays free of dbus-fast, asyncio and pydantic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from opctl import render
+from opctl.cli_audit import AuditCommands
+from opctl.cli_ct import CtCommands
+from opctl.cli_net import NetCommands
+from opctl.cli_state import StateCommands
+from opctl.cli_sync import SyncCommands
+from opctl.cli_vm import VmCommands
+from opctl.client import Client
+from opctl.parser import _env_timeout
+from opctl.wire import job_ref_to_path
+from opdbus import errors
+from opdbus.models.job import JobRecord, JobState, LogLine
+from opdbus.models.validation import ValidationReport
+
+
+def job_exit_code(record: JobRecord) -> int:
+    if record.state is JobState.SUCCEEDED:
+        return 0
+    if record.state is JobState.CANCELLED:
+        return errors.Cancelled.exit_code
+    return errors.ERRORS_BY_NAME.get(record.error_name, errors.Failed).exit_code
+
+
+class Cli:
+    def __init__(self, args: argparse.Namespace, client: Client) -> None:
+        self.args = args
+        self.client = client
+        self.progress = render.Progress(
+            enabled=sys.stderr.isatty() and not args.no_progress and not args.json
+        )
+
+    async def status(self) -> int:
+        status = await self.client.status()
+        jobs = await self.client.jobs()
+        counts: dict[str, int] = {}
+        for record in jobs:
+            counts[record.state.value] = counts.get(record.state.value, 0) + 1
+        if self.args.json:
+            render.dump(
+                {
+                    "version": status.version,
+                    "mode": status.mode,
+                    "bus": self.client.address,
+                    "backends": {
+                        n: {"available": ok, "detail": d} for n, (ok, d) in status.backends.items()
+                    },
+                    "jobs": counts,
+                    "audit_seq": status.audit_seq,
+                    "audit_enabled": status.audit_enabled,
+                }
+            )
+            return 0
+        print(f"op-dbusd {status.version}, mode {status.mode}, on {self.client.address}")
+        render.table(
+            ["backend", "state", "detail"],
+            [
+                (name, "up" if ok else "down", detail)
+                for name, (ok, detail) in status.backends.items()
+            ],
+        )
+        active = counts.get("running", 0) + counts.get("queued", 0)
+        audit = (
+            f"audit log: {status.audit_seq} entries"
+            if status.audit_enabled
+            else "audit log: off (audit.enabled is false)"
+        )
+        print(f"jobs: {active} active, {len(jobs)} remembered; {audit}")
+        return 0
+
+    async def follow(self, start: Callable[[], Awaitable[str]] | str) -> JobRecord:
+        """Run (or attach to) a job, streaming its log and a progress bar."""
+
+        def on_log(line: LogLine) -> None:
+            if not self.args.json:
+                self.progress.line(line.text)
+
+        try:
+            if isinstance(start, str):
+                record = await self.client.wait_job(
+                    start, on_update=self.progress.update, on_log=on_log
+                )
+            else:
+                record = await self.client.run_job(
+                    start, on_update=self.progress.update, on_log=on_log
+                )
+        finally:
+            self.progress.done()
+        return record
+
+    async def job(
+        self,
+        start: Callable[[], Awaitable[str]],
+        show: Callable[[JobRecord], None] | None = None,
+    ) -> int:
+        """Start a job; follow it to its end (``show`` prints its output for people),
+        or with --no-wait print its path."""
+        if getattr(self.args, "no_wait", False):
+            path = await start()
+            print(json.dumps({"job": path}) if self.args.json else path)
+            return 0
+        record = await self.follow(start)
+        if show is not None and not self.args.json:
+            show(record)
+        return self.finish_job(record)
+
+    def finish_job(self, record: JobRecord) -> int:
+        if self.args.json:
+            render.dump(record.model_dump(mode="json"))
+        elif record.state is not JobState.SUCCEEDED:
+            print(f"job {record.id} {record.state.value}: {record.result}", file=sys.stderr)
+        else:
+            print(f"job {record.id} succeeded: {record.result}")
+        return job_exit_code(record)
+
+    async def validate(self) -> int:
+        def start() -> Awaitable[str]:
+            return self.client.validate(quick=self.args.quick, fix=self.args.fix)
+
+        def show(record: JobRecord) -> None:
+            if not record.output.get("checks"):
+                return
+            report = ValidationReport.model_validate(record.output)
+            print()
+            render.table(
+                ["check", "status", "message"],
+                [
+                    (c.name, c.status.value, c.message + "".join(f" [fixed: {f}]" for f in c.fixed))
+                    for c in report.checks
+                ],
+            )
+
+        return await self.job(start, show)
+
+    async def jobs(self) -> int:
+        action = self.args.jobs_command
+        if action == "list":
+            return await self._jobs_list()
+        path = job_ref_to_path(self.args.job)
+        if action == "show":
+            record = await self.client.job(path)
+            if self.args.json:
+                render.dump(record.model_dump(mode="json"))
+            else:
+                self._show(path, record)
+            return 0
+        if action == "log":
+            return await self._jobs_log(path)
+        if action == "cancel":
+            await self.client.cancel(path)
+            record = await self.client.job(path)
+            if self.args.json:
+                render.dump(record.model_dump(mode="json"))
+            else:
+                print(f"job {record.id} {record.state.value}")
+            return 0
+        return self.finish_job(await self.follow(path))
+
+    async def _jobs_list(self) -> int:
+        records = await self.client.jobs()
+        if self.args.json:
+            render.dump([record.model_dump(mode="json") for record in records])
+        elif not records:
+            print("no jobs")
+        else:
+            render.table(
+                ["id", "state", "operation", "progress", "started", "took", "result"],
+                [
+                    (
+                        r.id,
+                        r.state.value,
+                        r.operation,
+                        f"{r.progress * 100:.0f}%" if r.progress_valid else "-",
+                        render.when(r.started_at),
+                        render.duration(r),
+                        r.result,
+                    )
+                    for r in records
+                ],
+            )
+        return 0
+
+    async def _jobs_log(self, path: str) -> int:
+        if self.args.follow:
+            return job_exit_code(await self.follow(path))
+        lines = await self.client.job_log(path, self.args.start, 0)
+        if self.args.json:
+            render.dump([line._asdict() for line in lines])
+        else:
+            for line in lines:
+                print(render.log_line(line))
+        return 0
+
+    def _show(self, path: str, r: JobRecord) -> None:
+        render.pairs(
+            [
+                ("job", f"{r.id} ({path})"),
+                ("operation", r.operation),
+                ("state", r.state.value),
+                ("progress", f"{r.progress * 100:.0f}%" if r.progress_valid else "-"),
+                ("targets", ", ".join(r.targets) or "-"),
+                ("started by", f"uid {r.started_by_uid}"),
+                ("created", render.when(r.created_at)),
+                ("started", render.when(r.started_at)),
+                ("finished", render.when(r.finished_at)),
+                ("result", r.result or "-"),
+                ("error", r.error_name or "-"),
+                ("log lines", str(r.log_lines)),
+            ]
+        )
+
+    async def net(self) -> int:
+        return await NetCommands(self).run()
+
+    async def vm(self) -> int:
+        return await VmCommands(self).run()
+
+    async def ct(self) -> int:
+        return await CtCommands(self).run()
+
+    async def sync(self) -> int:
+        return await SyncCommands(self).sync()
+
+    async def rebuild(self) -> int:
+        return await SyncCommands(self).rebuild()
+
+    async def update(self) -> int:
+        return await SyncCommands(self).update()
+
+    async def audit(self) -> int:
+        return await AuditCommands(self).run()
+
+    async def state(self) -> int:
+        return await StateCommands(self).run()
+
+    async def watch(self) -> int:
+        """Until SIGINT/SIGTERM, which end it normally (exit 0)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            watcher = asyncio.create_task(self._print_signals())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (watcher, stopper):
+                task.cancel()
+            outcome, _ = await asyncio.gather(watcher, stopper, return_exceptions=True)
+            if isinstance(outcome, Exception):
+                raise outcome  # the connection failed, not the user stopping us
+            return 0
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    async def _print_signals(self) -> None:
+        async with self.client.signals("") as queue:
+            if not self.args.json:
+                print(
+                    f"watching org.opdbus on {self.client.address} (Ctrl-C to stop)",
+                    file=sys.stderr,
+                )
+            while True:
+                event = await queue.get()
+                stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+                if self.args.json:
+                    print(
+                        json.dumps(
+                            {
+                                "time": stamp,
+                                "path": event.path,
+                                "interface": event.interface,
+                                "member": event.member,
+                                "args": event.args,
+                            },
+                            default=str,
+                        ),
+                        flush=True,
+                    )
+                else:
+                    args = " ".join(json.dumps(arg, default=str) for arg in event.args)
+                    print(
+                        f"{stamp} {event.path} {event.interface}.{event.member} {args}", flush=True
+                    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    offline: Callable[[argparse.Namespace], int | None] | None = getattr(args, "offline", None)
+    if offline is not None:  # may need no daemon (opctl vm profile schema, audit verify --file)
+        status = offline(args)
+        if status is not None:
+            return status
+    client = await Client.connect(args.bus, call_timeout=args.call_timeout or _env_timeout())
+    try:
+        cli = Cli(args, client)
+        command: Callable[[], Awaitable[int]] = getattr(cli, args.command)
+        return await command()
+    finally:
+        await client.close()

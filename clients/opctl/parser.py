@@ -1,0 +1,536 @@
+"""``opctl``'s command line: every command, option and help text, and nothing heavy.
+
+``opctl --help`` and argument errors must answer as fast as Python starts:
+this module imports neither dbus-fast nor asyncio nor pydantic (a test
+watches the import graph). What a command does lives in ``opctl.commands``
+and ``opctl.cli_*``, imported once the arguments are known; an offline
+command (``vm profile schema``) is named here as a :class:`Lazy` reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from opctl.wire import CALL_TIMEOUT
+from opdbus import errors
+
+Command = Callable[..., argparse.ArgumentParser]
+PROVIDERS = ("systemd", "net", "lxc", "vms")
+ACTIONS = ["build", "test", "switch", "boot", "dry-build", "dry-activate"]
+
+
+class Lazy:
+    """A function in a module imported only when it is called."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self, args: argparse.Namespace) -> int | None:
+        function: Callable[[argparse.Namespace], int | None] = getattr(
+            importlib.import_module(self.module), self.name
+        )
+        return function(args)
+
+
+CALL_TIMEOUT_ENV = "OPDBUS_CALL_TIMEOUT"
+
+EXIT_CODES = """exit codes:
+  0   success
+  1   failed (a job failed, the audit chain is broken, or an unexpected error)
+  2   backend unavailable          3   not authorized
+  4   invalid arguments            5   backend failed
+  7   not found                    8   already exists
+  9   busy (another job holds it)  10  conflict with the current state
+  11  cancelled                    12  timed out
+  13  not supported in this mode   14  daemon or bus unreachable
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(errors.InvalidArgs.exit_code, f"{self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="opctl",
+        description="Control op-dbusd, the hypervisor host daemon on D-Bus (org.opdbus).",
+        epilog=EXIT_CODES
+        + "\nThe bus is --bus ADDRESS, else $OPDBUS_BUS_ADDRESS, else the system bus.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(p, None)
+    # The same options are accepted after the command too (opctl validate
+    # --json); SUPPRESS keeps an unset one from overwriting the top level's.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
+
+    def command(group: Any, name: str, text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = group.add_parser(
+            name, help=text, parents=[common], **kwargs
+        )
+        return parser
+
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    command(sub, "status", "daemon version, mode, backend health, jobs")
+
+    v = command(
+        sub,
+        "validate",
+        "check this host's health (a job)",
+        description="Validate the host: directories, config, disk, memory, "
+        "virtualization, backends, bus policy, audit log.",
+    )
+    v.add_argument("--quick", action="store_true", help="essential checks only")
+    v.add_argument(
+        "--fix", action="store_true", help="repair what is safe to repair, say what changed"
+    )
+    v.add_argument("--no-wait", action="store_true", help="print the job path and return at once")
+
+    jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs")
+    jsub = jobs.add_subparsers(
+        dest="jobs_command", required=True, metavar="ACTION", parser_class=Parser
+    )
+    command(jsub, "list", "jobs the daemon still remembers")
+    for name, text in (
+        ("show", "one job's details"),
+        ("cancel", "cancel a queued or running job"),
+        ("wait", "wait until a job ends; exit with its result"),
+    ):
+        command(jsub, name, text).add_argument("job", help="job number or object path")
+    log = command(jsub, "log", "a job's log")
+    log.add_argument("job", help="job number or object path")
+    log.add_argument(
+        "--from", dest="start", type=int, default=1, metavar="N", help="first line (default 1)"
+    )
+    log.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+    _audit(sub, command)
+    _state(sub, command)
+    _net(sub, command)
+    _vm(sub, command)
+    _ct(sub, command)
+    _sync(sub, command)
+    command(sub, "watch", "print every signal op-dbusd sends until interrupted")
+    return p
+
+
+def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
+    """--bus, --json, --no-progress; ``default`` is None at the top, SUPPRESS below."""
+    flag_default = False if default is None else default
+    p.add_argument(
+        "--bus",
+        metavar="ADDRESS",
+        default=default,
+        help="D-Bus address of the bus op-dbusd serves on",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=flag_default, help="machine-readable output"
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        default=flag_default,
+        help="no progress bar while waiting on a job",
+    )
+    p.add_argument(
+        "--call-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        dest="call_timeout",
+        default=default,
+        help="how long a call may go unanswered before opctl gives up (exit 12; default "
+        f"${CALL_TIMEOUT_ENV} or {CALL_TIMEOUT:g}); jobs are followed for as long as they run",
+    )
+
+
+def _env_timeout() -> float:
+    text = os.environ.get(CALL_TIMEOUT_ENV)
+    if not text:
+        return CALL_TIMEOUT
+    try:
+        return _seconds(text)
+    except argparse.ArgumentTypeError as e:
+        raise errors.InvalidArgs(f"${CALL_TIMEOUT_ENV}={text}: {e}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 86400 seconds")
+    return value
+
+
+def _audit(sub: Any, command: Command) -> None:
+    audit = sub.add_parser("audit", help="the hash-chained, sealable audit log")
+    asub = audit.add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION", parser_class=type(audit)
+    )
+    alist = command(asub, "list", "entries (default: the last 20)")
+    alist.add_argument("--from", dest="start", type=int, metavar="SEQ", help="first entry")
+    alist.add_argument("--last", type=int, default=20, metavar="N", help="the last N entries")
+    verify = command(
+        asub,
+        "verify",
+        "recompute the chain (with --key, prove the seals); exit 1 naming every problem",
+        description="Without --key the daemon checks its hash chain. With --key (the "
+        "verification key seal-init printed) opctl itself fetches every entry and proves "
+        "that no entry sealed so far was changed, removed or inserted -- which holds even "
+        "if the host was taken over after it was sealed. --file checks a copy of "
+        "audit.jsonl without any daemon.",
+    )
+    key = verify.add_mutually_exclusive_group()
+    key.add_argument("--key", metavar="KEY", help="the verification key from seal-init")
+    key.add_argument("--key-file", type=Path, metavar="FILE", help="read the key from FILE")
+    verify.add_argument(
+        "--file", type=Path, metavar="AUDIT_JSONL", help="verify this file instead of asking"
+    )
+    verify.set_defaults(offline=Lazy("opctl.cli_audit", "offline_verify"))
+    seal = command(
+        asub,
+        "seal-init",
+        "start forward-secure sealing; prints the verification key ONCE",
+        description="Start sealing the audit log. The key printed is never stored or shown "
+        "again: keep it off this host (a password manager, paper). Every epoch the daemon "
+        "seals the log and forgets that epoch's key.",
+    )
+    seal.add_argument(
+        "--epoch", type=int, default=900, metavar="SECONDS", help="epoch length (default 900)"
+    )
+    seal.add_argument("--force", action="store_true", help="start over with a new key")
+
+
+def _state(sub: Any, command: Command) -> None:
+    state = sub.add_parser(
+        "state",
+        help="the host as a desired-state document: apply, diff, show, confirm, drift",
+        description="A document ({net, lxc, vms, systemd} or {version: 1, plugins}) says "
+        "what the host should be; op-dbusd makes it so as one transaction, keeps it so, "
+        "and can undo it.",
+    )
+    ssub = state.add_subparsers(
+        dest="state_command", required=True, metavar="ACTION", parser_class=type(state)
+    )
+    apply = command(ssub, "apply", "make the host what FILE says (a job)")
+    apply.add_argument("file", metavar="FILE", help="the document (- for stdin)")
+    apply.add_argument("--dry-run", action="store_true", help="plan only, change nothing")
+    apply.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete what the state made that FILE no longer lists (never anything else)",
+    )
+    apply.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="keep a checkpoint: without `opctl state confirm` in time, it is rolled back",
+    )
+    apply.add_argument(
+        "--provider", action="append", choices=PROVIDERS, help="only this section (repeatable)"
+    )
+    apply.add_argument("--no-wait", action="store_true", help="print the job path and return")
+    diff = command(ssub, "diff", "what `apply FILE` would change, like terraform plan")
+    diff.add_argument("file", metavar="FILE", help="the document (- for stdin)")
+    diff.add_argument("--prune", action="store_true", help="include what prune would delete")
+    show = command(ssub, "show", "the host as a document (what Query says)")
+    show.add_argument(
+        "provider", nargs="*", metavar="PROVIDER", help=f"{', '.join(PROVIDERS)} (default: all)"
+    )
+    command(ssub, "confirm", "keep the pending checkpoint's changes")
+    command(ssub, "rollback", "restore the pending checkpoint now")
+    command(ssub, "drift", "where the host differs from the document last applied")
+    command(ssub, "reload", "apply the state file again (as SIGHUP does)")
+    checkpoints = command(
+        ssub, "checkpoints", "checkpoints kept in the snapshot cache, with age and size"
+    )
+    checkpoints.add_argument(
+        "--all", action="store_true", help="also the source trees kept before each sync"
+    )
+    schema = command(ssub, "schema", "a provider's section's JSON Schema (no daemon needed)")
+    schema.add_argument("provider", choices=PROVIDERS)
+    schema.set_defaults(offline=Lazy("opctl.cli_state", "print_schema"))
+
+
+BRIDGE_HELP = "the bridge's name"
+
+
+def _vlan_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of VLAN numbers like 10,20"
+        ) from None
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _addressing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gateway", metavar="IP", help="default route through this bridge")
+    p.add_argument("--mtu", type=int, metavar="N", help="MTU of the bridge's interface")
+    p.add_argument("--dhcp", action="store_true", default=None, help="address by DHCP instead")
+
+
+def _net(sub: Any, command: Command) -> None:
+    net = sub.add_parser("net", help="Open vSwitch bridges, ports and addresses")
+    nsub = net.add_subparsers(
+        dest="net_command", required=True, metavar="OBJECT", parser_class=type(net)
+    )
+
+    bridge = nsub.add_parser("bridge", help="list, show, create, delete bridges")
+    bsub = bridge.add_subparsers(
+        dest="net_action", required=True, metavar="ACTION", parser_class=type(net)
+    )
+    command(bsub, "list", "every bridge, whoever made it")
+    command(bsub, "show", "one bridge and its ports").add_argument("name", help=BRIDGE_HELP)
+    create = command(bsub, "create", "create a bridge (its own internal port comes with it)")
+    create.add_argument("name", help="1-15 bytes of printable ASCII, no '/' or spaces")
+    create.add_argument(
+        "--datapath", choices=["system", "netdev"], help="default: the daemon's config"
+    )
+    create.add_argument("--fail-mode", choices=["standalone", "secure"])
+    create.add_argument("--stp", action="store_true", default=None)
+    create.add_argument(
+        "--address", action="append", metavar="CIDR", help="IPv4 address (repeatable)"
+    )
+    create.add_argument("--external-id", action="append", type=_key_value, metavar="KEY=VALUE")
+    _addressing(create)
+    command(bsub, "delete", "delete a bridge with its ports").add_argument("name", help=BRIDGE_HELP)
+
+    port = nsub.add_parser("port", help="add or remove ports")
+    psub = port.add_subparsers(
+        dest="net_action", required=True, metavar="ACTION", parser_class=type(net)
+    )
+    add = command(psub, "add", "add a port to a bridge")
+    add.add_argument("bridge", help=BRIDGE_HELP)
+    add.add_argument("port", help="the port's name (type system: an existing interface)")
+    add.add_argument(
+        "--type",
+        choices=["system", "internal", "patch"],
+        default=None,
+        help="system (an existing interface; default), internal, patch",
+    )
+    add.add_argument("--tag", type=int, metavar="VLAN", help="access VLAN 0-4095")
+    add.add_argument("--trunks", type=_vlan_list, metavar="V1,V2", help="trunked VLANs")
+    add.add_argument("--peer", metavar="PORT", help="the other end of a patch port")
+    remove = command(psub, "remove", "remove a port from a bridge")
+    remove.add_argument("bridge", help=BRIDGE_HELP)
+    remove.add_argument("port", help="the port to remove")
+
+    addr = nsub.add_parser("addr", help="addresses of a bridge's own interface")
+    asub = addr.add_subparsers(
+        dest="net_action", required=True, metavar="ACTION", parser_class=type(net)
+    )
+    set_ = command(asub, "set", "set exactly these addresses (none: remove them)")
+    set_.add_argument("bridge", help=BRIDGE_HELP)
+    set_.add_argument(
+        "addresses",
+        nargs="*",
+        metavar="CIDR",
+        help="exactly these IPv4 addresses (none: remove all)",
+    )
+    _addressing(set_)
+
+    apply = command(nsub, "apply", "make bridges and ports match a JSON file (a job)")
+    apply.add_argument(
+        "file", help='{"bridges": [...]} or the seed\'s {"interfaces": [...]}; - for stdin'
+    )
+    apply.add_argument(
+        "--no-wait", action="store_true", help="print the job path and return at once"
+    )
+
+
+VM_HELP = "the VM's name or UUID"
+
+
+def _no_wait(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--no-wait", action="store_true", help="print the job path and return at once")
+    return p
+
+
+def on_off(text: str) -> bool:
+    if text in ("on", "off"):
+        return text == "on"
+    raise argparse.ArgumentTypeError(f"{text!r}: say on or off")
+
+
+def _vm(sub: Any, command: Command) -> None:
+    vm = sub.add_parser("vm", help="virtual machines (libvirt): lifecycle, snapshots, profiles")
+    vsub = vm.add_subparsers(
+        dest="vm_command", required=True, metavar="ACTION", parser_class=type(vm)
+    )
+    command(vsub, "list", "every VM libvirt knows, whoever made it")
+    command(vsub, "show", "one VM: state, devices, usage").add_argument("vm", help=VM_HELP)
+    create = _no_wait(command(vsub, "create", "define a VM from a profile (a job)"))
+    create.add_argument("file", help="a JSON profile (see opctl vm profile schema); - for stdin")
+    create.add_argument("--start", action="store_true", help="start it once defined")
+    for name, text in (
+        ("start", "start a stopped VM (a job)"),
+        ("stop", "stop a VM at once, like pulling the plug (a job)"),
+    ):
+        _no_wait(command(vsub, name, text)).add_argument("vm", help=VM_HELP)
+    shutdown = _no_wait(command(vsub, "shutdown", "ask the guest to power off (ACPI; a job)"))
+    shutdown.add_argument("vm", help=VM_HELP)
+    shutdown.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="how long to wait (default: config)"
+    )
+    shutdown.add_argument(
+        "--force", action="store_true", help="stop it when the guest ignores the request"
+    )
+    for name, text in (
+        ("reboot", "ask the guest to reboot"),
+        ("suspend", "pause a running VM's CPUs"),
+        ("resume", "resume a suspended VM"),
+        ("xml", "the domain XML libvirt holds"),
+    ):
+        command(vsub, name, text).add_argument("vm", help=VM_HELP)
+    autostart = command(vsub, "autostart", "start the VM when the host boots, or not")
+    autostart.add_argument("vm", help=VM_HELP)
+    autostart.add_argument("enabled", type=on_off, metavar="on|off")
+    update = command(vsub, "update", "replace a stopped VM's profile (redefines it)")
+    update.add_argument("vm", help=VM_HELP)
+    update.add_argument("file", help="the new JSON profile; - for stdin")
+    delete = _no_wait(command(vsub, "delete", "undefine a VM (a job)"))
+    delete.add_argument("vm", help=VM_HELP)
+    delete.add_argument(
+        "--remove-storage",
+        action="store_true",
+        help="also delete its volumes in the daemon's pool (never ISOs or other paths)",
+    )
+    delete.add_argument("--force", action="store_true", help="stop it first when it runs")
+
+    snap = vsub.add_parser("snapshot", help="create, list, revert, delete snapshots")
+    ssub = snap.add_subparsers(
+        dest="snapshot_action", required=True, metavar="ACTION", parser_class=type(vm)
+    )
+    screate = _no_wait(command(ssub, "create", "take a snapshot (a job)"))
+    screate.add_argument("vm", help=VM_HELP)
+    screate.add_argument("name", help="the snapshot's name")
+    screate.add_argument("--description", default="", metavar="TEXT")
+    command(ssub, "list", "a VM's snapshots, oldest first").add_argument("vm", help=VM_HELP)
+    for name, text in (
+        ("revert", "go back to a snapshot (a job)"),
+        ("delete", "delete a snapshot (a job)"),
+    ):
+        one = _no_wait(command(ssub, name, text))
+        one.add_argument("vm", help=VM_HELP)
+        one.add_argument("name", help="the snapshot's name")
+
+    prof = vsub.add_parser("profile", help="check a profile, or print its JSON Schema")
+    psub = prof.add_subparsers(
+        dest="profile_action", required=True, metavar="ACTION", parser_class=type(vm)
+    )
+    check = command(psub, "check", "validate a profile against this host; defines nothing")
+    check.add_argument("file", help="a JSON profile; - for stdin")
+    check.add_argument("--print-xml", action="store_true", help="print the domain XML it makes")
+    schema = command(psub, "schema", "the profile's JSON Schema (needs no daemon)")
+    schema.set_defaults(offline=Lazy("opctl.cli_vm", "print_schema"))
+
+
+CT_HELP = "the container's name"
+
+
+def _ct(sub: Any, command: Command) -> None:
+    ct = sub.add_parser("ct", help="LXC containers: create, lifecycle, exec")
+    csub = ct.add_subparsers(
+        dest="ct_command", required=True, metavar="ACTION", parser_class=type(ct)
+    )
+    command(csub, "list", "every container in the daemon's lxcpath, in id order")
+    command(csub, "show", "one container: state, network, limits, usage").add_argument(
+        "name", help=CT_HELP
+    )
+    create = command(csub, "create", "create a container (a job)")
+    create.add_argument("name", help="letters, digits, '_' and '-'; at most 63")
+    create.add_argument("--id", type=int, help="numeric id (default: the lowest free from 100)")
+    create.add_argument("--template", choices=["busybox", "download"], help="default busybox")
+    create.add_argument("--dist", dest="distribution", help="download template: distribution")
+    create.add_argument("--release", help="download template: release")
+    create.add_argument("--bridge", help="an OVS or Linux bridge for its veth")
+    create.add_argument("--veth", help="host-side veth name (default vi<id>)")
+    create.add_argument("--hwaddr", metavar="MAC")
+    create.add_argument("--ipv4", action="append", metavar="CIDR", help="static (repeatable)")
+    create.add_argument("--gateway", metavar="IP")
+    create.add_argument("--memory", dest="memory_mb", type=int, metavar="MiB")
+    create.add_argument("--cpus", type=int)
+    create.add_argument("--autostart", action="store_true", default=None)
+    create.add_argument("--start", action="store_true", default=None, help="start it once made")
+    for name, text in (
+        ("start", "start a container (a job)"),
+        ("restart", "stop cleanly and start again (a job)"),
+        ("freeze", "freeze all its processes"),
+        ("unfreeze", "thaw a frozen container"),
+    ):
+        command(csub, name, text).add_argument("name", help=CT_HELP)
+    stop = command(csub, "stop", "stop a container (a job)")
+    stop.add_argument("name", help=CT_HELP)
+    stop.add_argument("--force", action="store_true", help="kill at once, no clean halt")
+    stop.add_argument("--timeout", type=float, metavar="SECONDS", help="clean halt's bound")
+    delete = command(csub, "delete", "destroy a container, rootfs and config (a job)")
+    delete.add_argument("name", help=CT_HELP)
+    delete.add_argument("--force", action="store_true", help="kill it first when it runs")
+    for p in (create, stop, delete, *(csub.choices[n] for n in ("start", "restart"))):
+        p.add_argument("--no-wait", action="store_true", help="print the job path and return")
+    autostart = command(csub, "autostart", "start it when op-dbusd first starts after a boot")
+    autostart.add_argument("name", help=CT_HELP)
+    autostart.add_argument("enabled", type=on_off, metavar="on|off")
+    exec_ = command(
+        csub,
+        "exec",
+        "run a command inside (no shell; exits with its status)",
+        usage="opctl ct exec [-h] [--timeout S] NAME -- COMMAND [ARG...]",
+    )
+    exec_.add_argument("name", help=CT_HELP)
+    exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="after --")
+    exec_.add_argument("--timeout", type=float, default=None, metavar="S", help="default 30")
+
+
+def _sync(sub: Any, command: Command) -> None:
+    sync = command(sub, "sync", "smart sync of the configuration source (a job)")
+    sync.add_argument("--repo", metavar="OWNER/NAME", help="default: the daemon's sync.repo")
+    sync.add_argument("--ref", metavar="REF", help="branch, tag or commit (default main)")
+    sync.add_argument("--target", metavar="DIR", help="default: /etc/hypervisor/src")
+    sync.add_argument("--dry-run", action="store_true", help="download and verify; install nothing")
+    sync.add_argument("--check-only", action="store_true", help="only compare; download nothing")
+    sync.add_argument("--skip-validation", action="store_true", help="no SHA-1 check of downloads")
+    sync.add_argument("--force-full", action="store_true", help="the whole tarball, swapped in")
+    sync.add_argument(
+        "--rollback",
+        action="store_true",
+        help="put back the tree as it was before the last sync (needs the snapshot cache)",
+    )
+    _no_wait(sync)
+
+    rebuild = command(sub, "rebuild", "nixos-rebuild ACTION, its output streamed (a job)")
+    rebuild.add_argument("action", choices=ACTIONS, metavar="ACTION", help=", ".join(ACTIONS))
+    rebuild.add_argument("--flake", metavar="DIR", help="default /etc/nixos")
+    rebuild.add_argument("--host", metavar="NAME", help="default: this host's short name")
+    rebuild.add_argument("--show-trace", action="store_true")
+    rebuild.add_argument("--no-impure", dest="impure", action="store_false", default=None)
+    rebuild.add_argument("--refresh", action="store_true", help="re-fetch inputs, no cache TTLs")
+    _no_wait(rebuild)
+
+    update = command(sub, "update", "validate, smart sync, then rebuild (one job)")
+    update.add_argument("--ref", metavar="REF", help="default main")
+    update.add_argument("--check-only", action="store_true", help="validate and compare only")
+    update.add_argument("--skip-rebuild", action="store_true")
+    update.add_argument("--force-full", action="store_true")
+    update.add_argument(
+        "--rebuild-action", choices=ACTIONS, metavar="ACTION", help="default switch"
+    )
+    _no_wait(update)
