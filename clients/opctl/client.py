@@ -11,11 +11,10 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbus_fast import DBusError, Message, MessageType, Variant
 
-from opctl.convert import bridge_info, container_info, job_record, to_variants, vm_info
 from opctl.wire import (
     CALL_TIMEOUT,
     SignalEvent,
@@ -27,11 +26,53 @@ from opctl.wire import (
 )
 from opdbus import errors, names
 from opdbus.bus.transport import FlowControlledBus
-from opdbus.models.audit import AuditEntry, AuditVerdict
-from opdbus.models.container import ContainerInfo
-from opdbus.models.job import JobRecord, LogLine
-from opdbus.models.network import BridgeInfo
-from opdbus.models.vm import VmInfo
+
+if TYPE_CHECKING:
+    from opdbus.models.audit import AuditEntry, AuditVerdict
+    from opdbus.models.container import ContainerInfo
+    from opdbus.models.job import JobRecord, LogLine
+    from opdbus.models.network import BridgeInfo
+    from opdbus.models.vm import VmInfo
+
+
+# opctl.convert and with it the models (pydantic) load only in the calls that
+# return them: `opctl status` needs none, and building them is most of an import.
+
+
+def _job_record(props: dict[str, Any]) -> JobRecord:
+    from opctl.convert import job_record
+
+    return job_record(props)
+
+
+def _bridge_info(props: dict[str, Any]) -> BridgeInfo:
+    from opctl.convert import bridge_info
+
+    return bridge_info(props)
+
+
+def _container_info(props: dict[str, Any]) -> ContainerInfo:
+    from opctl.convert import container_info
+
+    return container_info(props)
+
+
+def _vm_info(props: dict[str, Any]) -> VmInfo:
+    from opctl.convert import vm_info
+
+    return vm_info(props)
+
+
+def _to_variants(options: dict[str, Any]) -> dict[str, Any]:
+    from opctl.convert import to_variants
+
+    return to_variants(options)
+
+
+def _log_line(number: int, stamp: int, text: str) -> LogLine:
+    from opdbus.models.job import LogLine
+
+    return LogLine(number, stamp, text)
 
 
 class Client:
@@ -174,6 +215,11 @@ class Client:
             audit_enabled=bool(props.get("AuditEnabled", True)),
         )
 
+    async def count_jobs(self) -> dict[str, int]:
+        """Remembered jobs by state (one small call, not the object tree)."""
+        (counts,) = await self.call(names.ROOT_PATH, names.MANAGER_IFACE, "CountJobs")
+        return {str(state): int(n) for state, n in counts.items()}
+
     async def jobs(self) -> list[JobRecord]:
         (objects,) = await self.call(
             names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
@@ -181,15 +227,15 @@ class Client:
         out = []
         for ifaces in objects.values():
             if names.JOB_IFACE in ifaces:
-                out.append(job_record({k: plain(v) for k, v in ifaces[names.JOB_IFACE].items()}))
+                out.append(_job_record({k: plain(v) for k, v in ifaces[names.JOB_IFACE].items()}))
         return sorted(out, key=lambda record: record.id)
 
     async def job(self, path: str) -> JobRecord:
-        return job_record(await self.get_all(path, names.JOB_IFACE))
+        return _job_record(await self.get_all(path, names.JOB_IFACE))
 
     async def job_log(self, path: str, start: int = 1, limit: int = 0) -> list[LogLine]:
         (lines,) = await self.call(path, names.JOB_IFACE, "GetLog", "uu", [start, limit])
-        return [LogLine(int(n), int(ts), str(text)) for n, ts, text in lines]
+        return [_log_line(int(n), int(ts), str(text)) for n, ts, text in lines]
 
     async def cancel(self, path: str) -> None:
         await self.call(path, names.JOB_IFACE, "Cancel")
@@ -208,14 +254,14 @@ class Client:
             names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
         )
         out = [
-            bridge_info({k: plain(v) for k, v in ifaces[names.BRIDGE_IFACE].items()})
+            _bridge_info({k: plain(v) for k, v in ifaces[names.BRIDGE_IFACE].items()})
             for ifaces in objects.values()
             if names.BRIDGE_IFACE in ifaces
         ]
         return sorted(out, key=lambda bridge: bridge.name)
 
     async def bridge(self, name: str) -> BridgeInfo:
-        return bridge_info(await self.get_all(names.bridge_path(name), names.BRIDGE_IFACE))
+        return _bridge_info(await self.get_all(names.bridge_path(name), names.BRIDGE_IFACE))
 
     async def create_bridge(self, name: str, options: dict[str, Any]) -> str:
         (path,) = await self.call(
@@ -223,7 +269,7 @@ class Client:
             names.MANAGER_IFACE,
             "CreateBridge",
             "sa{sv}",
-            [name, to_variants(options)],
+            [name, _to_variants(options)],
         )
         return str(path)
 
@@ -236,7 +282,7 @@ class Client:
             names.BRIDGE_IFACE,
             "AddPort",
             "sa{sv}",
-            [name, to_variants(options)],
+            [name, _to_variants(options)],
         )
 
     async def remove_port(self, bridge: str, name: str) -> None:
@@ -250,7 +296,7 @@ class Client:
             names.BRIDGE_IFACE,
             "SetAddresses",
             "asa{sv}",
-            [addresses, to_variants(options)],
+            [addresses, _to_variants(options)],
         )
 
     async def apply_bridges(self, document: str) -> str:
@@ -267,7 +313,7 @@ class Client:
             names.MANAGER_IFACE,
             "CreateVM",
             "sa{sv}",
-            [profile, to_variants({"start": start})],
+            [profile, _to_variants({"start": start})],
         )
         return str(path)
 
@@ -293,7 +339,7 @@ class Client:
         return await self.managed(names.VM_IFACE)
 
     async def containers(self) -> list[ContainerInfo]:
-        infos = [container_info(p) for p in (await self.managed(names.CONTAINER_IFACE)).values()]
+        infos = [_container_info(p) for p in (await self.managed(names.CONTAINER_IFACE)).values()]
         return sorted(infos, key=lambda info: (info.id, info.name))
 
     async def container(self, name: str) -> ContainerInfo:
@@ -303,7 +349,7 @@ class Client:
             raise errors.NotFound(
                 f"no container named {name!r} (opctl ct list shows them)"
             ) from None
-        return container_info(props)
+        return _container_info(props)
 
     async def create_container(self, name: str, options: dict[str, Any]) -> str:
         (path,) = await self.call(
@@ -311,7 +357,7 @@ class Client:
             names.MANAGER_IFACE,
             "CreateContainer",
             "sa{sv}",
-            [name, to_variants(options)],
+            [name, _to_variants(options)],
         )
         return str(path)
 
@@ -337,7 +383,7 @@ class Client:
         """A VM by name or UUID: its object path and properties."""
         for path, props in (await self.vms()).items():
             if ref in (props["Name"], props["UUID"]):
-                return path, vm_info(props)
+                return path, _vm_info(props)
         raise errors.NotFound(f"no VM named {ref!r} (opctl vm list shows them)")
 
     async def vm_call(
@@ -356,13 +402,17 @@ class Client:
 
     async def state_apply(self, document: str, **options: Any) -> str:
         (path,) = await self.call(
-            names.STATE_PATH, names.STATE_IFACE, "Apply", "sa{sv}", [document, to_variants(options)]
+            names.STATE_PATH,
+            names.STATE_IFACE,
+            "Apply",
+            "sa{sv}",
+            [document, _to_variants(options)],
         )
         return str(path)
 
     async def state_diff(self, document: str, **options: Any) -> list[dict[str, Any]]:
         (plan,) = await self.call(
-            names.STATE_PATH, names.STATE_IFACE, "Diff", "sa{sv}", [document, to_variants(options)]
+            names.STATE_PATH, names.STATE_IFACE, "Diff", "sa{sv}", [document, _to_variants(options)]
         )
         result: list[dict[str, Any]] = json.loads(plan)
         return result
@@ -382,6 +432,8 @@ class Client:
 
     async def verify_audit(self) -> AuditVerdict:
         ok, first_bad, reason = await self.call(names.ROOT_PATH, names.MANAGER_IFACE, "VerifyAudit")
+        from opdbus.models.audit import AuditVerdict
+
         return AuditVerdict(ok=ok, first_bad_seq=first_bad, reason=reason)
 
     async def init_audit_sealing(self, epoch_seconds: int, *, force: bool) -> str:
@@ -390,7 +442,7 @@ class Client:
             names.MANAGER_IFACE,
             "InitAuditSealing",
             "a{sv}",
-            [to_variants({"epoch_seconds": epoch_seconds, "force": force})],
+            [_to_variants({"epoch_seconds": epoch_seconds, "force": force})],
         )
         return str(key)
 
@@ -398,6 +450,8 @@ class Client:
         (entries,) = await self.call(
             names.ROOT_PATH, names.MANAGER_IFACE, "GetAudit", "tu", [start, limit]
         )
+        from opdbus.models.audit import AuditEntry
+
         return [AuditEntry.model_validate(plain(entry)) for entry in entries]
 
     # -- signals -----------------------------------------------------------------
@@ -529,7 +583,7 @@ class Client:
                     printed = line.number
 
         await catch_up()
-        record = job_record(props)
+        record = _job_record(props)
         if on_update:
             on_update(record)
         while not record.state.finished:
@@ -541,7 +595,7 @@ class Client:
                 if number > printed + 1:
                     await catch_up(number - 1)
                 if number > printed:
-                    on_log(LogLine(number, stamp, text))
+                    on_log(_log_line(number, stamp, text))
                     printed = number
             elif (
                 event.member == "PropertiesChanged"
@@ -549,7 +603,7 @@ class Client:
                 and event.arrival > snapshot_at  # older ones are in the snapshot already
             ):
                 props.update(event.args[1])
-                record = job_record(props)
+                record = _job_record(props)
                 if on_update:
                     on_update(record)
         await catch_up()

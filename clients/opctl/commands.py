@@ -13,23 +13,24 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from opctl import render
-from opctl.cli_audit import AuditCommands
-from opctl.cli_ct import CtCommands
-from opctl.cli_net import NetCommands
-from opctl.cli_state import StateCommands
-from opctl.cli_sync import SyncCommands
-from opctl.cli_vm import VmCommands
 from opctl.client import Client
 from opctl.parser import _env_timeout
 from opctl.wire import job_ref_to_path
 from opdbus import errors
-from opdbus.models.job import JobRecord, JobState, LogLine
-from opdbus.models.validation import ValidationReport
+
+if TYPE_CHECKING:
+    from opdbus.models.job import JobRecord, LogLine
+
+# Each group's commands (opctl.cli_*) and the models (pydantic) are imported
+# by the command that uses them: `opctl status` pays for neither.
 
 
 def job_exit_code(record: JobRecord) -> int:
+    from opdbus.models.job import JobState
+
     if record.state is JobState.SUCCEEDED:
         return 0
     if record.state is JobState.CANCELLED:
@@ -47,10 +48,7 @@ class Cli:
 
     async def status(self) -> int:
         status = await self.client.status()
-        jobs = await self.client.jobs()
-        counts: dict[str, int] = {}
-        for record in jobs:
-            counts[record.state.value] = counts.get(record.state.value, 0) + 1
+        counts = await self.client.count_jobs()
         if self.args.json:
             render.dump(
                 {
@@ -80,7 +78,7 @@ class Cli:
             if status.audit_enabled
             else "audit log: off (audit.enabled is false)"
         )
-        print(f"jobs: {active} active, {len(jobs)} remembered; {audit}")
+        print(f"jobs: {active} active, {sum(counts.values())} remembered; {audit}")
         return 0
 
     async def follow(self, start: Callable[[], Awaitable[str]] | str) -> JobRecord:
@@ -120,6 +118,8 @@ class Cli:
         return self.finish_job(record)
 
     def finish_job(self, record: JobRecord) -> int:
+        from opdbus.models.job import JobState
+
         if self.args.json:
             render.dump(record.model_dump(mode="json"))
         elif record.state is not JobState.SUCCEEDED:
@@ -135,6 +135,8 @@ class Cli:
         def show(record: JobRecord) -> None:
             if not record.output.get("checks"):
                 return
+            from opdbus.models.validation import ValidationReport
+
             report = ValidationReport.model_validate(record.output)
             print()
             render.table(
@@ -225,27 +227,43 @@ class Cli:
         )
 
     async def net(self) -> int:
+        from opctl.cli_net import NetCommands
+
         return await NetCommands(self).run()
 
     async def vm(self) -> int:
+        from opctl.cli_vm import VmCommands
+
         return await VmCommands(self).run()
 
     async def ct(self) -> int:
+        from opctl.cli_ct import CtCommands
+
         return await CtCommands(self).run()
 
     async def sync(self) -> int:
+        from opctl.cli_sync import SyncCommands
+
         return await SyncCommands(self).sync()
 
     async def rebuild(self) -> int:
+        from opctl.cli_sync import SyncCommands
+
         return await SyncCommands(self).rebuild()
 
     async def update(self) -> int:
+        from opctl.cli_sync import SyncCommands
+
         return await SyncCommands(self).update()
 
     async def audit(self) -> int:
+        from opctl.cli_audit import AuditCommands
+
         return await AuditCommands(self).run()
 
     async def state(self) -> int:
+        from opctl.cli_state import StateCommands
+
         return await StateCommands(self).run()
 
     async def watch(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -368,3 +369,18 @@ async def test_the_audit_log_is_kept_as_configured_and_off_says_so(
                 with pytest.raises(errors.NotSupported, match="the audit log is off"):
                     await client.call(names.ROOT_PATH, names.MANAGER_IFACE, member, sig, args)
     assert (tmp_path / "state" / "audit" / "audit.jsonl").exists() is kept
+
+
+async def test_count_jobs_is_what_status_shows_without_the_object_tree(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    async with running(tmp_path, private_bus, **CALM):
+        assert await client.count_jobs() == {}
+        for _ in range(2):
+            await client.run_job(lambda: client.validate(quick=True))
+        assert await client.count_jobs() == {"succeeded": 2}
+        shown = await asyncio.to_thread(opctl, private_bus.address, "--json", "status")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["jobs"] == {"succeeded": 2}
+        human = await asyncio.to_thread(opctl, private_bus.address, "status")
+        assert "jobs: 0 active, 2 remembered" in human.stdout

@@ -82,12 +82,16 @@ def test_validation_is_linear_in_the_number_of_ports() -> None:
         bridges = [{"name": f"b{i}", "ports": [{"name": f"p{i}"}]} for i in range(n)]
         return json.dumps({"bridges": bridges})
 
-    small, large = doc(512), doc(4096)
-    started = time.perf_counter()
-    _bridges_document(small)
-    t_small = time.perf_counter() - started
-    started = time.perf_counter()
-    _bridges_document(large)
-    t_large = time.perf_counter() - started
+    def fastest(text: str) -> float:
+        # The best of five: a busy machine (CI, a parallel run) slows some
+        # runs down, never speeds one up; the minimum is the algorithm's cost.
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            _bridges_document(text)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    t_small, t_large = fastest(doc(512)), fastest(doc(4096))
     # 8x the input: linear is ~8x, quadratic ~64x; the margin absorbs noise.
     assert t_large < 30 * max(t_small, 0.002)

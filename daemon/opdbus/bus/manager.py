@@ -65,6 +65,7 @@ ObjectPathsT = Annotated[list[str], DBusSignature("ao")]
 AuditVerdictT = Annotated[tuple[bool, int, str], DBusSignature("bts")]
 ProfileCheckT = Annotated[tuple[str, list[str]], DBusSignature("sas")]
 AuditEntriesT = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
+CountsT = Annotated[dict[str, int], DBusSignature("a{su}")]
 SnapshotsT = Annotated[list[tuple[str, str, int, int, str]], DBusSignature("a(sstts)")]
 
 _AUDIT_TYPES = {"seq": "t", "uid": "u"}
@@ -165,6 +166,14 @@ class Manager1(OpdbusInterface):
     @bus_method(read_only=True)
     async def ListJobs(self) -> ObjectPathsT:
         return [job.path for job in self._s.jobs.all()]
+
+    @bus_method(read_only=True)
+    async def CountJobs(self) -> CountsT:
+        counts: dict[str, int] = {}
+        for job in self._s.jobs.all():
+            state = job.record.state.value
+            counts[state] = counts.get(state, 0) + 1
+        return counts
 
     @bus_method(read_only=True)
     async def GetJob(self, id: DBusUInt32) -> DBusObjectPath:
