@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
+
+from opdbus.models.base import Model
 
 GENESIS_HASH = "0" * 64
 # An entry never takes more than this on disk (results are cut to RESULT_MAX):
@@ -48,7 +50,7 @@ SEAL_INIT_METHOD = "AuditSealInit"
 NOTICE_METHOD = "AuditNotice"
 
 
-class AuditEntry(BaseModel):
+class AuditEntry(Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seq: int = Field(ge=1)
@@ -109,7 +111,7 @@ def make_entry(seq: int, prev_hash: str, **fields: Any) -> AuditEntry:
     return AuditEntry.model_validate({**body, "hash": AuditEntry.compute_hash(prev_hash, body)})
 
 
-class SealOptions(BaseModel):
+class SealOptions(Model):
     """InitAuditSealing's options."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -118,7 +120,7 @@ class SealOptions(BaseModel):
     force: bool = False  # start over with a new key although sealing is on
 
 
-class AuditVerdict(BaseModel):
+class AuditVerdict(Model):
     ok: bool
     first_bad_seq: int = 0  # 0 when the chain itself is intact
     reason: str = ""  # every problem found, joined with "; " (empty when ok)

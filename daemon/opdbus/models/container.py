@@ -13,8 +13,9 @@ import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
+from opdbus.models.base import Model
 from opdbus.models.network import Cidr, IfName, Ipv4
 from opdbus.models.vm import Mac
 
@@ -58,7 +59,7 @@ class ContainerState(StrEnum):
     THAWED = "thawed"
 
 
-class _Strict(BaseModel):
+class _Strict(Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -119,7 +120,7 @@ class ContainerMeta(_Strict):
     owner: str = ""  # "state": made by the declarative state (only those are pruned)
 
 
-class ContainerInfo(BaseModel):
+class ContainerInfo(Model):
     """What the daemon knows of one container (kept current by lxc-monitor events)."""
 
     model_config = ConfigDict(frozen=True)

@@ -6,7 +6,9 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, Field
+
+from opdbus.models.base import Model
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
@@ -40,7 +42,7 @@ class JobState(StrEnum):
         return self not in (JobState.QUEUED, JobState.RUNNING)
 
 
-class JobRecord(BaseModel):
+class JobRecord(Model):
     """Times are microseconds since the epoch (systemd/UDisks convention); 0 = not yet."""
 
     id: int = Field(ge=1, le=UINT32_MAX)

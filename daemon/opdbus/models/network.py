@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
+
+from opdbus.models.base import Model
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 # Bounds on what one call may ask for (far above any real host's needs).
@@ -76,7 +78,7 @@ class PortType(StrEnum):
     PATCH = "patch"  # one end of a link to another bridge's patch port
 
 
-class _Strict(BaseModel):
+class _Strict(Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -217,7 +219,7 @@ class SeedNet(_Strict):
 # -- what a bridge is (the Bridge1 properties) ----------------------------------
 
 
-class PortInfo(BaseModel):
+class PortInfo(Model):
     name: str
     type: str  # of its (first) interface: system, internal, patch, ...
     tag: int | None = None
@@ -227,7 +229,7 @@ class PortInfo(BaseModel):
     peer: str | None = None
 
 
-class BridgeInfo(BaseModel):
+class BridgeInfo(Model):
     name: str
     uuid: str
     datapath_type: str

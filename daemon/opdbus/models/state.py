@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from opdbus.errors import InvalidArgs
+from opdbus.models.base import Model
 from opdbus.models.container import ContainerId, ContainerName, Template
 from opdbus.models.document import check_document, parse_json
 from opdbus.models.network import (
@@ -37,7 +38,7 @@ STATE_MAX_BYTES = 4 * 1024 * 1024
 RESOURCES_MAX = 4096
 
 
-class _Strict(BaseModel):
+class _Strict(Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

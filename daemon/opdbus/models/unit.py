@@ -6,7 +6,9 @@ fields are systemd's own words, so ``systemctl`` and op-dbus never disagree.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from opdbus.models.base import Model
 
 # UnitFileState values that mean "started at boot" / "masked" (systemd's own set).
 ENABLED_STATES = frozenset({"enabled", "enabled-runtime", "linked", "linked-runtime", "alias"})
@@ -15,7 +17,7 @@ MASKED_STATES = frozenset({"masked", "masked-runtime"})
 ACTIVE_STATES = frozenset({"active", "activating", "reloading"})
 
 
-class UnitInfo(BaseModel):
+class UnitInfo(Model):
     model_config = ConfigDict(frozen=True)
 
     name: str

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from opdbus.models.base import Model
 
 
-class ValidateOptions(BaseModel):
+class ValidateOptions(Model):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     quick: bool = False  # essential checks only (dirs, config, disk, memory, virtualization)
@@ -21,14 +23,14 @@ class CheckStatus(StrEnum):
     SKIP = "skip"
 
 
-class CheckResult(BaseModel):
+class CheckResult(Model):
     name: str = ""
     status: CheckStatus
     message: str
     fixed: list[str] = Field(default_factory=list)  # what --fix changed, one line each
 
 
-class ValidationReport(BaseModel):
+class ValidationReport(Model):
     checks: list[CheckResult] = Field(default_factory=list)
 
     def count(self, status: CheckStatus) -> int:

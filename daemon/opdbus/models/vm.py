@@ -18,8 +18,9 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
+from opdbus.models.base import Model
 from opdbus.models.network import IfName
 from opdbus.models.text import Description
 
@@ -144,7 +145,7 @@ class Graphics(StrEnum):
     SPICE = "spice"
 
 
-class _Strict(BaseModel):
+class _Strict(Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -289,7 +290,7 @@ class VmState(StrEnum):
     PMSUSPENDED = "pmsuspended"
 
 
-class VmInfo(BaseModel):
+class VmInfo(Model):
     """What the daemon knows of one domain (from libvirt, kept current by events)."""
 
     model_config = ConfigDict(frozen=True)
