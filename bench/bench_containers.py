@@ -1,9 +1,11 @@
 """LXC containers through op-dbusd vs the lxc tools, on the same lxcpath.
 
-- Start one container: Container1.Start until State is running on the bus
-  (PropertiesChanged) vs `lxc-start -d` + `lxc-wait -s RUNNING`:  target <= 1.2x
-- List 100 containers: GetManagedObjects (what `opctl ct list --json`
-  calls) vs `lxc-ls -f`:                                          target <= 0.5x
+- Start one container: Container1.Start until its job has succeeded (the
+  container running, as `opctl ct start` waits) vs `lxc-start -d` +
+  `lxc-wait -s RUNNING`:                                          target <= 1.2x
+- List 100 containers as a user does: `opctl ct list` vs `lxc-ls -f`, each a
+  whole process:                                                  target <= 3x
+  (GetManagedObjects alone, in an open connection, is printed beside it.)
 
 Alternating rounds after an uncounted warm-up; medians are compared. The 100
 containers are one busybox container copied (rootfs and config), as
@@ -15,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from common import environment, median, report, start_opdbusd
 from opctl.client import Client
 from opdbus import names
+from opdbus.models.job import JobState
 
 COUNT = 100
 START_ROUNDS = 9
@@ -70,14 +74,28 @@ async def wait_state(client: Client, name: str, state: str) -> None:
 
 
 async def daemon_start(client: Client, name: str) -> float:
-    path = names.container_path(name)
-    async with client.signals(f"path='{path}'") as queue:
-        started = time.perf_counter()
-        await client.container_call(name, "Start")
-        while True:
-            event = await asyncio.wait_for(queue.get(), 10)
-            if event.member == "PropertiesChanged" and event.args[1].get("State") == "running":
-                return time.perf_counter() - started
+    # To the job's end: the running state alone arrives while the Start job
+    # still holds the container (a stop then was Busy).
+    async def start() -> str:
+        (job,) = await client.container_call(name, "Start")
+        return str(job)
+
+    started = time.perf_counter()
+    record = await client.run_job(start)
+    took = time.perf_counter() - started
+    assert record.state is JobState.SUCCEEDED, record.result
+    return took
+
+
+def opctl_list(address: str) -> float:
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "opctl", "--bus", address, "ct", "list"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    took = time.perf_counter() - started
+    assert len(out.splitlines()) == COUNT + 1
+    return took
 
 
 async def daemon_list(client: Client) -> float:
@@ -114,20 +132,23 @@ async def measure(address: str, path: Path) -> None:
             mine / peer <= 1.2,
             f"op-dbusd {mine * 1000:.0f} ms, lxc tools {peer * 1000:.0f} ms",
         )
-        ours, theirs = [], []
+        ours, theirs, calls = [], [], []
         for round_ in range(LIST_ROUNDS + 1):
-            a = await daemon_list(client)
+            a = await asyncio.to_thread(opctl_list, address)
             b = await asyncio.to_thread(tools_list, path)
+            c = await daemon_list(client)
             if round_:
                 ours.append(a)
                 theirs.append(b)
+                calls.append(c)
         mine, peer = median(ours), median(theirs)
         report(
-            f"list {COUNT} containers via GetManagedObjects vs lxc-ls -f",
+            f"list {COUNT} containers: opctl ct list vs lxc-ls -f (whole processes)",
             mine / peer,
-            "<= 0.5x",
-            mine / peer <= 0.5,
-            f"op-dbusd {mine * 1000:.1f} ms, lxc-ls -f {peer * 1000:.1f} ms",
+            "<= 3x",
+            mine / peer <= 3,
+            f"opctl {mine * 1000:.0f} ms, lxc-ls -f {peer * 1000:.0f} ms; GetManagedObjects "
+            f"alone {median(calls) * 1000:.1f} ms",
         )
 
 
