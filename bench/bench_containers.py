@@ -119,6 +119,9 @@ async def measure(address: str, path: Path) -> None:
             lxc(path, "lxc-stop", "ct000", "-k")
             await wait_state(client, "ct000", "stopped")
             b = await asyncio.to_thread(tools_start, path, "ct000")
+            # The daemon must have seen it run before it stops: else "stopped"
+            # is the old state, and the next Start finds it still running.
+            await wait_state(client, "ct000", "running")
             lxc(path, "lxc-stop", "ct000", "-k")
             await wait_state(client, "ct000", "stopped")
             if round_:

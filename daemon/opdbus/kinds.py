@@ -13,6 +13,7 @@ imports it but the daemon.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -24,14 +25,24 @@ from opdbus.bus.base import BusContext, OpdbusInterface
 from opdbus.bus.exporter import CacheExporter, Exported
 from opdbus.config import Config, Mode
 from opdbus.models.health import Probe
-from opdbus.services import containers, network, units, vms
 from opdbus.services.health import EVERY_MODE, Backend
 from opdbus.services.providers.base import Provider
-from opdbus.services.providers.lxc import LxcProvider
-from opdbus.services.providers.net import NetProvider
-from opdbus.services.providers.systemd import SystemdProvider
-from opdbus.services.providers.vms import VmsProvider
 from opdbus.services.resource import ResourceService, Wiring
+
+
+class Lazy:
+    """``module.name``, imported when first called: a kind's service and provider (and
+    their libraries: libvirt, pyroute2) load only in a mode that runs the kind."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def resolve(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.resolve()(*args)
+
 
 STANDALONE_UP = frozenset({Mode.STANDALONE, Mode.FULL})
 FULL_ONLY = frozenset({Mode.FULL})
@@ -76,10 +87,10 @@ KINDS: tuple[Kind, ...] = (
         backend="systemd",
         modes=EVERY_MODE,
         probe=_systemd,
-        start=units.start,
+        start=Lazy("opdbus.services.units", "start"),
         interface=unit.Unit1,
         export=unit.exporter,
-        provider=SystemdProvider,
+        provider=Lazy("opdbus.services.providers.systemd", "SystemdProvider"),
     ),
     Kind(
         name="network",
@@ -87,10 +98,10 @@ KINDS: tuple[Kind, ...] = (
         backend="ovsdb",
         modes=STANDALONE_UP,
         probe=_ovsdb,
-        start=network.start,
+        start=Lazy("opdbus.services.network", "start"),
         interface=bridge.Bridge1,
         export=bridge.exporter,
-        provider=NetProvider,
+        provider=Lazy("opdbus.services.providers.net", "NetProvider"),
     ),
     Kind(
         name="vms",
@@ -98,10 +109,10 @@ KINDS: tuple[Kind, ...] = (
         backend="libvirt",
         modes=FULL_ONLY,
         probe=_libvirt,
-        start=vms.start,
+        start=Lazy("opdbus.services.vms", "start"),
         interface=vm.VM1,
         export=vm.exporter,
-        provider=VmsProvider,
+        provider=Lazy("opdbus.services.providers.vms", "VmsProvider"),
     ),
     Kind(
         name="containers",
@@ -109,10 +120,10 @@ KINDS: tuple[Kind, ...] = (
         backend="lxc",
         modes=FULL_ONLY,
         probe=_lxc,
-        start=containers.start,
+        start=Lazy("opdbus.services.containers", "start"),
         interface=container.Container1,
         export=container.exporter,
-        provider=LxcProvider,
+        provider=Lazy("opdbus.services.providers.lxc", "LxcProvider"),
     ),
 )
 

@@ -19,12 +19,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
-
 from opdbus.errors import BackendFailed, BackendUnavailable, NotAuthorized, NotFound
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class GitHost:
         self.api_url = api_url.rstrip("/")
         self.raw_url = raw_url
         self._token = token
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_seconds = timeout
         self._retries = retries
         # url -> (etag, decoded body): what a 304 means.
         self.etags: dict[str, tuple[str, Any]] = etags if etags is not None else {}
@@ -72,7 +73,10 @@ class GitHost:
         headers = {"User-Agent": "op-dbus", "X-GitHub-Api-Version": "2022-11-28"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout)
+        import aiohttp  # here: a daemon that never syncs never loads it (10 MiB)
+
+        timeout = aiohttp.ClientTimeout(total=self._timeout_seconds)
+        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -172,13 +176,19 @@ class GitHost:
                     if reply.status < 500:
                         return reply.status, reply.headers.get("ETag", ""), body
                     problem = f"HTTP {reply.status}"
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except (_client_error(), TimeoutError) as e:
                 problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             if attempt < self._retries:
                 log.info("%s: %s; retrying in %.1f s", what, problem, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
         raise BackendUnavailable(f"{what}: {problem} (after {self._retries + 1} attempts)")
+
+
+def _client_error() -> type[Exception]:
+    import aiohttp
+
+    return aiohttp.ClientError
 
 
 def _raise_refusal(reply: aiohttp.ClientResponse, body: bytes, what: str) -> None:

@@ -3,7 +3,7 @@
 # No `from __future__ import annotations` here: dbus-fast reads these
 # annotations as D-Bus signatures, and a deferred "None" is not one.
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from dbus_fast import PropertyAccess
 from dbus_fast.annotations import DBusBool, DBusDict, DBusSignature, DBusStr, DBusUInt32
@@ -14,7 +14,9 @@ from opdbus.bus.codec import decode_options
 from opdbus.bus.exporter import CacheExporter
 from opdbus.models.network import Addressing, BridgeInfo, PortSpec
 from opdbus.names import BRIDGE_IFACE, Action, bridge_path
-from opdbus.services.network import NetworkService
+
+if TYPE_CHECKING:  # the service (and its library) loads only where the kind runs
+    from opdbus.services.network import NetworkService
 
 PortsT = Annotated[
     list[tuple[str, str, int, list[int], int, list[str], str]], DBusSignature("a(ssiaiiass)")
@@ -45,7 +47,7 @@ FIELD_TO_PROPERTY = {
 class Bridge1(OpdbusInterface):
     INTERFACE = BRIDGE_IFACE
 
-    def __init__(self, ctx: BusContext, network: NetworkService, name: str) -> None:
+    def __init__(self, ctx: BusContext, network: "NetworkService", name: str) -> None:
         super().__init__(ctx)
         self._network = network
         self._name = name
@@ -140,7 +142,7 @@ class Bridge1(OpdbusInterface):
         await self._network.delete_bridge(self._name)
 
 
-def exporter(ctx: BusContext, network: NetworkService) -> CacheExporter[BridgeInfo]:
+def exporter(ctx: BusContext, network: "NetworkService") -> CacheExporter[BridgeInfo]:
     """The cache observer that mirrors bridges onto the bus."""
     return CacheExporter(
         ctx,

@@ -3,7 +3,7 @@
 # No `from __future__ import annotations` here: dbus-fast reads these
 # annotations as D-Bus signatures, and a deferred "None" is not one.
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from dbus_fast import PropertyAccess
 from dbus_fast.annotations import (
@@ -22,8 +22,10 @@ from opdbus.bus.codec import decode_options
 from opdbus.bus.exporter import CacheExporter
 from opdbus.models.container import ContainerInfo, DeleteContainerOptions, ExecOptions, StopOptions
 from opdbus.names import CONTAINER_IFACE, Action, container_path
-from opdbus.services.containers import ContainerService
 from opdbus.services.jobs import JobBody
+
+if TYPE_CHECKING:  # the service (and its library) loads only where the kind runs
+    from opdbus.services.containers import ContainerService
 
 StringsT = Annotated[list[str], DBusSignature("as")]
 ExecResultT = Annotated[tuple[int, str, str], DBusSignature("iss")]
@@ -49,7 +51,7 @@ class Container1(OpdbusInterface):
     INTERFACE = CONTAINER_IFACE
     CACHE_PROPERTIES = True  # the exporter signals every change
 
-    def __init__(self, ctx: BusContext, containers: ContainerService, name: str) -> None:
+    def __init__(self, ctx: BusContext, containers: "ContainerService", name: str) -> None:
         super().__init__(ctx)
         self._containers = containers
         self._name = name
@@ -156,7 +158,7 @@ class Container1(OpdbusInterface):
         await self._containers.set_autostart(self._name, enabled)
 
 
-def exporter(ctx: BusContext, containers: ContainerService) -> CacheExporter[ContainerInfo]:
+def exporter(ctx: BusContext, containers: "ContainerService") -> CacheExporter[ContainerInfo]:
     """The cache observer that mirrors containers onto the bus."""
     return CacheExporter(
         ctx,

@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from dbus_fast import PropertyAccess, Variant
 from dbus_fast.annotations import (
@@ -46,19 +46,26 @@ from opdbus.names import (
     vm_path,
 )
 from opdbus.services.audit import AuditLog
-from opdbus.services.containers import ContainerService
 from opdbus.services.health import BackendHealth
 from opdbus.services.jobs import JobManager
-from opdbus.services.network import NetworkService
-from opdbus.services.network_apply import apply_job
 from opdbus.services.rebuild import RebuildService
 from opdbus.services.snapshots import KINDS, SnapshotCache
 from opdbus.services.snapshots import OFF as SNAPSHOTS_OFF
 from opdbus.services.sync import SyncService
 from opdbus.services.update import update_job
 from opdbus.services.validate import Validator
-from opdbus.services.vms import VmService
 from opdbus.services.workers import Workers
+
+if TYPE_CHECKING:  # a kind's service (and its library) loads only where the kind runs
+    from opdbus.services.network import NetworkService
+    from opdbus.services.vms import VmService
+
+
+def _apply_job(network: "NetworkService", doc: Any) -> Any:
+    from opdbus.services.network_apply import apply_job
+
+    return apply_job(network, doc)
+
 
 BackendMapT = Annotated[dict[str, tuple[bool, str]], DBusSignature("a{s(bs)}")]
 ObjectPathsT = Annotated[list[str], DBusSignature("ao")]
@@ -227,7 +234,9 @@ class Manager1(OpdbusInterface):
 
     # -- bridges ----------------------------------------------------------------
 
-    def _network(self) -> NetworkService:
+    def _network(self) -> "NetworkService":
+        from opdbus.services.network import NetworkService
+
         return self._s.running("network", NetworkService, "Open vSwitch bridges")
 
     @bus_method(action=Action.BRIDGE_CREATE)
@@ -247,13 +256,15 @@ class Manager1(OpdbusInterface):
         return await submit_job(
             self._s.jobs,
             "ApplyBridges",
-            apply_job(network, doc),
+            _apply_job(network, doc),
             [bridge_path(bridge.name) for bridge in doc.bridges],
         )
 
     # -- virtual machines ------------------------------------------------------
 
-    def _vms(self) -> VmService:
+    def _vms(self) -> "VmService":
+        from opdbus.services.vms import VmService
+
         return self._s.running("vms", VmService, "virtual machines")
 
     @bus_method(action=Action.VM_CREATE)
@@ -280,6 +291,8 @@ class Manager1(OpdbusInterface):
 
     @bus_method(action=Action.CONTAINER_CREATE)
     async def CreateContainer(self, name: DBusStr, options: DBusDict) -> DBusObjectPath:
+        from opdbus.services.containers import ContainerService
+
         containers = self._s.running("containers", ContainerService, "containers")
         spec = decode_options(ContainerSpec, options, "CreateContainer", name=name)
         cid = await containers.prepare_create(spec.name, spec)

@@ -7,6 +7,8 @@ a unit's enablement and state have one owner and one audit trail.
 # No `from __future__ import annotations` here: dbus-fast reads these
 # annotations as D-Bus signatures, and a deferred "None" is not one.
 
+from typing import TYPE_CHECKING
+
 from dbus_fast import PropertyAccess
 from dbus_fast.annotations import DBusBool, DBusStr
 from dbus_fast.service import dbus_property
@@ -15,7 +17,9 @@ from opdbus.bus.base import BusContext, OpdbusInterface
 from opdbus.bus.exporter import CacheExporter
 from opdbus.models.unit import UnitInfo
 from opdbus.names import UNIT_IFACE, unit_path
-from opdbus.services.units import UnitService
+
+if TYPE_CHECKING:  # the service (and its library) loads only where the kind runs
+    from opdbus.services.units import UnitService
 
 # UnitInfo field -> Unit1 property (Enabled and Masked follow file_state).
 FIELD_TO_PROPERTY = {
@@ -31,7 +35,7 @@ class Unit1(OpdbusInterface):
     INTERFACE = UNIT_IFACE
     CACHE_PROPERTIES = True  # the exporter signals every change
 
-    def __init__(self, ctx: BusContext, units: UnitService, name: str) -> None:
+    def __init__(self, ctx: BusContext, units: "UnitService", name: str) -> None:
         super().__init__(ctx)
         self._units = units
         self._name = name
@@ -81,7 +85,7 @@ class _UnitExporter(CacheExporter[UnitInfo]):
         super().changed(key, info, fields)
 
 
-def exporter(ctx: BusContext, units: UnitService) -> CacheExporter[UnitInfo]:
+def exporter(ctx: BusContext, units: "UnitService") -> CacheExporter[UnitInfo]:
     """The cache observer that mirrors watched units onto the bus."""
     return _UnitExporter(
         ctx,

@@ -3,7 +3,7 @@
 # No `from __future__ import annotations` here: dbus-fast reads these
 # annotations as D-Bus signatures, and a deferred "None" is not one.
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from dbus_fast import PropertyAccess
 from dbus_fast.annotations import (
@@ -23,7 +23,16 @@ from opdbus.bus.exporter import CacheExporter
 from opdbus.models.vm import DeleteVmOptions, ShutdownOptions, SnapshotOptions, VmInfo
 from opdbus.names import VM_IFACE, Action, vm_path
 from opdbus.services.jobs import JobBody
-from opdbus.services.vms import VmService, snapshot_name
+
+if TYPE_CHECKING:  # the service (and its library) loads only where the kind runs
+    from opdbus.services.vms import VmService
+
+
+def _snapshot(name: str) -> str:
+    from opdbus.services.vms import snapshot_name
+
+    return snapshot_name(name)
+
 
 DevicesT = Annotated[list[tuple[str, str, str, str]], DBusSignature("a(ssss)")]
 SnapshotsT = Annotated[list[tuple[str, int, str, bool, str]], DBusSignature("a(sxsbs)")]
@@ -52,7 +61,7 @@ class VM1(OpdbusInterface):
     INTERFACE = VM_IFACE
     CACHE_PROPERTIES = True  # the exporter signals every change
 
-    def __init__(self, ctx: BusContext, vms: VmService, uuid: str) -> None:
+    def __init__(self, ctx: BusContext, vms: "VmService", uuid: str) -> None:
         super().__init__(ctx)
         self._vms = vms
         self._uuid = uuid
@@ -185,7 +194,7 @@ class VM1(OpdbusInterface):
     @bus_method(action=Action.VM_SNAPSHOT)
     async def CreateSnapshot(self, name: DBusStr, options: DBusDict) -> DBusObjectPath:
         opts = decode_options(SnapshotOptions, options, "CreateSnapshot")
-        body = self._vms.snapshot_job(self._uuid, snapshot_name(name), opts.description)
+        body = self._vms.snapshot_job(self._uuid, _snapshot(name), opts.description)
         return await self._job("CreateSnapshot", body)
 
     @bus_method(read_only=True, expensive=True)
@@ -194,16 +203,16 @@ class VM1(OpdbusInterface):
 
     @bus_method(action=Action.VM_SNAPSHOT)
     async def RevertSnapshot(self, name: DBusStr) -> DBusObjectPath:
-        body = self._vms.revert_job(self._uuid, snapshot_name(name))
+        body = self._vms.revert_job(self._uuid, _snapshot(name))
         return await self._job("RevertSnapshot", body)
 
     @bus_method(action=Action.VM_SNAPSHOT)
     async def DeleteSnapshot(self, name: DBusStr) -> DBusObjectPath:
-        body = self._vms.delete_snapshot_job(self._uuid, snapshot_name(name))
+        body = self._vms.delete_snapshot_job(self._uuid, _snapshot(name))
         return await self._job("DeleteSnapshot", body)
 
 
-def exporter(ctx: BusContext, vms: VmService) -> CacheExporter[VmInfo]:
+def exporter(ctx: BusContext, vms: "VmService") -> CacheExporter[VmInfo]:
     """The cache observer that mirrors domains onto the bus."""
     return CacheExporter(
         ctx,

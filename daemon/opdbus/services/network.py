@@ -18,8 +18,8 @@ import contextlib
 import logging
 import operator
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from opdbus.backends.dhcp import DhcpClient, DhcpLease
 from opdbus.backends.netlink import LinkState, Netlink
 from opdbus.backends.ovsdb import commands
 from opdbus.backends.ovsdb.client import Changes, OvsdbClient
@@ -36,6 +36,10 @@ from opdbus.models.network import (
 )
 from opdbus.names import bridge_path
 from opdbus.services.resource import ResourceService, Wiring
+
+if TYPE_CHECKING:
+    # pyroute2's DHCP client (100 ms, 10 MiB) loads when a bridge first uses DHCP.
+    from opdbus.backends.dhcp import DhcpClient, DhcpLease
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +297,8 @@ class NetworkService(ResourceService[BridgeInfo]):
         stale = None if keep else self._dhcp.pop(name, None)
         new = None
         if wanted and link is not None and not keep:
+            from opdbus.backends.dhcp import DhcpClient
+
             new = self._dhcp[name] = DhcpClient(
                 name, link.index, lambda lease: self._leased(new, lease)
             )
