@@ -92,7 +92,13 @@ def start_opdbusd(
 
 
 def start_echo(bus: PrivateBus, workdir: Path, name: str = "echo") -> Started:
-    return start_ready([sys.executable, str(HERE / "echo_service.py"), bus.address], workdir, name)
+    argv = [
+        sys.executable,
+        str(HERE / "echo_service.py"),
+        bus.address,
+        str(workdir / f"{name}.log"),
+    ]
+    return start_ready(argv, workdir, name)
 
 
 def isolated() -> None:

@@ -360,14 +360,18 @@ class AuditLog:
                     self._offsets.append(offset)
                     offset += len(entry.model_dump_json()) + 1
             self._durable = Head(last.seq, last.hash, size)
+            # The entries are on disk: their callers are answered now. The head
+            # record (the cut-off detector) follows in the same flusher before
+            # the next batch; a head one batch behind the log is what a crash
+            # between the two leaves, and open() reads that as normal.
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
             try:
                 self._durable = await self._write(self._files.write_head, self._durable)
             except OSError as e:
                 # The entries are durable; only the cut-off detector is behind.
                 log.error("audit head record not updated: %s", e)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
             for callback in self.on_append:
                 callback()
 
