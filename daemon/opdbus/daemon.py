@@ -143,13 +143,13 @@ class Daemon:
         )
         wiring = Wiring(self.config, self.jobs, self.checks, self.health, self.started)
         for kind in kinds.enabled(self.config):
-            service = await kind.start(wiring)
+            service = await kinds.start(kind, wiring)
             if service is not None:
                 self.started[kind.name] = service
         self.state = StateService(
             self.config.state,
             self.config.mode,
-            kinds.providers(self.started),
+            await kinds.providers(self.started),
             kinds.provider_modes(),
             self.jobs,
             self.checks,

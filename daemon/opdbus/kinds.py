@@ -13,6 +13,7 @@ imports it but the daemon.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,17 +32,24 @@ from opdbus.services.resource import ResourceService, Wiring
 
 
 class Lazy:
-    """``module.name``, imported when first called: a kind's service and provider (and
-    their libraries: libvirt, pyroute2) load only in a mode that runs the kind."""
+    """``module.name``, imported when needed: a kind's service and provider (and their
+    libraries: libvirt, pyroute2) load only in a mode that runs the kind.
 
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
+    ``load()`` imports in a thread: an import reads files and runs module code
+    (pyroute2's takes 170 ms), which the event loop must not wait for. ``also``
+    names modules the kind's calls import later (they come in the same thread).
+    """
+
+    def __init__(self, module: str, name: str, also: tuple[str, ...] = ()) -> None:
+        self.module, self.name, self.also = module, name, also
 
     def resolve(self) -> Any:
+        for extra in self.also:
+            importlib.import_module(extra)
         return getattr(importlib.import_module(self.module), self.name)
 
-    def __call__(self, *args: Any) -> Any:
-        return self.resolve()(*args)
+    async def load(self) -> Any:
+        return await asyncio.to_thread(self.resolve)
 
 
 STANDALONE_UP = frozenset({Mode.STANDALONE, Mode.FULL})
@@ -56,10 +64,10 @@ class Kind:
     modes: frozenset[Mode]  # the modes that run it
     probe: Callable[[Config], Awaitable[Probe]]
     # The service, started; None when it cannot run here (told in the log).
-    start: Callable[[Wiring], Awaitable[ResourceService[Any] | None]]
+    start: Lazy | Callable[[Wiring], Awaitable[ResourceService[Any] | None]]
     interface: type[OpdbusInterface]  # the objects' bus interface (the call guard learns it)
     export: Callable[[BusContext, Any], CacheExporter[Any]]
-    provider: Callable[[Any], Provider]  # its section of the declarative state
+    provider: Lazy | Callable[[Any], Provider]  # its section of the declarative state
 
 
 def _systemd(config: Config) -> Awaitable[Probe]:
@@ -98,7 +106,11 @@ KINDS: tuple[Kind, ...] = (
         backend="ovsdb",
         modes=STANDALONE_UP,
         probe=_ovsdb,
-        start=Lazy("opdbus.services.network", "start"),
+        start=Lazy(
+            "opdbus.services.network",
+            "start",
+            also=("opdbus.services.network_apply", "opdbus.backends.dhcp"),
+        ),
         interface=bridge.Bridge1,
         export=bridge.exporter,
         provider=Lazy("opdbus.services.providers.net", "NetProvider"),
@@ -155,8 +167,20 @@ def exported(started: Mapping[str, Any]) -> list[Exported]:
     ]
 
 
-def providers(started: Mapping[str, Any]) -> list[Provider]:
-    return [kind.provider(started[kind.name]) for kind in KINDS if kind.name in started]
+async def start(kind: Kind, wiring: Wiring) -> ResourceService[Any] | None:
+    """Start a kind's service, its modules imported off the event loop."""
+    run = await kind.start.load() if isinstance(kind.start, Lazy) else kind.start
+    service: ResourceService[Any] | None = await run(wiring)
+    return service
+
+
+async def providers(started: Mapping[str, Any]) -> list[Provider]:
+    out: list[Provider] = []
+    for kind in KINDS:
+        if kind.name in started:
+            make = await kind.provider.load() if isinstance(kind.provider, Lazy) else kind.provider
+            out.append(make(started[kind.name]))
+    return out
 
 
 def provider_modes() -> dict[str, frozenset[Mode]]:

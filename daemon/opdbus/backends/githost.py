@@ -14,6 +14,7 @@ file's bytes, and the commit's tarball. Every request:
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import time
@@ -73,8 +74,9 @@ class GitHost:
         headers = {"User-Agent": "op-dbus", "X-GitHub-Api-Version": "2022-11-28"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        import aiohttp  # here: a daemon that never syncs never loads it (10 MiB)
-
+        # Here, and in a thread (an import reads files): a daemon that never
+        # syncs never loads aiohttp (10 MiB).
+        aiohttp = await asyncio.to_thread(importlib.import_module, "aiohttp")
         timeout = aiohttp.ClientTimeout(total=self._timeout_seconds)
         self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
         return self
@@ -186,9 +188,10 @@ class GitHost:
 
 
 def _client_error() -> type[Exception]:
-    import aiohttp
+    import aiohttp  # loaded by __aenter__ already: no file is read here
 
-    return aiohttp.ClientError
+    error: type[Exception] = aiohttp.ClientError
+    return error
 
 
 def _raise_refusal(reply: aiohttp.ClientResponse, body: bytes, what: str) -> None:

@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from dbus_fast import PropertyAccess, Variant
 from dbus_fast.annotations import (
@@ -57,6 +57,7 @@ from opdbus.services.validate import Validator
 from opdbus.services.workers import Workers
 
 if TYPE_CHECKING:  # a kind's service (and its library) loads only where the kind runs
+    from opdbus.services.containers import ContainerService
     from opdbus.services.network import NetworkService
     from opdbus.services.vms import VmService
 
@@ -76,7 +77,6 @@ CountsT = Annotated[dict[str, int], DBusSignature("a{su}")]
 SnapshotsT = Annotated[list[tuple[str, str, int, int, str]], DBusSignature("a(sstts)")]
 
 _AUDIT_TYPES = {"seq": "t", "uid": "u"}
-KindT = TypeVar("KindT")
 
 
 @dataclass
@@ -95,10 +95,14 @@ class ManagerServices:
     in_mode: frozenset[str] = frozenset()
     snapshots: SnapshotCache | None = None
 
-    def running(self, name: str, cls: type[KindT], what: str) -> KindT:
-        """The service of a running kind, or the error saying why ``what`` cannot be had."""
+    def running(self, name: str, what: str) -> object:
+        """The service of a running kind, or the error saying why ``what`` cannot be had.
+
+        By name, not by class: a kind's service module (and its library) is not
+        even imported where the kind does not run.
+        """
         service = self.kinds.get(name)
-        if isinstance(service, cls):
+        if service is not None:
             return service
         if name in self.in_mode:  # the mode has it; the host could not start it
             raise BackendUnavailable(
@@ -235,9 +239,7 @@ class Manager1(OpdbusInterface):
     # -- bridges ----------------------------------------------------------------
 
     def _network(self) -> "NetworkService":
-        from opdbus.services.network import NetworkService
-
-        return self._s.running("network", NetworkService, "Open vSwitch bridges")
+        return cast("NetworkService", self._s.running("network", "Open vSwitch bridges"))
 
     @bus_method(action=Action.BRIDGE_CREATE)
     async def CreateBridge(self, name: DBusStr, options: DBusDict) -> DBusObjectPath:
@@ -263,9 +265,7 @@ class Manager1(OpdbusInterface):
     # -- virtual machines ------------------------------------------------------
 
     def _vms(self) -> "VmService":
-        from opdbus.services.vms import VmService
-
-        return self._s.running("vms", VmService, "virtual machines")
+        return cast("VmService", self._s.running("vms", "virtual machines"))
 
     @bus_method(action=Action.VM_CREATE)
     async def CreateVM(self, profile: DBusStr, options: DBusDict) -> DBusObjectPath:
@@ -291,9 +291,7 @@ class Manager1(OpdbusInterface):
 
     @bus_method(action=Action.CONTAINER_CREATE)
     async def CreateContainer(self, name: DBusStr, options: DBusDict) -> DBusObjectPath:
-        from opdbus.services.containers import ContainerService
-
-        containers = self._s.running("containers", ContainerService, "containers")
+        containers = cast("ContainerService", self._s.running("containers", "containers"))
         spec = decode_options(ContainerSpec, options, "CreateContainer", name=name)
         cid = await containers.prepare_create(spec.name, spec)
         return await submit_job(

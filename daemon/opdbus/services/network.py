@@ -38,7 +38,8 @@ from opdbus.names import bridge_path
 from opdbus.services.resource import ResourceService, Wiring
 
 if TYPE_CHECKING:
-    # pyroute2's DHCP client (100 ms, 10 MiB) loads when a bridge first uses DHCP.
+    # Imported at run time where used: opdbus.kinds loads it, off the event
+    # loop, with the network kind (never in agent mode).
     from opdbus.backends.dhcp import DhcpClient, DhcpLease
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ class NetworkService(ResourceService[BridgeInfo]):
         stale = None if keep else self._dhcp.pop(name, None)
         new = None
         if wanted and link is not None and not keep:
-            from opdbus.backends.dhcp import DhcpClient
+            from opdbus.backends.dhcp import DhcpClient  # loaded with the kind (opdbus.kinds)
 
             new = self._dhcp[name] = DhcpClient(
                 name, link.index, lambda lease: self._leased(new, lease)
