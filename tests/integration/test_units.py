@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
+import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -265,3 +267,73 @@ async def test_each_mode_serves_the_seeds_providers_and_names_itself_for_the_res
             with pytest.raises(BlockingIOError):
                 ovsdb.accept()  # no one ever connected
             assert not (tmp_path / "lxc").exists()
+
+
+def ovs_units(run: str) -> dict[str, str]:
+    """Open vSwitch as systemd units (what NixOS's vswitch module runs), in the namespace."""
+    ovs = f"{run}/ovs"
+    env = f"Environment=OVS_RUNDIR={ovs} OVS_LOGDIR={ovs} OVS_DBDIR={ovs}\n"
+    schema = "/usr/share/openvswitch/vswitch.ovsschema"
+    return {
+        "ovsdb.service": (
+            "[Unit]\nDescription=OVS database\n\n[Service]\n" + env
+            + f"ExecStartPre=/bin/mkdir -p {ovs}\n"
+            + f"ExecStartPre=/bin/sh -c 'test -e {ovs}/conf.db || ovsdb-tool create {ovs}/conf.db {schema}'\n"
+            + f"ExecStart=/usr/sbin/ovsdb-server {ovs}/conf.db --remote=punix:{ovs}/db.sock "
+            f"--pidfile={ovs}/ovsdb-server.pid --unixctl={ovs}/ovsdb-server.ctl\n"
+            + f"ExecStartPost=/usr/bin/ovs-vsctl --db=unix:{ovs}/db.sock --no-wait init\n"
+        ),
+        "ovs-vswitchd.service": (
+            "[Unit]\nDescription=OVS switch\nRequires=ovsdb.service\nAfter=ovsdb.service\n\n"
+            "[Service]\n" + env
+            + f"ExecStart=/usr/sbin/ovs-vswitchd unix:{ovs}/db.sock "
+            f"--pidfile={ovs}/ovs-vswitchd.pid --unixctl={ovs}/ovs-vswitchd.ctl\n"
+        ),
+        "openvswitch.service": (
+            "[Unit]\nDescription=Open vSwitch\nRequires=ovsdb.service ovs-vswitchd.service\n"
+            "After=ovsdb.service ovs-vswitchd.service\n\n[Service]\nType=oneshot\n"
+            "RemainAfterExit=yes\nExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n"
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("ovs-vswitchd") is None, reason="Open vSwitch is not installed")
+async def test_one_document_brings_up_openvswitch_then_its_bridges(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    """Seed 002's order: openvswitch.service first, then the bridges on it, in one Apply."""
+    sd = PrivateSystemd(tmp_path / "systemd", ovs_units("/run/test-units"))
+    await asyncio.to_thread(sd.start)
+    db = f"unix:/proc/{sd.pid}/root/run/test-units/ovs/db.sock"
+    try:
+        config = {
+            "mode": "standalone",
+            "systemd": {"bus_address": sd.address},
+            "ovsdb": {"remote": db, "datapath_type": "netdev"},
+            "state": {"backend_wait_seconds": 30},
+        }
+        async with running(tmp_path, private_bus, **config):
+            assert (await client.status()).backends["ovsdb"][0] is False  # OVS is not up
+            doc = {
+                "systemd": {"units": {"openvswitch.service": {"active_state": "active"}}},
+                "net": {"interfaces": [{"name": "ovsup0", "ports": []}]},
+            }
+            done = await client.run_job(lambda: client.state_apply(json.dumps(doc)))
+            assert done.state is JobState.SUCCEEDED, done.result
+            log = [line.text for line in await client.job_log(names.job_path(done.id))]
+            started = next(i for i, t in enumerate(log) if "start openvswitch.service" in t)
+            made = next(i for i, t in enumerate(log) if "net/ovsup0" in t and "+" in t)
+            assert started < made, log  # the unit first, then the bridge
+            assert any("waiting for net" in text for text in log), log
+            shown = await asyncio.to_thread(
+                subprocess.run, ["ovs-vsctl", f"--db={db}", "list-br"],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            assert shown.stdout.split() == ["ovsup0"]
+            assert (await client.state())["InSync"] is True
+    finally:
+        await asyncio.to_thread(
+            subprocess.run, ["ovs-vsctl", f"--db={db}", "--if-exists", "del-br", "ovsup0"],
+            capture_output=True, check=False, timeout=30,
+        )  # fmt: skip
+        await asyncio.to_thread(sd.stop)

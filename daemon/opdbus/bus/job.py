@@ -162,7 +162,10 @@ class JobExporter:
         return obj
 
     def job_added(self, job: Job) -> None:
-        self._export(job)
+        # A job submitted while the server was starting is already exported by
+        # attach() (it was in the manager's list); it is still announced.
+        if job.id not in self._objects:
+            self._export(job)
         self._manager.JobNew(job.path)
 
     def job_changed(self, job: Job, fields: Sequence[str]) -> None:
