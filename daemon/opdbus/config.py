@@ -173,6 +173,13 @@ class StateConfig(_Section):
     enforce_delay_seconds: float = Field(
         2.0, ge=0, le=3600, description="quiet time before drift is repaired (enforce)"
     )
+    backend_wait_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=600,
+        description="in an apply that starts systemd units, how long a later section waits "
+        "for its backend (openvswitch.service -> OVSDB) to come up",
+    )
 
 
 class Config(_Section):

@@ -47,7 +47,11 @@ from opdbus.services.state_apply import (
     checkpoint,
     describe,
     make_plan,
+    merge_checkpoint,
+    merge_plan,
+    plan_after_units,
     restore,
+    starts_units,
     verify,
 )
 from opdbus.services.workers import Workers
@@ -178,8 +182,12 @@ class StateService:
     async def parse(self, text: str) -> StateDocument:
         return await self.checks.run(parse_state, text, "state document")
 
-    def _provider(self, name: str) -> Provider:
-        """A provider by name: known, in this mode, present and reachable -- or the named error."""
+    def _provider(self, name: str, *, later: bool = False) -> Provider:
+        """A provider by name: known, in this mode, present and reachable -- or the named error.
+
+        ``later``: its backend may come up during the apply (the document starts
+        systemd units first), so a backend that is down now is not an error yet.
+        """
         if name not in SECTIONS:
             raise InvalidArgs(f"unknown provider {name!r} (known: {', '.join(SECTIONS)})")
         if name not in self.modes:
@@ -192,7 +200,7 @@ class StateService:
                 f"the {name} provider is not available on this host (see Manager1.Backends)"
             )
         reason = provider.available()
-        if reason is not None:
+        if reason is not None and not later:
             raise BackendUnavailable(f"{name}: {reason}")
         return provider
 
@@ -202,14 +210,25 @@ class StateService:
         for provider in providers:
             await provider.prepare(sections[provider.name])
 
-    def _select(self, doc: StateDocument, names: Sequence[str]) -> list[Provider]:
-        """The providers for a document's sections (only ``names`` of them, if given)."""
+    def _select(
+        self, doc: StateDocument, names: Sequence[str], *, units_first: bool = False
+    ) -> list[Provider]:
+        """The providers for a document's sections (only ``names`` of them, if given).
+
+        ``units_first`` (an apply): when the document starts systemd units, the
+        sections after them may wait for the backends those units bring up.
+        """
         present = doc.sections()
         for name in names:
             if name not in SECTIONS:
                 raise InvalidArgs(f"unknown provider {name!r} (known: {', '.join(SECTIONS)})")
         wanted = [name for name in present if not names or name in names]
-        return [self._provider(name) for name in SECTIONS if name in wanted]
+        later = units_first and "systemd" in wanted and starts_units(doc)
+        return [
+            self._provider(name, later=later and name != "systemd")
+            for name in SECTIONS
+            if name in wanted
+        ]
 
     async def diff(self, text: str, *, prune: bool, providers: Sequence[str]) -> str:
         doc = await self.parse(text)
@@ -235,7 +254,7 @@ class StateService:
             )
         if self.pending is not None and not opts.dry_run:
             raise Busy(f"checkpoint {self.pending_id} awaits Confirm() or Rollback() first")
-        providers = self._select(doc, opts.providers)
+        providers = self._select(doc, opts.providers, units_first=True)
         targets = [STATE_TARGET]
         for provider in providers:
             ids = set(provider.resources(doc.sections()[provider.name]))
@@ -263,17 +282,24 @@ class StateService:
     async def _apply(
         self, ctx: JobContext, doc: StateDocument, opts: ApplyOptions, providers: list[Provider]
     ) -> JobOutcome:
-        await self._prepare(providers, doc)
-        plan = make_plan(providers, doc, prune=opts.prune)
+        # Sections whose backend is down wait for the systemd units this apply
+        # starts (openvswitch.service, then the bridges); the rest plan now.
+        waiting = [p for p in providers if p.available() is not None]
+        ready = [p for p in providers if p not in waiting]
+        await self._prepare(ready, doc)
+        plan = make_plan(ready, doc, prune=opts.prune)
         changes = plan.all()
         output: dict[str, Any] = {"plan": [c.as_json() for c in changes]}
-        ctx.log(f"plan: {len(changes)} change(s) over {', '.join(p.name for p in providers)}")
-        for change in changes:
-            ctx.log(f"  {describe(change)}")
+        _log_plan(ctx, changes, ready, waiting)
         ctx.progress(0.1)
         if opts.dry_run:
+            if waiting:
+                raise BackendUnavailable(
+                    f"dry run: {', '.join(p.name for p in waiting)} cannot be planned before "
+                    f"its backend is up ({waiting[0].available()})"
+                )
             return JobOutcome(f"dry run: {len(changes)} change(s) would be made", output)
-        if not changes:
+        if not changes and not waiting:
             await self._commit(doc, ctx)
             return JobOutcome("nothing to change: the host is as the document says", output)
         expires = _now_us() + opts.confirm_timeout * 1_000_000 if opts.confirm_timeout else 0
@@ -284,6 +310,15 @@ class StateService:
         output["checkpoint"] = saved["id"]
         try:
             await apply_forward(plan, ctx)
+            if waiting:
+                wait = self.config.backend_wait_seconds
+                later = await plan_after_units(ctx, doc, waiting, prune=opts.prune, wait=wait)
+                merge_plan(plan, later)
+                merge_checkpoint(saved, checkpoint(later, doc=doc, expires_us=expires))
+                await asyncio.to_thread(self.files.write_checkpoint, saved)
+                changes = plan.all()
+                output["plan"] = [c.as_json() for c in changes]
+                await apply_forward(later, ctx)
             left = verify(plan, deletions=False)
             if left:
                 raise Failed("verify: " + "; ".join(describe(c) for c in left[:5]))
@@ -292,16 +327,7 @@ class StateService:
             if opts.confirm_timeout:
                 saved["phase"] = "pending"
                 await asyncio.to_thread(self.files.write_checkpoint, saved)
-                self.pending = saved
-                self._arm_expiry()
-                self._notify()
-                waiting = len(saved["deletions"])
-                tail = f"; {waiting} deletion(s) wait for it" if waiting else ""
-                return JobOutcome(
-                    f"applied {len(changes) - waiting} change(s); confirm within "
-                    f"{opts.confirm_timeout} s or checkpoint {saved['id']} is restored{tail}",
-                    output,
-                )
+                return self._pending_outcome(saved, len(changes), opts, output)
             await apply_deletions(providers, plan, ctx)
             left = verify(plan, deletions=True)
             if left:
@@ -312,6 +338,20 @@ class StateService:
         await asyncio.to_thread(self.files.remove_checkpoint)
         await self._commit(doc, ctx)
         return JobOutcome(f"applied {len(changes)} change(s)", output)
+
+    def _pending_outcome(
+        self, saved: dict[str, Any], count: int, opts: ApplyOptions, output: dict[str, Any]
+    ) -> JobOutcome:
+        self.pending = saved
+        self._arm_expiry()
+        self._notify()
+        held = len(saved["deletions"])
+        tail = f"; {held} deletion(s) wait for it" if held else ""
+        return JobOutcome(
+            f"applied {count - held} change(s); confirm within "
+            f"{opts.confirm_timeout} s or checkpoint {saved['id']} is restored{tail}",
+            output,
+        )
 
     async def _keep(self, ctx: JobContext, saved: dict[str, Any]) -> None:
         """A copy in the snapshot cache; never the reason an apply fails."""
@@ -514,6 +554,17 @@ class StateService:
     def _notify(self) -> None:
         for observer in self.observers:
             observer.state_changed()
+
+
+def _log_plan(
+    ctx: JobContext, changes: list[Change], ready: list[Provider], waiting: list[Provider]
+) -> None:
+    ctx.log(f"plan: {len(changes)} change(s) over {', '.join(p.name for p in ready)}")
+    for change in changes:
+        ctx.log(f"  {describe(change)}")
+    if waiting:
+        names = ", ".join(p.name for p in waiting)
+        ctx.log(f"  {names}: planned once its backend is up (after the units start)")
 
 
 def _what(change: Change) -> str:

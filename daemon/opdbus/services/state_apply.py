@@ -10,6 +10,7 @@ a crash is restored at the next start.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid as uuidlib
@@ -19,12 +20,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from opdbus.errors import Failed, OpdbusError
+from opdbus.errors import BackendUnavailable, Failed, OpdbusError
 from opdbus.models.state import SECTIONS, Change, StateDocument
 from opdbus.services.jobs import JobContext
 from opdbus.services.providers.base import Provider
 
 log = logging.getLogger(__name__)
+
+BACKEND_POLL = 0.05  # seconds between looks at a backend an apply waits for
 
 
 @dataclass
@@ -62,6 +65,51 @@ def make_plan(providers: Sequence[Provider], doc: StateDocument, *, prune: bool)
             desired, current, prune=prune, owned=provider.owned()
         )
     return plan
+
+
+def merge_plan(plan: Plan, later: Plan) -> None:
+    """``later`` (sections planned once their backend came up) joins ``plan``, in order."""
+    plan.providers += later.providers
+    plan.desired.update(later.desired)
+    plan.current.update(later.current)
+    plan.changes.update(later.changes)
+
+
+def starts_units(doc: StateDocument) -> bool:
+    """Whether the document starts systemd units (whose backends later sections may need)."""
+    units = doc.systemd.units.values() if doc.systemd is not None else []
+    return any(unit.active_state == "active" for unit in units)
+
+
+async def plan_after_units(
+    ctx: JobContext, doc: StateDocument, waiting: list[Provider], *, prune: bool, wait: float
+) -> Plan:
+    """After the units started: wait (bounded) for these sections' backends, then plan them.
+
+    A backend coming up says so on its own connection (the OVSDB client
+    reconnects by itself); this only looks every BACKEND_POLL seconds.
+    """
+    names = ", ".join(p.name for p in waiting)
+    ctx.log(f"waiting for {names} to come up (at most {wait:g} s)")
+    for _ in range(max(int(wait / BACKEND_POLL), 1)):
+        if all(p.available() is None for p in waiting):
+            break
+        await asyncio.sleep(BACKEND_POLL)
+    else:
+        down = next(p for p in waiting if p.available() is not None)
+        raise BackendUnavailable(
+            f"{down.name}: its backend did not come up within {wait:g} s of the units "
+            f"starting ({down.available()}; state.backend_wait_seconds)"
+        )
+    sections = doc.sections()
+    for provider in waiting:
+        await provider.prepare(sections[provider.name])
+    later = make_plan(waiting, doc, prune=prune)
+    found = later.all()
+    ctx.log(f"plan: {len(found)} change(s) over {names}")
+    for change in found:
+        ctx.log(f"  {describe(change)}")
+    return later
 
 
 def describe(change: Change) -> str:
@@ -103,6 +151,13 @@ def checkpoint(plan: Plan, *, doc: StateDocument, expires_us: int = 0) -> dict[s
         "deletions": [c.as_json() for c in plan.all() if c.op == "delete"],
         "desired": doc.model_dump(mode="json", exclude_none=True),
     }
+
+
+def merge_checkpoint(saved: dict[str, Any], later: dict[str, Any]) -> None:
+    """What a later part of the same apply touches, into the checkpoint already saved."""
+    saved["sections"].update(later["sections"])
+    saved["created"].update(later["created"])
+    saved["deletions"] += later["deletions"]
 
 
 def _section(provider: Provider, data: dict[str, Any]) -> BaseModel:
