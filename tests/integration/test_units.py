@@ -281,7 +281,9 @@ def ovs_units(run: str) -> dict[str, str]:
             + f"ExecStartPre=/bin/sh -c 'test -e {ovs}/conf.db || ovsdb-tool create {ovs}/conf.db {schema}'\n"
             + f"ExecStart=/usr/sbin/ovsdb-server {ovs}/conf.db --remote=punix:{ovs}/db.sock "
             f"--pidfile={ovs}/ovsdb-server.pid --unixctl={ovs}/ovsdb-server.ctl\n"
-            + f"ExecStartPost=/usr/bin/ovs-vsctl --db=unix:{ovs}/db.sock --no-wait init\n"
+            # ovsdb-server makes its socket a moment after it is forked.
+            + f"ExecStartPost=/bin/sh -c 'for i in $(seq 200); do test -S {ovs}/db.sock && break; "
+            f"sleep 0.05; done; ovs-vsctl --db=unix:{ovs}/db.sock --timeout=20 --no-wait init'\n"
         ),
         "ovs-vswitchd.service": (
             "[Unit]\nDescription=OVS switch\nRequires=ovsdb.service\nAfter=ovsdb.service\n\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -55,4 +56,7 @@ def test_orphans_of_our_children_stay_in_our_tree() -> None:
     (orphan,) = found.values()
     assert orphan.ppid == me
     os.kill(orphan.pid, 9)
-    os.waitpid(orphan.pid, 0)  # our child now: reap it
+    # Our child now: reap it -- unless the session's own reaper (conftest) got
+    # there first, which is the same proof that it came back to us.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(orphan.pid, 0)
