@@ -83,7 +83,9 @@ async def daemon_start(client: Client, name: str) -> float:
     started = time.perf_counter()
     record = await client.run_job(start)
     took = time.perf_counter() - started
-    assert record.state is JobState.SUCCEEDED, record.result
+    if record.state is not JobState.SUCCEEDED:
+        info = await client.get_all(names.container_path(name), names.CONTAINER_IFACE)
+        raise SystemExit(f"Start failed: {record.result}; the bus says {info['State']}")
     return took
 
 
