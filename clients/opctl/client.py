@@ -20,6 +20,12 @@ from opctl.wire import (
     SignalEvent,
     Status,
     Unreachable,
+    as_bridge_info,
+    as_container_info,
+    as_job_record,
+    as_log_line,
+    as_variants,
+    as_vm_info,
     map_error,
     plain,
     resolve_address,
@@ -33,46 +39,6 @@ if TYPE_CHECKING:
     from opdbus.models.job import JobRecord, LogLine
     from opdbus.models.network import BridgeInfo
     from opdbus.models.vm import VmInfo
-
-
-# opctl.convert and with it the models (pydantic) load only in the calls that
-# return them: `opctl status` needs none, and building them is most of an import.
-
-
-def _job_record(props: dict[str, Any]) -> JobRecord:
-    from opctl.convert import job_record
-
-    return job_record(props)
-
-
-def _bridge_info(props: dict[str, Any]) -> BridgeInfo:
-    from opctl.convert import bridge_info
-
-    return bridge_info(props)
-
-
-def _container_info(props: dict[str, Any]) -> ContainerInfo:
-    from opctl.convert import container_info
-
-    return container_info(props)
-
-
-def _vm_info(props: dict[str, Any]) -> VmInfo:
-    from opctl.convert import vm_info
-
-    return vm_info(props)
-
-
-def _to_variants(options: dict[str, Any]) -> dict[str, Any]:
-    from opctl.convert import to_variants
-
-    return to_variants(options)
-
-
-def _log_line(number: int, stamp: int, text: str) -> LogLine:
-    from opdbus.models.job import LogLine
-
-    return LogLine(number, stamp, text)
 
 
 class Client:
@@ -227,15 +193,15 @@ class Client:
         out = []
         for ifaces in objects.values():
             if names.JOB_IFACE in ifaces:
-                out.append(_job_record({k: plain(v) for k, v in ifaces[names.JOB_IFACE].items()}))
+                out.append(as_job_record({k: plain(v) for k, v in ifaces[names.JOB_IFACE].items()}))
         return sorted(out, key=lambda record: record.id)
 
     async def job(self, path: str) -> JobRecord:
-        return _job_record(await self.get_all(path, names.JOB_IFACE))
+        return as_job_record(await self.get_all(path, names.JOB_IFACE))
 
     async def job_log(self, path: str, start: int = 1, limit: int = 0) -> list[LogLine]:
         (lines,) = await self.call(path, names.JOB_IFACE, "GetLog", "uu", [start, limit])
-        return [_log_line(int(n), int(ts), str(text)) for n, ts, text in lines]
+        return [as_log_line(int(n), int(ts), str(text)) for n, ts, text in lines]
 
     async def cancel(self, path: str) -> None:
         await self.call(path, names.JOB_IFACE, "Cancel")
@@ -254,14 +220,14 @@ class Client:
             names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
         )
         out = [
-            _bridge_info({k: plain(v) for k, v in ifaces[names.BRIDGE_IFACE].items()})
+            as_bridge_info({k: plain(v) for k, v in ifaces[names.BRIDGE_IFACE].items()})
             for ifaces in objects.values()
             if names.BRIDGE_IFACE in ifaces
         ]
         return sorted(out, key=lambda bridge: bridge.name)
 
     async def bridge(self, name: str) -> BridgeInfo:
-        return _bridge_info(await self.get_all(names.bridge_path(name), names.BRIDGE_IFACE))
+        return as_bridge_info(await self.get_all(names.bridge_path(name), names.BRIDGE_IFACE))
 
     async def create_bridge(self, name: str, options: dict[str, Any]) -> str:
         (path,) = await self.call(
@@ -269,7 +235,7 @@ class Client:
             names.MANAGER_IFACE,
             "CreateBridge",
             "sa{sv}",
-            [name, _to_variants(options)],
+            [name, as_variants(options)],
         )
         return str(path)
 
@@ -282,7 +248,7 @@ class Client:
             names.BRIDGE_IFACE,
             "AddPort",
             "sa{sv}",
-            [name, _to_variants(options)],
+            [name, as_variants(options)],
         )
 
     async def remove_port(self, bridge: str, name: str) -> None:
@@ -296,7 +262,7 @@ class Client:
             names.BRIDGE_IFACE,
             "SetAddresses",
             "asa{sv}",
-            [addresses, _to_variants(options)],
+            [addresses, as_variants(options)],
         )
 
     async def apply_bridges(self, document: str) -> str:
@@ -313,7 +279,7 @@ class Client:
             names.MANAGER_IFACE,
             "CreateVM",
             "sa{sv}",
-            [profile, _to_variants({"start": start})],
+            [profile, as_variants({"start": start})],
         )
         return str(path)
 
@@ -339,7 +305,7 @@ class Client:
         return await self.managed(names.VM_IFACE)
 
     async def containers(self) -> list[ContainerInfo]:
-        infos = [_container_info(p) for p in (await self.managed(names.CONTAINER_IFACE)).values()]
+        infos = [as_container_info(p) for p in (await self.managed(names.CONTAINER_IFACE)).values()]
         return sorted(infos, key=lambda info: (info.id, info.name))
 
     async def container(self, name: str) -> ContainerInfo:
@@ -349,7 +315,7 @@ class Client:
             raise errors.NotFound(
                 f"no container named {name!r} (opctl ct list shows them)"
             ) from None
-        return _container_info(props)
+        return as_container_info(props)
 
     async def create_container(self, name: str, options: dict[str, Any]) -> str:
         (path,) = await self.call(
@@ -357,7 +323,7 @@ class Client:
             names.MANAGER_IFACE,
             "CreateContainer",
             "sa{sv}",
-            [name, _to_variants(options)],
+            [name, as_variants(options)],
         )
         return str(path)
 
@@ -383,7 +349,7 @@ class Client:
         """A VM by name or UUID: its object path and properties."""
         for path, props in (await self.vms()).items():
             if ref in (props["Name"], props["UUID"]):
-                return path, _vm_info(props)
+                return path, as_vm_info(props)
         raise errors.NotFound(f"no VM named {ref!r} (opctl vm list shows them)")
 
     async def vm_call(
@@ -406,13 +372,13 @@ class Client:
             names.STATE_IFACE,
             "Apply",
             "sa{sv}",
-            [document, _to_variants(options)],
+            [document, as_variants(options)],
         )
         return str(path)
 
     async def state_diff(self, document: str, **options: Any) -> list[dict[str, Any]]:
         (plan,) = await self.call(
-            names.STATE_PATH, names.STATE_IFACE, "Diff", "sa{sv}", [document, _to_variants(options)]
+            names.STATE_PATH, names.STATE_IFACE, "Diff", "sa{sv}", [document, as_variants(options)]
         )
         result: list[dict[str, Any]] = json.loads(plan)
         return result
@@ -442,7 +408,7 @@ class Client:
             names.MANAGER_IFACE,
             "InitAuditSealing",
             "a{sv}",
-            [_to_variants({"epoch_seconds": epoch_seconds, "force": force})],
+            [as_variants({"epoch_seconds": epoch_seconds, "force": force})],
         )
         return str(key)
 
@@ -583,7 +549,7 @@ class Client:
                     printed = line.number
 
         await catch_up()
-        record = _job_record(props)
+        record = as_job_record(props)
         if on_update:
             on_update(record)
         while not record.state.finished:
@@ -595,7 +561,7 @@ class Client:
                 if number > printed + 1:
                     await catch_up(number - 1)
                 if number > printed:
-                    on_log(_log_line(number, stamp, text))
+                    on_log(as_log_line(number, stamp, text))
                     printed = number
             elif (
                 event.member == "PropertiesChanged"
@@ -603,7 +569,7 @@ class Client:
                 and event.arrival > snapshot_at  # older ones are in the snapshot already
             ):
                 props.update(event.args[1])
-                record = _job_record(props)
+                record = as_job_record(props)
                 if on_update:
                     on_update(record)
         await catch_up()

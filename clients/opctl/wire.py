@@ -15,6 +15,11 @@ from opdbus import errors, names
 if TYPE_CHECKING:
     from dbus_fast import DBusError
 
+    from opdbus.models.container import ContainerInfo
+    from opdbus.models.job import JobRecord, LogLine
+    from opdbus.models.network import BridgeInfo
+    from opdbus.models.vm import VmInfo
+
 # How long a method call may go unanswered. Every op-dbusd method answers at
 # once or returns a job (whose end is waited for by signals, not by this), so
 # a minute of silence means a daemon or bus that stopped answering.
@@ -108,3 +113,43 @@ class SignalEvent:
     member: str
     args: list[Any]
     arrival: int = 0  # position among everything this connection received
+
+
+# opctl.convert and with it the models (pydantic) load only in the calls that
+# return them: `opctl status` needs none, and building them is most of an import.
+
+
+def as_job_record(props: dict[str, Any]) -> JobRecord:
+    from opctl.convert import job_record
+
+    return job_record(props)
+
+
+def as_bridge_info(props: dict[str, Any]) -> BridgeInfo:
+    from opctl.convert import bridge_info
+
+    return bridge_info(props)
+
+
+def as_container_info(props: dict[str, Any]) -> ContainerInfo:
+    from opctl.convert import container_info
+
+    return container_info(props)
+
+
+def as_vm_info(props: dict[str, Any]) -> VmInfo:
+    from opctl.convert import vm_info
+
+    return vm_info(props)
+
+
+def as_variants(options: dict[str, Any]) -> dict[str, Any]:
+    from opctl.convert import to_variants
+
+    return to_variants(options)
+
+
+def as_log_line(number: int, stamp: int, text: str) -> LogLine:
+    from opdbus.models.job import LogLine
+
+    return LogLine(number, stamp, text)

@@ -44,7 +44,7 @@ async def probe_ovsdb(remote: str, timeout: float) -> Probe:
     try:
         reader, writer = await _connect(remote, timeout)
     except (OSError, TimeoutError, ValueError) as e:
-        return Probe(False, f"ovsdb-server not reachable at {remote}: {_why(e)}")
+        return Probe(False, f"ovsdb-server not reachable at {remote}: {why(e)}")
     try:
         writer.write(json.dumps({"method": "echo", "params": ["op-dbus"], "id": "probe"}).encode())
         async with asyncio.timeout(timeout):
@@ -66,7 +66,7 @@ async def probe_ovsdb(remote: str, timeout: float) -> Probe:
     except TimeoutError:
         return Probe(False, f"ovsdb-server at {remote} did not answer within {timeout:g} s")
     except OSError as e:
-        return Probe(False, f"ovsdb-server at {remote}: {_why(e)}")
+        return Probe(False, f"ovsdb-server at {remote}: {why(e)}")
     finally:
         await _close(writer)
 
@@ -101,7 +101,7 @@ async def probe_libvirt(uri: str, timeout: float) -> Probe:
     try:
         _, writer = await _connect(f"unix:{socket_path}", timeout)
     except (OSError, TimeoutError) as e:
-        return Probe(False, f"libvirtd not reachable at {socket_path}: {_why(e)}")
+        return Probe(False, f"libvirtd not reachable at {socket_path}: {why(e)}")
     await _close(writer)
     return Probe(True, f"libvirtd at {socket_path} ({uri})")
 
@@ -133,7 +133,8 @@ async def probe_systemd(address: str) -> Probe:
     return Probe(True, f"a bus at {address}")
 
 
-def _why(error: BaseException) -> str:
+def why(error: BaseException) -> str:
+    """An exception as a few words for Manager1.Backends."""
     if isinstance(error, TimeoutError):
         return "timed out"
     if isinstance(error, OSError) and error.strerror:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
+from opdbus.backends.probes import why
 from opdbus.backends.systemd1 import Systemd1, SystemdError, UnitStatus
 from opdbus.config import SystemdConfig
 from opdbus.errors import BackendFailed, BackendUnavailable, Failed, NotFound, Timeout
@@ -75,7 +76,7 @@ class UnitService(ResourceService[UnitInfo]):
         try:
             version = await self.systemd.connect(CONNECT_TIMEOUT)
         except Exception as e:  # whatever it was, the backend is down and said why
-            self.problem = f"systemd's bus {self.config.bus_address} is not reachable: {_why(e)}"
+            self.problem = f"systemd's bus {self.config.bus_address} is not reachable: {why(e)}"
             self.health.report(BACKEND, False, self.problem)
             return False
         self.problem = None
@@ -186,14 +187,6 @@ class UnitService(ResourceService[UnitInfo]):
         for kind, path, target in done:
             ctx.log(f"    {kind} {path}{' -> ' + target if target else ''}")
         await self._refreshed(name)
-
-
-def _why(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
-    return str(error) or type(error).__name__
 
 
 async def start(w: Wiring) -> UnitService:
