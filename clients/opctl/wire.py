@@ -38,6 +38,8 @@ _BUS_ERRORS: dict[str, type[errors.OpdbusError]] = {
     "org.freedesktop.DBus.Error.UnknownObject": errors.NotFound,
     "org.freedesktop.DBus.Error.UnknownMethod": errors.NotSupported,
     "org.freedesktop.DBus.Error.UnknownInterface": errors.NotSupported,
+    "org.freedesktop.DBus.Error.UnknownProperty": errors.InvalidArgs,
+    "org.freedesktop.DBus.Error.PropertyReadOnly": errors.NotSupported,
     "org.freedesktop.DBus.Error.InvalidArgs": errors.InvalidArgs,
     "org.freedesktop.DBus.Error.NoReply": errors.Timeout,
     "org.freedesktop.DBus.Error.Timeout": errors.Timeout,

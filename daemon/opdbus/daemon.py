@@ -175,6 +175,7 @@ class Daemon:
             ),
             kinds.exported(self.started),
             self.state,
+            await asyncio.to_thread(host.read_machine_id),
         )
         await self.state.start()
         self.health.start()

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbus_fast import Variant
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
 
 from opctl.client import Client
 from opctl.wire import SignalEvent
 from opdbus import errors, names
+from opdbus.backends.host import read_machine_id
 from opdbus.daemon import Daemon
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
@@ -22,6 +24,7 @@ from tests.support import (
     CALM,
     REPO,
     assert_introspection_matches,
+    busctl,
     opctl,
     running,
     silent_socket,
@@ -384,3 +387,64 @@ async def test_count_jobs_is_what_status_shows_without_the_object_tree(
         assert json.loads(shown.stdout)["jobs"] == {"succeeded": 2}
         human = await asyncio.to_thread(opctl, private_bus.address, "status")
         assert "jobs: 0 active, 2 remembered" in human.stdout
+
+
+@pytest.mark.parametrize(
+    ("path", "interface", "member", "signature", "body", "name", "text"),
+    [
+        ("/org/opdbus/nope", "org.freedesktop.DBus.Properties", "GetAll", "s",
+         ["org.opdbus.Manager1"], "UnknownObject", "no object at /org/opdbus/nope"),
+        ("/org/opdbus", "org.opdbus.Nothing1", "Frob", "", [], "UnknownInterface",
+         "op-dbus has no interface org.opdbus.Nothing1"),
+        ("/org/opdbus", "org.opdbus.Job1", "Cancel", "", [], "UnknownInterface",
+         "/org/opdbus does not implement org.opdbus.Job1"),
+        ("/org/opdbus", "org.opdbus.Manager1", "Frobnicate", "", [], "UnknownMethod",
+         "org.opdbus.Manager1 has no method Frobnicate"),
+        ("/org/opdbus", "org.freedesktop.DBus.Properties", "Get", "ss",
+         ["org.opdbus.Manager1", "Nope"], "UnknownProperty", "has no property Nope"),
+        ("/org/opdbus", "org.freedesktop.DBus.Properties", "Set", "ssv",
+         ["org.opdbus.Manager1", "Mode", Variant("s", "agent")], "PropertyReadOnly",
+         "org.opdbus.Manager1.Mode is read-only"),
+        ("/org/opdbus/state", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", "", [],
+         "UnknownInterface", "/org/opdbus/state is not an object manager; /org/opdbus is"),
+    ],
+)  # fmt: skip
+async def test_generic_clients_get_the_standard_error_names(
+    inproc: Daemon,
+    private_bus: PrivateBus,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str,
+    body: list[Any],
+    name: str,
+    text: str,
+) -> None:
+    bus = await MessageBus(bus_address=private_bus.address).connect()
+    try:
+        reply = await bus.call(
+            Message(destination=names.BUS_NAME, path=path, interface=interface, member=member,
+                    signature=signature, body=body)
+        )  # fmt: skip
+    finally:
+        bus.disconnect()
+    assert reply is not None and reply.message_type is MessageType.ERROR
+    assert reply.error_name == f"org.freedesktop.DBus.Error.{name}"
+    assert text in reply.body[0]
+
+
+async def test_peer_is_answered_by_the_daemon_itself(
+    inproc: Daemon, private_bus: PrivateBus
+) -> None:
+    machine_id = await asyncio.to_thread(read_machine_id)
+    for path in ("/org/opdbus", "/org/opdbus/state"):
+        shown = await asyncio.to_thread(
+            busctl, private_bus.address, "call", names.BUS_NAME, path,
+            names.PEER_IFACE, "GetMachineId",
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.strip() == f's "{machine_id}"'
+        ping = await asyncio.to_thread(
+            busctl, private_bus.address, "call", names.BUS_NAME, path, names.PEER_IFACE, "Ping"
+        )
+        assert ping.returncode == 0, ping.stderr

@@ -98,3 +98,15 @@ def kvm_api_version(device: Path) -> int:
         return fcntl.ioctl(fd, KVM_GET_API_VERSION)
     finally:
         os.close(fd)
+
+
+def read_machine_id() -> str:
+    """This host's D-Bus machine id (what Peer.GetMachineId answers); "" if it has none."""
+    for path in (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id")):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+            return text
+    return ""

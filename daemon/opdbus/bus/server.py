@@ -83,14 +83,18 @@ class BusServer:
         return Probe(False, f"{names.POLKIT_NAME} is not on the bus")
 
     def serve(
-        self, services: ManagerServices, kinds: Sequence[Exported], state: StateService | None
+        self,
+        services: ManagerServices,
+        kinds: Sequence[Exported],
+        state: StateService | None,
+        machine_id: str = "",
     ) -> None:
         """Export the root object, every job and every resource (before owning the name:
         no half-ready daemon)."""
         ctx = self.ctx
         ctx.bus.object_managers.add(names.ROOT_PATH)
         manager = Manager1(ctx, services)
-        guard = CallGuard(ctx.bus)
+        guard = CallGuard(ctx.bus, machine_id)
         guard.learn(Manager1)
         guard.learn(Job1)
         for kind in kinds:
