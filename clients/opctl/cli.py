@@ -8,11 +8,14 @@ needs imported.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from opctl.parser import build_parser
 from opctl.wire import Unreachable
 from opdbus import errors
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool killed by SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     from opctl.commands import run
 
     try:
-        return asyncio.run(run(args))
+        status = asyncio.run(run(args))
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart
+        return status
     except errors.OpdbusError as e:
         kind = type(e).__name__ if not isinstance(e, Unreachable) else "Unreachable"
         print(f"opctl: {kind}: {e.message}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`opctl ... | head`): nothing left to say, and
+        # Python must not complain while flushing at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as e:  # a bug of ours: one line, never a traceback
+        if os.environ.get("OPCTL_DEBUG"):
+            raise
+        print(
+            f"opctl: internal error: {type(e).__name__}: {e} (OPCTL_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return errors.Failed.exit_code

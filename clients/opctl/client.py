@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast.errors import InvalidAddressError
 
 from opctl.wire import (
     CALL_TIMEOUT,
@@ -69,7 +70,13 @@ class Client:
         cls, address: str | None = None, *, call_timeout: float = CALL_TIMEOUT
     ) -> Client:
         resolved = resolve_address(address)
-        bus = FlowControlledBus(resolved)
+        try:
+            bus = FlowControlledBus(resolved)
+        except (InvalidAddressError, ValueError) as e:
+            raise errors.InvalidArgs(
+                f"{resolved!r} is not a D-Bus address ({e}); one looks like "
+                "unix:path=/run/dbus/system_bus_socket"
+            ) from None
         try:
             await bus.connect()
         except Exception as e:

@@ -49,6 +49,7 @@ EXIT_CODES = """exit codes:
   9   busy (another job holds it)  10  conflict with the current state
   11  cancelled                    12  timed out
   13  not supported in this mode   14  daemon or bus unreachable
+  130 interrupted (Ctrl-C)         141 the output's reader went away (| head)
 """
 
 

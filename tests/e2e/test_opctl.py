@@ -336,3 +336,38 @@ def test_help_reads_well() -> None:
         assert text in result.stdout
     sub = run([PYTHON, "-m", "opctl", "validate", "--help"])
     assert "--fix" in sub.stdout and "repair what is safe to repair" in sub.stdout
+
+
+@pytest.mark.parametrize(
+    ("bus", "code", "line"),
+    [
+        ("garbage", 4, "opctl: InvalidArgs: 'garbage' is not a D-Bus address"),
+        ("unix:path=/nonexistent/bus", 14, "opctl: Unreachable: cannot connect to the bus"),
+    ],
+)
+def test_a_bad_bus_is_one_line_and_an_exit_code_never_a_traceback(
+    bus: str, code: int, line: str
+) -> None:
+    done = run([PYTHON, "-m", "opctl", "--bus", bus, "status"])
+    assert done.returncode == code, done.stderr
+    assert done.stderr.startswith(line) and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
+    """`opctl vm profile schema | head -5`: the pipe closes under opctl."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before opctl writes a byte
+    try:
+        done = subprocess.run(
+            [PYTHON, "-m", "opctl", "vm", "profile", "schema"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141  # as a shell reports a tool ended by SIGPIPE
+    assert done.stderr == ""
