@@ -50,6 +50,7 @@ class CtCommands:
         return 0
 
     async def do_list(self) -> int:
+        await self.client.require_backend("lxc", "containers")
         containers = await self.client.containers()
         if self.args.json:
             render.dump([c.model_dump(mode="json") for c in containers])

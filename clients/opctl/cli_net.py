@@ -27,6 +27,7 @@ class NetCommands:
         return result
 
     async def bridge_list(self) -> int:
+        await self.client.require_backend("ovsdb", "bridges")
         bridges = await self.client.bridges()
         if self.args.json:
             render.dump([b.model_dump(mode="json") for b in bridges])

@@ -77,6 +77,7 @@ class VmCommands:
     # -- reading ---------------------------------------------------------------
 
     async def list(self) -> int:
+        await self.client.require_backend("libvirt", "VMs")
         vms = sorted(
             ((path, vm_info(props)) for path, props in (await self.client.vms()).items()),
             key=lambda item: item[1].name,

@@ -296,6 +296,20 @@ class Client:
         )
         return str(xml), [str(w) for w in warnings]
 
+    async def require_backend(self, backend: str, what: str) -> None:
+        """Refuse to show an empty list for a backend that is down (as virsh does).
+
+        NotSupported when the daemon's mode does not run it, BackendUnavailable
+        with the daemon's reason when it is down.
+        """
+        props = await self.get_all(names.ROOT_PATH, names.MANAGER_IFACE)
+        up, detail = props["Backends"].get(backend, (True, ""))
+        if up:
+            return
+        if detail == f"off in {props['Mode']} mode":
+            raise errors.NotSupported(f"{what} are off in {props['Mode']} mode")
+        raise errors.BackendUnavailable(f"{what} cannot be listed: {backend}: {detail}")
+
     async def managed(self, interface: str) -> dict[str, dict[str, Any]]:
         """Object path -> properties of every object with ``interface`` (one GetManagedObjects)."""
         (objects,) = await self.call(

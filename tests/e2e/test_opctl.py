@@ -371,3 +371,22 @@ def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
         os.close(write)
     assert done.returncode == 141  # as a shell reports a tool ended by SIGPIPE
     assert done.stderr == ""
+
+
+def test_a_backend_that_is_down_is_not_an_empty_list(
+    make_daemon: Any, private_bus: PrivateBus
+) -> None:
+    make_daemon(private_bus)  # full mode; no OVSDB and no libvirtd where the config says
+    for args, what in ((["net", "bridge", "list"], "bridges"), (["vm", "list"], "VMs")):
+        done = opctl(private_bus.address, *args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert f"BackendUnavailable: {what} cannot be listed" in done.stderr
+        assert done.stdout == ""  # not "no bridges"
+
+
+def test_a_list_the_mode_does_not_serve_says_so(
+    make_daemon: Any, private_bus: PrivateBus, tmp_path: Path
+) -> None:
+    make_daemon(private_bus, base_config(tmp_path, mode="agent"))
+    done = opctl(private_bus.address, "ct", "list")
+    assert done.returncode == 13 and "containers are off in agent mode" in done.stderr
