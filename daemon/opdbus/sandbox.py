@@ -54,6 +54,11 @@ _DEFAULT_POLICY = """
           send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
     <deny send_destination="org.freedesktop.DBus"
           send_interface="org.freedesktop.DBus.Debug.Stats"/>
+  </policy>
+  <!-- As on the system bus: root may monitor (busctl monitor, dbus-monitor). -->
+  <policy user="root">
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Monitoring"/>
   </policy>"""
 
 # The default of 128 pending replies per connection stops a client with 2000
@@ -124,6 +129,15 @@ class PrivateBus:
         end_sync(self.process, wait=5)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+
+
+def _opctl_command() -> str:
+    """How to run opctl from here: its name when it is on PATH, else its full path."""
+    beside = Path(sys.executable).parent / "opctl"
+    found = shutil.which("opctl")
+    if found and Path(found).resolve() == beside.resolve():
+        return "opctl"
+    return str(beside) if beside.exists() else "opctl"
 
 
 def start_private_bus(directory: Path, *, policy_files: dict[str, str] | None = None) -> PrivateBus:
@@ -246,11 +260,12 @@ class Sandbox:
         """Write DIR/bus-address (the daemon owns org.opdbus now) and say how to reach it."""
         atomic_write(self.dir / "bus-address", f"{address}\n".encode(), mode=0o644, sync=False)
         self._announced = True
+        opctl = _opctl_command()
         print(
             f"op-dbusd sandbox ready in {self.dir}\n"
             f"  bus address: {address}\n"
-            f"  try:  opctl --bus '{address}' status\n"
-            f"        export OPDBUS_BUS_ADDRESS='{address}'; opctl validate\n"
+            f"  try:  {opctl} --bus '{address}' status\n"
+            f"        export OPDBUS_BUS_ADDRESS='{address}'; {opctl} validate\n"
             f"        busctl --address='{address}' introspect org.opdbus /org/opdbus\n"
             + "".join(f"  note: {note}\n" for note in self.notes)
             + "  stop:  Ctrl-C",

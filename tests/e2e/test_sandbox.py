@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.support import PYTHON, Proc, descendants, opctl, process_table, run
+import pytest
+
+from opdbus.sandbox import PrivateBus
+from tests.support import PYTHON, Proc, busctl, descendants, opctl, process_table, run
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[Any], timeout: float = 30) -> str:
@@ -65,6 +69,9 @@ def test_sandbox_runs_serves_and_cleans_up(tmp_path: Path) -> None:
     assert daemon.returncode == 0, err
     assert out.startswith(f"op-dbusd sandbox ready in {box}\n  bus address: {address}")
     assert f"opctl --bus '{address}' status" in out and "busctl --address=" in out
+    # The command printed runs as printed: its name on PATH, else its full path.
+    printed = out.split("try:", 1)[1].split(" --bus", 1)[0].strip()
+    assert shutil.which(printed) is not None, printed
     assert not (box / "bus-address").exists()
     assert "stopped" in err
     # The sandbox leaves no bridge behind on the host.
@@ -147,3 +154,27 @@ def test_kill_9_takes_everything_the_sandbox_started_and_a_restart_works(
         again.send_signal(signal.SIGINT)
         again.communicate(timeout=30)
     assert again.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["busctl", "monitor", "--json=short"], ["dbus-monitor"]],
+    ids=["busctl", "dbus-monitor"],
+)
+def test_root_may_monitor_the_private_bus(private_bus: PrivateBus, argv: list[str]) -> None:
+    """As on the system bus (root's Monitoring rule); dbus-monitor without its eavesdrop fallback."""
+    if argv[0] == "dbus-monitor":
+        cmd = [argv[0], "--address", private_bus.address, *argv[1:]]
+    else:
+        cmd = [argv[0], f"--address={private_bus.address}", *argv[1:]]
+    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # it has become a monitor
+        busctl(private_bus.address, "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+               "org.freedesktop.DBus", "GetId")  # fmt: skip
+        time.sleep(0.5)
+    finally:
+        watcher.terminate()  # our own child
+        out, err = watcher.communicate(timeout=10)
+    assert "GetId" in out, err
+    assert "denied" not in err.lower() and "falling back" not in err.lower(), err
