@@ -505,7 +505,7 @@ def _sync(sub: Any, command: Command) -> None:
     sync = command(sub, "sync", "smart sync of the configuration source (a job)")
     sync.add_argument("--repo", metavar="OWNER/NAME", help="default: the daemon's sync.repo")
     sync.add_argument("--ref", metavar="REF", help="branch, tag or commit (default main)")
-    sync.add_argument("--target", metavar="DIR", help="default: /etc/hypervisor/src")
+    sync.add_argument("--target", metavar="DIR", help="default: the daemon's paths.source_dir")
     sync.add_argument("--dry-run", action="store_true", help="download and verify; install nothing")
     sync.add_argument("--check-only", action="store_true", help="only compare; download nothing")
     sync.add_argument("--skip-validation", action="store_true", help="no SHA-1 check of downloads")
