@@ -112,6 +112,12 @@ def parser() -> argparse.ArgumentParser:
         "schema and --mode, print what it holds, and exit: 0 good, 2 not",
     )
     p.add_argument(
+        "--host-network",
+        action="store_true",
+        help="with --sandbox: share the host's network namespace (bridges, addresses and "
+        "routes it makes land on the host) instead of its own",
+    )
+    p.add_argument(
         "--sandbox",
         type=Path,
         metavar="DIR",
@@ -169,9 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     # The event loop answers every client; a thread doing CPU work (checking a
     # big document) hands the GIL over after this long instead of 5 ms.
     sys.setswitchinterval(0.001)
-    from opdbus.sandbox import Sandbox
+    from opdbus.sandbox import NETNS_ENV, Sandbox
 
-    sandbox = Sandbox(args.sandbox) if args.sandbox is not None else None
+    own_network = args.sandbox is not None and not args.host_network and os.geteuid() == 0
+    if own_network and os.environ.get(NETNS_ENV) != "1":
+        # Into a network namespace of its own, same pid (signals still reach
+        # us): nothing the sandbox makes -- bridges, addresses, routes,
+        # containers' veths -- lands on the host, and all of it goes with us.
+        # A private mount namespace with a fresh sysfs, so /sys/class/net (where
+        # LXC looks bridges up) shows this network, not the host's.
+        os.environ[NETNS_ENV] = "1"
+        argv_now = sys.argv[1:] if argv is None else argv
+        os.execvp("unshare", ["unshare", "--net", "--mount", "--propagation", "private", "--",
+                              "sh", "-c", 'mount -t sysfs sysfs /sys && exec "$@"', "sh",
+                              sys.executable, "-m", "opdbus", *argv_now])  # fmt: skip
+    sandbox = Sandbox(args.sandbox, host_network=args.host_network) if args.sandbox else None
     try:
         return _run(args, sandbox)
     finally:

@@ -28,6 +28,8 @@ from opdbus.config import Config, load_config, with_overrides
 from opdbus.sandbox_ovs import PrivateOvs, ovs_installed, start_private_ovs
 
 POLICY_FILE = "org.opdbus.conf"
+# Set once op-dbusd has put itself into a network namespace of its own.
+NETNS_ENV = "OPDBUS_SANDBOX_NETNS"
 POLKIT_BUS_POLICY = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
 
 # Debian's system.conf default policy, verbatim in spirit: deny by default,
@@ -131,6 +133,16 @@ class PrivateBus:
             self.socket_path.unlink()
 
 
+def _stop_containers_in(lxcpath: Path) -> None:
+    for config in sorted(lxcpath.glob("*/config")):
+        subprocess.run(
+            ["lxc-stop", "-P", str(lxcpath), "-n", config.parent.name, "-k"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+
 def _opctl_command() -> str:
     """How to run opctl from here: its name when it is on PATH, else its full path."""
     beside = Path(sys.executable).parent / "opctl"
@@ -193,12 +205,29 @@ def _accepts(path: Path) -> bool:
 
 
 class Sandbox:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, host_network: bool = False) -> None:
         self.dir = directory.resolve()
+        self.private_network = os.environ.get(NETNS_ENV) == "1" and not host_network
         self.bus: PrivateBus | None = None
         self.ovs: PrivateOvs | None = None
         self.notes: list[str] = []  # what the sandbox could not start, and why
         self._announced = False  # bus-address is ours to remove only once we wrote it
+        if self.private_network:
+            # Ours alone: its loopback is down until someone brings it up.
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
+            self.notes.append(
+                "network: a namespace of its own (bridges and containers stay inside; "
+                "--host-network to share the host's)"
+            )
+        elif host_network:
+            self.notes.append(
+                "NETWORK: --host-network -- bridges, addresses and routes made here land "
+                "on THIS HOST's network"
+            )
+        elif os.geteuid() != 0:
+            self.notes.append(
+                "network: the host's, read-only (not root: no bridges, no containers)"
+            )
 
     @property
     def config_path(self) -> Path:
@@ -272,10 +301,16 @@ class Sandbox:
             flush=True,
         )
 
+    def _stop_containers(self) -> None:
+        """The sandbox's containers end with it (their veths are in its network)."""
+        if shutil.which("lxc-stop") is not None:
+            _stop_containers_in(self.dir / "lxc")
+
     def stop(self) -> None:
         if self._announced:
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / "bus-address").unlink()
+        self._stop_containers()
         if self.ovs is not None:
             self.ovs.stop()
             self.ovs = None

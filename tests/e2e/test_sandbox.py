@@ -54,6 +54,10 @@ def test_sandbox_runs_serves_and_cleans_up(tmp_path: Path) -> None:
             ]
             == "netdev"
         )
+        # In the sandbox's own network namespace, not in ours (the host's, here).
+        assert run(["ip", "link", "show", "sbx0"]).returncode != 0
+        sandbox_net = f"/proc/{daemon.pid}/ns/net"
+        assert os.readlink(sandbox_net) != os.readlink("/proc/self/ns/net")
         # The invoking user is the sandbox's admin: mutating calls work, state stays inside.
         result = opctl(address, "--json", "validate", "--quick")
         assert json.loads(result.stdout)["operation"] == "Validate"
@@ -69,6 +73,7 @@ def test_sandbox_runs_serves_and_cleans_up(tmp_path: Path) -> None:
     assert daemon.returncode == 0, err
     assert out.startswith(f"op-dbusd sandbox ready in {box}\n  bus address: {address}")
     assert f"opctl --bus '{address}' status" in out and "busctl --address=" in out
+    assert "network: a namespace of its own" in out
     # The command printed runs as printed: its name on PATH, else its full path.
     printed = out.split("try:", 1)[1].split(" --bus", 1)[0].strip()
     assert shutil.which(printed) is not None, printed
@@ -178,3 +183,64 @@ def test_root_may_monitor_the_private_bus(private_bus: PrivateBus, argv: list[st
         out, err = watcher.communicate(timeout=10)
     assert "GetId" in out, err
     assert "denied" not in err.lower() and "falling back" not in err.lower(), err
+
+
+def start_sandbox(box: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PYTHON, "-m", "opdbus", "--sandbox", str(box), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.skipif(shutil.which("lxc-start") is None, reason="LXC is not installed")
+def test_the_sandboxs_containers_end_with_it(tmp_path: Path) -> None:
+    box = tmp_path / "sandbox"
+    daemon = start_sandbox(box)
+    try:
+        address = wait_for_file(box / "bus-address", daemon)
+        # On a bridge of the sandbox (LXC finds it: the sandbox sees its own sysfs).
+        bridge = opctl(address, "net", "bridge", "create", "sbbr")
+        assert bridge.returncode == 0, bridge.stderr
+        made = opctl(address, "ct", "create", "sbc", "--bridge", "sbbr", "--start")
+        assert made.returncode == 0, made.stderr
+        # LXC's command socket is abstract: asked from inside the sandbox's network.
+        info = ["nsenter", f"--net=/proc/{daemon.pid}/ns/net", "lxc-info", "-P",
+                str(box / "lxc"), "-n", "sbc", "-sH"]  # fmt: skip
+        assert run(info).stdout.strip() == "RUNNING"
+        assert lxc_processes(box)  # its monitor and init, while the sandbox runs
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        daemon.communicate(timeout=60)
+    # Stopped with the sandbox: nothing of it is left (LXC's monitor exits a
+    # moment after its container does).
+    deadline = time.monotonic() + 10
+    while lxc_processes(box) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lxc_processes(box) == []
+
+
+def lxc_processes(box: Path) -> list[int]:
+    """Processes of containers in the sandbox's lxcpath ([lxc monitor] names it).
+
+    lxc-monitord is left out: LXC starts it on demand and it ends by itself
+    (conftest's SELF_ENDING).
+    """
+    return [
+        pid
+        for pid, proc in process_table().items()
+        if str(box / "lxc") in proc.cmdline and "lxc-monitord" not in proc.cmdline
+    ]
+
+
+def test_host_network_is_said_loudly_and_shares_our_namespace(tmp_path: Path) -> None:
+    box = tmp_path / "sandbox"
+    daemon = start_sandbox(box, "--host-network")
+    try:
+        wait_for_file(box / "bus-address", daemon)
+        assert os.readlink(f"/proc/{daemon.pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        out, _ = daemon.communicate(timeout=60)
+    assert "NETWORK: --host-network" in out and "THIS HOST's network" in out
