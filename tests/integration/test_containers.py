@@ -239,6 +239,18 @@ async def test_bad_requests_get_named_errors_and_leave_nothing(
             await create_call("other", template="download")
         with pytest.raises(NotFound, match="no bridge nosuchbr0 on this host"):
             await create_call("other", bridge="nosuchbr0")
+        # The host-side veth's name is taken (the README's old Try-it made port vi100).
+        for argv in (["ip", "link", "add", "ctbr9", "type", "bridge"],
+                     ["ip", "link", "add", "vi301", "type", "veth", "peer", "name", "vi301p"]):  # fmt: skip
+            subprocess.run(argv, check=True)
+        try:
+            with pytest.raises(AlreadyExists, match="interface vi301 already exists"):
+                await create_call("other", id=301, bridge="ctbr9")
+            with pytest.raises(AlreadyExists, match="interface vi301 already exists"):
+                await create_call("other", bridge="ctbr9", veth="vi301")
+        finally:
+            for name in ("vi301", "ctbr9"):
+                subprocess.run(["ip", "link", "del", name], check=False)
         with pytest.raises(InvalidArgs, match="need a bridge"):
             await create_call("other", ipv4=["10.0.0.2/24"])
         with pytest.raises(InvalidArgs, match="gateway"):

@@ -250,7 +250,7 @@ class ContainerService(ResourceService[ContainerInfo]):
             raise InvalidArgs(
                 "the download template needs a mirror: set lxc.download_server in the config"
             )
-        await asyncio.to_thread(_host_checks, opts, set(self.ovs_bridges()))
+        await asyncio.to_thread(_host_checks, opts, set(self.ovs_bridges()), cid)
         return cid
 
     def create_job(
@@ -453,12 +453,20 @@ class ContainerService(ResourceService[ContainerInfo]):
         return result.status, result.stdout[:OUTPUT_MAX], result.stderr[:OUTPUT_MAX]
 
 
-def _host_checks(opts: CreateContainerOptions, ovs_bridges: set[str]) -> None:
+def _host_checks(opts: CreateContainerOptions, ovs_bridges: set[str], cid: int) -> None:
     if opts.template is Template.BUSYBOX and shutil.which("busybox") is None:
         raise InvalidArgs("the busybox template needs busybox on the host (apt busybox-static)")
     linux_bridge = Path(f"/sys/class/net/{opts.bridge}/bridge")
     if opts.bridge and opts.bridge not in ovs_bridges and not linux_bridge.is_dir():
         raise NotFound(f"no bridge {opts.bridge} on this host (neither OVS nor Linux)")
+    veth = opts.veth or f"vi{cid}"
+    if opts.bridge and Path(f"/sys/class/net/{veth}").exists():
+        # LXC would only say "Failed to spawn container" at the first start.
+        raise AlreadyExists(
+            f"interface {veth} already exists on this host (an OVS port or another "
+            f"container's veth): the container's host-side veth needs that name; "
+            f"choose another with --veth (option veth)"
+        )
 
 
 def _info(
