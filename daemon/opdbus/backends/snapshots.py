@@ -156,8 +156,13 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def entries(root: Path) -> list[Snapshot]:
-    """Every finished snapshot, oldest first (a ``.partial`` one is a crash's leftover)."""
+def entries(root: Path, known: dict[Path, Snapshot]) -> list[Snapshot]:
+    """Every finished snapshot, oldest first (a ``.partial`` one is a crash's leftover).
+
+    ``known``: snapshots already looked at, by path. A snapshot never changes,
+    so its tree is walked (for its size) once, not on every listing; ``known``
+    is updated to what is there now.
+    """
     out: list[Snapshot] = []
     for kind in KINDS:
         with contextlib.suppress(FileNotFoundError):
@@ -165,9 +170,14 @@ def entries(root: Path) -> list[Snapshot]:
                 created, _, label = path.name.partition("-")
                 if path.name.endswith(".partial") or not created.isdigit():
                     continue
-                label = label.removesuffix(".json")
-                btrfs = path.is_dir() and _is_subvolume(path)
-                out.append(Snapshot(kind, label, int(created), size(path), path, btrfs))
+                snap = known.get(path)
+                if snap is None:
+                    btrfs = path.is_dir() and _is_subvolume(path)
+                    label = label.removesuffix(".json")
+                    snap = Snapshot(kind, label, int(created), size(path), path, btrfs)
+                out.append(snap)
+    known.clear()
+    known.update((snap.path, snap) for snap in out)
     return sorted(out, key=lambda s: (s.created_us, s.kind))
 
 

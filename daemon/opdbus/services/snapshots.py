@@ -34,6 +34,7 @@ class SnapshotCache:
         self.root = state_dir / "@cache"
         self._lock = asyncio.Lock()  # one snapshot or prune at a time
         self._btrfs: bool | None = None
+        self._known: dict[Path, Snapshot] = {}  # looked at already (never change)
 
     @property
     def enabled(self) -> bool:
@@ -75,16 +76,20 @@ class SnapshotCache:
         return await self._entry(path)
 
     async def _entry(self, path: Path) -> Snapshot | None:
-        found = [s for s in await self.list() if s.path == path]
-        return found[0] if found else None
+        return self._known.get(path)  # _prune, just before, listed it
+
+    async def _entries(self) -> list[Snapshot]:
+        # One listing at a time (the caller holds _lock): it updates _known.
+        return await asyncio.to_thread(snapshots.entries, self.root, self._known)
 
     async def list(self, kind: str | None = None) -> list[Snapshot]:
         self.require()
-        found = await asyncio.to_thread(snapshots.entries, self.root)
+        async with self._lock:
+            found = await self._entries()
         return [s for s in found if kind is None or s.kind == kind]
 
     async def _prune(self) -> None:
-        found = await asyncio.to_thread(snapshots.entries, self.root)
+        found = await self._entries()
         newest = {s.kind: s for s in found}  # sorted oldest first: the last of each wins
         keep = set(newest.values())
         cutoff = time.time_ns() // 1000 - int(self.config.max_age_days * 86400e6)
@@ -100,4 +105,5 @@ class SnapshotCache:
             total -= snap.bytes
         for snap in gone:
             await asyncio.to_thread(snapshots.remove, snap.path)
+            self._known.pop(snap.path, None)
             log.info("cache: pruned %s/%s (%d bytes)", snap.kind, snap.path.name, snap.bytes)
