@@ -94,8 +94,12 @@ class Systemd1:
             if self.address == SYSTEM_BUS
             else MessageBus(bus_address=self.address)
         )
-        async with asyncio.timeout(timeout):
-            await bus.connect()
+        try:
+            async with asyncio.timeout(timeout):
+                await bus.connect()
+        except BaseException:
+            bus.disconnect()  # its socket may be open: tried again later, it must not pile up
+            raise
         try:
             self._bus = bus
             bus.add_message_handler(self._on_message)
