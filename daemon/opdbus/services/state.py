@@ -285,6 +285,10 @@ class StateService:
         # Sections whose backend is down wait for the systemd units this apply
         # starts (openvswitch.service, then the bridges); the rest plan now.
         waiting = [p for p in providers if p.available() is not None]
+        if waiting and (not starts_units(doc) or any(p.name == "systemd" for p in waiting)):
+            # Nothing this apply starts can bring it up: fail now, not after a wait.
+            down = waiting[0]
+            raise BackendUnavailable(f"{down.name}: {down.available()}")
         ready = [p for p in providers if p not in waiting]
         await self._prepare(ready, doc)
         plan = make_plan(ready, doc, prune=opts.prune)
