@@ -190,6 +190,14 @@ class JobManager:
     def all(self) -> list[Job]:
         return [self._jobs[key] for key in sorted(self._jobs)]
 
+    def counts(self) -> dict[str, int]:
+        """Remembered jobs by state (states with none left out)."""
+        out: dict[str, int] = {}
+        for job in self._jobs.values():
+            state = job.record.state.value
+            out[state] = out.get(state, 0) + 1
+        return out
+
     def active_on(self, target: str) -> Job | None:
         return self._busy.get(target)
 

@@ -20,7 +20,7 @@ from typing import Any
 from opdbus.backends import snapshots
 from opdbus.backends.snapshots import Snapshot
 from opdbus.config import CacheConfig
-from opdbus.errors import NotSupported
+from opdbus.errors import InvalidArgs, NotSupported
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class SnapshotCache:
 
     async def list(self, kind: str | None = None) -> list[Snapshot]:
         self.require()
+        if kind is not None and kind not in KINDS:
+            raise InvalidArgs(f"kind: {kind!r} is not one of {', '.join(KINDS)} (or empty: all)")
         async with self._lock:
             found = await self._entries()
         return [s for s in found if kind is None or s.kind == kind]
