@@ -6,6 +6,8 @@ FAKE_REBUILD_DELAY    seconds between lines (default 0.01)
 FAKE_REBUILD_LINES    extra "building" lines (default 20)
 FAKE_REBUILD_RECORD   a file to write argv (one per line) and the pid of a child it starts
 FAKE_REBUILD_STAMP    when set, each line starts with the time it was printed ("@<epoch> ")
+FAKE_REBUILD_CALLS    a file each run appends its argv to (one line per run)
+FAKE_REBUILD_FAIL_ON  an action that fails with status 1 (the others succeed)
 """
 
 import os
@@ -18,6 +20,12 @@ delay = float(os.environ.get("FAKE_REBUILD_DELAY", "0.01"))
 extra = int(os.environ.get("FAKE_REBUILD_LINES", "20"))
 record = os.environ.get("FAKE_REBUILD_RECORD")
 stamp = bool(os.environ.get("FAKE_REBUILD_STAMP"))
+calls = os.environ.get("FAKE_REBUILD_CALLS")
+if calls:
+    with open(calls, "a") as f:
+        f.write(" ".join(sys.argv[1:]) + "\n")
+if len(sys.argv) > 1 and sys.argv[1] == os.environ.get("FAKE_REBUILD_FAIL_ON"):
+    status = 1
 
 child = subprocess.Popen(["sleep", "300"])  # like nix's builders: must die with us
 if record:

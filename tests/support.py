@@ -205,6 +205,8 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "paths": {
             "source_dir": str(tmp / "hypervisor" / "src"),
             "flake_dir": str(tmp / "nixos"),
+            "configuration_dir": str(tmp / "hypervisor" / "configuration"),
+            "host_root": str(tmp / "root"),
             "bus_policy": [str(REPO / "dbus-policy" / "org.opdbus.conf")],
             "polkit_actions": str(REPO / "dbus-policy" / "org.opdbus.policy"),
         },

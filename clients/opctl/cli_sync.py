@@ -1,14 +1,44 @@
-"""``opctl sync``, ``opctl rebuild``, ``opctl update``: the host's source and its system."""
+"""``opctl sync``, ``rebuild``, ``update``, ``install``, ``host migrate``: the host's
+source, its system, and becoming a hypervisor."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
+from opctl import render
 from opctl.convert import to_variants
 from opdbus import names
 
 if TYPE_CHECKING:
     from opctl.commands import Cli
+    from opdbus.models.job import JobRecord
+
+
+def _invoking_uid() -> int | None:
+    """Who ran opctl under sudo (seed: the installer marks that user)."""
+    text = os.environ.get("SUDO_UID", "")
+    return int(text) if text.isdigit() else None
+
+
+def show_migration(record: JobRecord) -> None:
+    """The migrated users as a table (the settings and files are in the job's log above)."""
+    output = record.output or {}
+    migration = output.get("migration", output)
+    users = migration.get("users") or []
+    if users:
+        rows = [
+            [
+                u["name"] + (" *" if u["invoking"] else ""),
+                str(u["uid"]),
+                ",".join(u["groups"]),
+                u["password"],
+            ]
+            for u in users
+        ]
+        render.table(["USER", "UID", "GROUPS", "PASSWORD"], rows)
+        if any(u["invoking"] for u in users):
+            print("* the invoking user")
 
 
 class SyncCommands:
@@ -35,7 +65,7 @@ class SyncCommands:
         return await self.cli.job(lambda: self._start("Sync", "a{sv}", to_variants(options)))
 
     async def rebuild(self) -> int:
-        options = self._flags("flake", "host", "show_trace", "refresh")
+        options = self._flags("flake", "host", "show_trace", "refresh", "fast")
         options["impure"] = self.args.impure
         return await self.cli.job(
             lambda: self._start("Rebuild", "sa{sv}", self.args.action, to_variants(options))
@@ -44,3 +74,20 @@ class SyncCommands:
     async def update(self) -> int:
         options = self._flags("ref", "check_only", "skip_rebuild", "force_full", "rebuild_action")
         return await self.cli.job(lambda: self._start("Update", "a{sv}", to_variants(options)))
+
+    async def install(self) -> int:
+        options = {
+            **self._flags("source", "hostname", "action", "users"),
+            **self._flags("force", "reboot", "fast", "skip_update_check"),
+            "invoking_uid": _invoking_uid(),
+        }
+        return await self.cli.job(
+            lambda: self._start("Install", "a{sv}", to_variants(options)), show_migration
+        )
+
+    async def host(self) -> int:
+        options = {**self._flags("dry_run", "users", "hostname"), "invoking_uid": _invoking_uid()}
+        return await self.cli.job(
+            lambda: self._start("MigrateHostSettings", "a{sv}", to_variants(options)),
+            show_migration,
+        )

@@ -256,6 +256,16 @@ class Cli:
 
         return await SyncCommands(self).update()
 
+    async def install(self) -> int:
+        from opctl.cli_sync import SyncCommands
+
+        return await SyncCommands(self).install()
+
+    async def host(self) -> int:
+        from opctl.cli_sync import SyncCommands
+
+        return await SyncCommands(self).host()
+
     async def audit(self) -> int:
         from opctl.cli_audit import AuditCommands
 

@@ -64,6 +64,15 @@ class ValidateConfig(_Section):
 class PathsConfig(_Section):
     source_dir: Path = Field(Path("/etc/hypervisor/src"), description="where smart sync writes")
     flake_dir: Path = Field(Path("/etc/nixos"), description="the flake nixos-rebuild builds")
+    configuration_dir: Path = Field(
+        Path("/etc/hypervisor/configuration"),
+        description="where the installer writes users-local.nix and system-local.nix",
+    )
+    host_root: Path = Field(
+        Path("/"),
+        description="the root the installer reads the host's accounts and settings from "
+        "(etc/passwd, etc/shadow, etc/locale.conf, proc/swaps, ...)",
+    )
     bus_policy: list[Path] = Field(
         default_factory=lambda: [
             Path("/etc/dbus-1/system.d/org.opdbus.conf"),
@@ -132,6 +141,25 @@ class RebuildConfig(_Section):
     kill_grace_seconds: float = Field(5.0, gt=0, description="SIGTERM to SIGKILL on cancel")
 
 
+class InstallConfig(_Section):
+    generate_config_command: str = Field(
+        "nixos-generate-config", min_length=1, description="prints the hardware configuration"
+    )
+    parse_command: str = Field(
+        "nix-instantiate",
+        min_length=1,
+        description="checks every generated Nix file with --parse before it replaces one",
+    )
+    reboot_command: list[str] = Field(
+        default_factory=lambda: ["systemctl", "reboot"],
+        min_length=1,
+        description="run by Install --reboot after a successful switch",
+    )
+    command_timeout_seconds: float = Field(
+        120.0, gt=0, le=3600, description="bound of each helper command the installer runs"
+    )
+
+
 class SystemdConfig(_Section):
     bus_address: str = Field(
         "unix:path=/run/dbus/system_bus_socket",
@@ -196,6 +224,7 @@ class Config(_Section):
     lxc: LxcConfig = LxcConfig()
     sync: SyncConfig = SyncConfig()
     rebuild: RebuildConfig = RebuildConfig()
+    install: InstallConfig = InstallConfig()
     state: StateConfig = StateConfig()
     systemd: SystemdConfig = SystemdConfig()
     audit: AuditConfig = AuditConfig()

@@ -32,7 +32,9 @@ from opdbus.config import Config
 from opdbus.errors import OpdbusError
 from opdbus.services.audit import AuditLog
 from opdbus.services.health import BackendHealth
+from opdbus.services.install import Installer
 from opdbus.services.jobs import JobManager
+from opdbus.services.migrate import Migrator
 from opdbus.services.rebuild import RebuildService
 from opdbus.services.resource import ResourceService, Wiring
 from opdbus.services.snapshots import SnapshotCache
@@ -156,6 +158,9 @@ class Daemon:
             StateFiles(self.config.state_dir / "state"),
             self.snapshots,
         )
+        paths = self.config.paths
+        rebuild = RebuildService(self.config.rebuild, self.config.state_dir, paths.flake_dir)
+        migrator = Migrator(paths.host_root, paths.configuration_dir, self.config.install)
         self.server.serve(
             ManagerServices(
                 version=VERSION,
@@ -166,9 +171,9 @@ class Daemon:
                 health=self.health,
                 validator=validator,
                 sync=sync,
-                rebuild=RebuildService(
-                    self.config.rebuild, self.config.state_dir, self.config.paths.flake_dir
-                ),
+                rebuild=rebuild,
+                migrator=migrator,
+                installer=Installer(paths, self.config.install, migrator, sync, rebuild),
                 kinds=self.started,
                 snapshots=self.snapshots,
                 in_mode=frozenset(kind.name for kind in kinds.enabled(self.config)),

@@ -19,6 +19,8 @@ UNIT_PATH_PREFIX: Final = "/org/opdbus/unit"
 # Job targets (not objects): one sync and one rebuild at a time.
 SYNC_TARGET: Final = "/org/opdbus/sync"
 REBUILD_TARGET: Final = "/org/opdbus/rebuild"
+# Install and MigrateHostSettings write the same configuration files: one at a time.
+INSTALL_TARGET: Final = "/org/opdbus/install"
 # The declarative state's object; also the target every state job holds.
 STATE_PATH: Final = "/org/opdbus/state"
 STATE_TARGET: Final = STATE_PATH
@@ -75,6 +77,8 @@ class Action:
     SYNC: Final = "org.opdbus.host.sync"
     REBUILD: Final = "org.opdbus.host.rebuild"
     UPDATE: Final = "org.opdbus.host.update"
+    MIGRATE: Final = "org.opdbus.host.migrate"
+    INSTALL: Final = "org.opdbus.host.install"
     AUDIT_SEAL: Final = "org.opdbus.audit.seal"
     STATE_APPLY: Final = "org.opdbus.state.apply"
     STATE_CONFIRM: Final = "org.opdbus.state.confirm"

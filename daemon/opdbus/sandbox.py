@@ -272,6 +272,7 @@ class Sandbox:
                 **base.paths.model_dump(mode="json"),
                 "source_dir": str(self.dir / "hypervisor" / "src"),
                 "flake_dir": str(self.dir / "nixos"),
+                "configuration_dir": str(self.dir / "hypervisor" / "configuration"),
                 "bus_policy": [str(self.bus.policy_dir / POLICY_FILE)],
             },
             libvirt={"uri": "test:///default"},
@@ -282,6 +283,11 @@ class Sandbox:
                 "datapath_type": "netdev",
             },
             lxc={"path": str(self.dir / "lxc")},
+            # Install --reboot in a sandbox says so instead of rebooting the host.
+            install={
+                **base.install.model_dump(mode="json"),
+                "reboot_command": ["echo", "op-dbusd --sandbox does not reboot the host"],
+            },
             state={**base.state.model_dump(mode="json"), "file": str(self.dir / "state.json")},
         )
 

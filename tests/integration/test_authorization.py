@@ -470,7 +470,7 @@ def test_only_admins_create_stop_delete_or_exec_in_containers(
         subprocess.run(["lxc-destroy", "-P", str(lxcpath), "-n", "ta-ct"], check=False)
 
 
-def test_only_admins_sync_rebuild_or_update(
+def test_only_admins_sync_rebuild_update_install_or_migrate(
     make_daemon: Any, auth_bus: PrivateBus, test_users: dict[str, str], tmp_path: Path
 ) -> None:
     marker = tmp_path / "ran"
@@ -499,6 +499,8 @@ def test_only_admins_sync_rebuild_or_update(
             manager(user, "Sync", "a{sv}", "0"),
             manager(user, "Rebuild", "sa{sv}", "switch", "0"),
             manager(user, "Update", "a{sv}", "0"),
+            manager(user, "MigrateHostSettings", "a{sv}", "0"),
+            manager(user, "Install", "a{sv}", "1", "source", "s", str(tmp_path)),
         ):
             assert result.returncode != 0 and expected in result.stderr, result.stderr
     assert job_count(address) == 0 and not marker.exists()

@@ -30,11 +30,13 @@ from opdbus.errors import BackendUnavailable, InvalidArgs, NotSupported
 from opdbus.models.audit import AuditEntry, AuditVerdict, SealOptions
 from opdbus.models.container import ContainerSpec
 from opdbus.models.document import check_size, parse_json
+from opdbus.models.install import InstallOptions, MigrateOptions
 from opdbus.models.network import BridgesDocument, BridgeSpec, SeedNet
 from opdbus.models.sync import RebuildAction, RebuildOptions, SyncOptions, UpdateOptions
 from opdbus.models.validation import ValidateOptions
 from opdbus.models.vm import CreateVmOptions
 from opdbus.names import (
+    INSTALL_TARGET,
     MANAGER_IFACE,
     REBUILD_TARGET,
     ROOT_PATH,
@@ -47,7 +49,9 @@ from opdbus.names import (
 )
 from opdbus.services.audit import AuditLog
 from opdbus.services.health import BackendHealth
+from opdbus.services.install import Installer
 from opdbus.services.jobs import JobManager
+from opdbus.services.migrate import Migrator
 from opdbus.services.rebuild import RebuildService
 from opdbus.services.snapshots import OFF as SNAPSHOTS_OFF
 from opdbus.services.snapshots import SnapshotCache
@@ -90,6 +94,8 @@ class ManagerServices:
     validator: Validator
     sync: SyncService
     rebuild: RebuildService
+    migrator: Migrator
+    installer: Installer
     # The running kinds of resource (opdbus.kinds) by name, and those this mode has.
     kinds: Mapping[str, object] = field(default_factory=dict)
     in_mode: frozenset[str] = frozenset()
@@ -230,6 +236,31 @@ class Manager1(OpdbusInterface):
             f"Update {opts.ref}",
             update_job(self._s.validator, self._s.sync, self._s.rebuild, opts),
             [ROOT_PATH, SYNC_TARGET, REBUILD_TARGET],
+        )
+
+    # -- installing the hypervisor ----------------------------------------------
+
+    @bus_method(action=Action.MIGRATE)
+    async def MigrateHostSettings(self, options: DBusDict) -> DBusObjectPath:
+        opts = decode_options(MigrateOptions, options, "MigrateHostSettings")
+        what = "dry run" if opts.dry_run else "write"
+        return await submit_job(
+            self._s.jobs,
+            f"MigrateHostSettings ({what})",
+            self._s.migrator.job(opts, current_caller().uid),
+            [INSTALL_TARGET],
+        )
+
+    @bus_method(action=Action.INSTALL)
+    async def Install(self, options: DBusDict) -> DBusObjectPath:
+        opts = decode_options(InstallOptions, options, "Install")
+        self._s.jobs.check_idle(INSTALL_TARGET, "the installer")
+        await self._s.installer.prepare(opts)
+        return await submit_job(
+            self._s.jobs,
+            f"Install {opts.source}",
+            self._s.installer.job(opts, current_caller().uid),
+            [INSTALL_TARGET, SYNC_TARGET, REBUILD_TARGET],
         )
 
     # -- bridges ----------------------------------------------------------------

@@ -72,6 +72,7 @@ class RebuildOptions(_Strict):
     show_trace: bool = False
     impure: bool = True
     refresh: bool = False  # the seed's --refresh and zero cache TTLs
+    fast: bool = False  # the seed's --fast: 25 download connections, every core
 
 
 class UpdateOptions(_Strict):

@@ -24,6 +24,13 @@ REFRESH = [
     "--option", "narinfo-cache-positive-ttl", "0",
     "--option", "narinfo-cache-negative-ttl", "0",
 ]  # fmt: skip
+# The seed's --fast ("Parallel downloads: 25 connections, maximum CPU
+# parallelism"); without it nix keeps its own defaults.
+FAST = [
+    "--option", "http-connections", "25",
+    "--option", "max-jobs", "auto",
+    "--option", "cores", "0",
+]  # fmt: skip
 
 
 def rebuild_argv(
@@ -36,6 +43,8 @@ def rebuild_argv(
         argv.append("--impure")
     if opts.refresh:
         argv += REFRESH
+    if opts.fast:
+        argv += FAST
     return argv
 
 
