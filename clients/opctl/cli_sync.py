@@ -26,19 +26,22 @@ def show_migration(record: JobRecord) -> None:
     output = record.output or {}
     migration = output.get("migration", output)
     users = migration.get("users") or []
-    if users:
-        rows = [
-            [
-                u["name"] + (" *" if u["invoking"] else ""),
-                str(u["uid"]),
-                ",".join(u["groups"]),
-                u["password"],
-            ]
-            for u in users
+    if not users:
+        return
+    more, no_hash = migration.get("more_groups", {}), migration.get("no_password_hash", {})
+    invoking = migration.get("invoking")
+    rows = [
+        [
+            name + (" *" if name == invoking else ""),
+            ",".join(more.get(name, [])) or "-",
+            no_hash.get(name, "hash kept"),
         ]
-        render.table(["USER", "UID", "GROUPS", "PASSWORD"], rows)
-        if any(u["invoking"] for u in users):
-            print("* the invoking user")
+        for name in users
+    ]
+    render.table(["USER", "MORE GROUPS", "PASSWORD"], rows)
+    print("every user gains " + ", ".join(migration.get("hypervisor_groups", [])))
+    if invoking:
+        print("* the invoking user")
 
 
 class SyncCommands:

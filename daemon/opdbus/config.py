@@ -145,10 +145,11 @@ class InstallConfig(_Section):
     generate_config_command: str = Field(
         "nixos-generate-config", min_length=1, description="prints the hardware configuration"
     )
-    parse_command: str = Field(
+    parse_command: str | None = Field(
         "nix-instantiate",
         min_length=1,
-        description="checks every generated Nix file with --parse before it replaces one",
+        description="checks every generated Nix file with --parse before it replaces one "
+        "(null: no check)",
     )
     reboot_command: list[str] = Field(
         default_factory=lambda: ["systemctl", "reboot"],

@@ -37,8 +37,11 @@ def test_migrate_and_install_from_the_command_line(
     assert dry.returncode == 0, dry.stderr
     out = dry.stdout.splitlines()
     header = next(line for line in out if line.startswith("USER"))
-    assert header.split() == ["USER", "UID", "GROUPS", "PASSWORD"]
-    assert any(line.startswith("eve *") for line in out) and "* the invoking user" in out
+    assert header.split() == ["USER", "MORE", "GROUPS", "PASSWORD"]
+    rows = {line.split()[0]: line.split() for line in out[out.index(header) + 1 :][:3]}
+    assert rows["alice"][1:] == ["audio", "hash", "kept"] and rows["bob"][1:] == ["-", "locked"]
+    assert rows["eve"][1] == "*" and "* the invoking user" in out
+    assert "every user gains input, kvm, libvirtd, video, wheel" in out
     assert "time zone: Europe/Berlin (from etc/localtime)" in out, dry.stdout
     assert "not found: console font, resume device" in out
     assert any("users-local.nix: would be written (" in line for line in out)
@@ -58,7 +61,7 @@ def test_migrate_and_install_from_the_command_line(
     assert installed.returncode == 0, installed.stderr
     record = json.loads(installed.stdout)
     assert record["state"] == "succeeded"
-    assert [u["name"] for u in record["output"]["migration"]["users"]] == ["alice", "eve"]
+    assert record["output"]["migration"]["users"] == ["alice", "eve"]
     assert [r["action"] for r in record["output"]["rebuild"]] == ["build"]
     assert (
         "# the user who ran the installer\n"

@@ -261,9 +261,10 @@ async def test_migration_carries_real_users_and_settings_over_as_valid_nix(
         public = text + json.dumps(done.output)
         for secret in (hashes["alice"], hashes["eve"]):
             assert secret not in public and secret.split("$")[-1] not in public
-        assert [u["password"] for u in done.output["users"]] == [
-            "hash kept", "hash kept", "locked",
-        ]  # fmt: skip
+        assert done.output["users"] == ["alice", "eve", "bob"]
+        assert done.output["invoking"] == "alice"
+        assert done.output["more_groups"] == {"alice": ["audio"]}
+        assert done.output["no_password_hash"] == {"bob": "locked"}
 
         # A second run finds nothing to change: no write, no backup.
         before = tree(config_dir)
@@ -496,3 +497,27 @@ async def test_install_refuses_bad_input_before_any_job(
             await call(source=str(source))
         jobs = await client.call(names.ROOT_PATH, names.MANAGER_IFACE, "ListJobs", "", [])
         assert jobs == [[]]
+
+
+async def test_a_file_that_does_not_parse_replaces_nothing(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    # A stand-in for a nix-instantiate that rejects the users file (the real
+    # one accepts what we write: this checks that a rejection keeps the old files).
+    checker = fake_tool(
+        tmp_path,
+        "nix-instantiate",
+        'for f; do case "$f" in *users-local*)\n'
+        '  echo "error: syntax error, unexpected end of file" >&2; exit 1;; esac; done\n',
+    )
+    people(make_root(tmp_path))
+    before = old_host(tmp_path)
+    conf = tmp_path / "hypervisor" / "configuration"
+    async with running(tmp_path, private_bus, **CALM, install={"parse_command": str(checker)}):
+        done = await job(client, "MigrateHostSettings")
+        assert done.state is JobState.FAILED and done.error_name == "org.opdbus.Error.Failed"
+        assert done.result == (
+            "users-local.nix as generated does not parse "
+            "(error: syntax error, unexpected end of file); nothing replaced"
+        )
+        assert tree(conf) == before[conf]  # no system-local.nix either, no temporary files

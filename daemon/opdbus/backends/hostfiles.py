@@ -85,20 +85,18 @@ def read_accounts(root: Path, names: list[str] | None, invoking_uid: int | None)
                 f"not a user with a UID from {low} to {high} in {root / 'etc/passwd'}: "
                 + ", ".join(unknown)
             )
-        people = [row for row in people if row[0] in names]
+        wanted = set(names)
+        people = [row for row in people if row[0] in wanted]
 
     accounts = Accounts(users=[], groups={})
     dropped: set[str] = set()
-    for name, _, uid, gid, gecos, home, shell, *_ in people:
-        primary = group_names.get(int(gid)) if gid.isdigit() else None
-        if primary is None:
-            accounts.notes.append(f"{name}: primary group {gid} is not in etc/group; using users")
-            primary = "users"
-        elif primary not in NIXOS_GROUPS:
-            accounts.groups[primary] = int(gid)
-        wanted = {_RENAMED_GROUPS.get(g, g) for g in members.get(name, [])} | set(HYPERVISOR_GROUPS)
+    # Thousands of users share a few group lists: each distinct one is sorted
+    # out once (what NixOS has, what must be declared, what is left out).
+    classified: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def classify(member_of: tuple[str, ...]) -> tuple[str, ...]:
         kept = set()
-        for group in wanted - {primary}:
+        for group in {_RENAMED_GROUPS.get(g, g) for g in member_of} | set(HYPERVISOR_GROUPS):
             gid_of = group_gids.get(group)
             if group in NIXOS_GROUPS:
                 kept.add(group)
@@ -107,18 +105,33 @@ def read_accounts(root: Path, names: list[str] | None, invoking_uid: int | None)
                 accounts.groups[group] = gid_of
             else:
                 dropped.add(group)
+        return tuple(sorted(kept))
+
+    for name, _, uid, gid, gecos, home, shell, *_ in people:
+        primary = group_names.get(int(gid)) if gid.isdigit() else None
+        if primary is None:
+            accounts.notes.append(f"{name}: primary group {gid} is not in etc/group; using users")
+            primary = "users"
+        elif primary not in NIXOS_GROUPS:
+            accounts.groups[primary] = int(gid)
+        key = tuple(members.get(name, ()))
+        groups = classified.get(key)
+        if groups is None:
+            groups = classified[key] = classify(key)
+        if primary in groups:  # NixOS lists the primary group once, as group
+            groups = tuple(g for g in groups if g != primary)
         accounts.users.append(
             HostUser(
-                name=name,
-                uid=int(uid),
-                description=gecos,
-                home=home,
-                shell=shell,
-                group=primary,
-                gid=int(gid) if gid.isdigit() else 100,
-                groups=sorted(kept),
-                password_hash=shadow.get(name),
-                invoking=invoking_uid == int(uid),
+                name,
+                int(uid),
+                gecos.rstrip(","),  # Debian's empty room and phone fields
+                home,
+                shell,
+                primary,
+                int(gid) if gid.isdigit() else 100,
+                groups,
+                shadow.get(name),
+                invoking_uid == int(uid),
             )
         )
     if dropped:

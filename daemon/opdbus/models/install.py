@@ -9,6 +9,7 @@ host's facts they carry from the files the host keeps to the Nix files.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated
@@ -91,7 +92,10 @@ class InstallOptions(_Strict):
     invoking_uid: int | None = Field(None, ge=0, le=2**32 - 2)
 
 
-class HostUser(_Strict):
+@dataclass(frozen=True, slots=True)
+class HostUser:
+    """One account as read (a plain dataclass: a host has thousands, built in one go)."""
+
     name: str
     uid: int
     description: str
@@ -99,7 +103,7 @@ class HostUser(_Strict):
     shell: str
     group: str  # the primary group's name
     gid: int
-    groups: list[str]  # supplementary groups, as NixOS will have them
+    groups: tuple[str, ...]  # supplementary groups, as NixOS will have them
     password_hash: str | None  # from the shadow file; None if it has no entry
     invoking: bool = False
 
