@@ -253,8 +253,9 @@ in
       wants = [ "polkit.service" ] ++ backendUnits;
       after = [ "dbus.service" "polkit.service" ] ++ backendUnits;
       # What the daemon runs: lxc-* tools, ovs-vsctl for containers' ports,
-      # ip, nixos-rebuild and nix for rebuild jobs.
-      path = [ pkgs.iproute2 pkgs.nix pkgs.nixos-rebuild ]
+      # ip, nixos-rebuild and nix for rebuild jobs, nixos-generate-config for
+      # Install (systemctl, for its --reboot, is on every unit's path).
+      path = [ pkgs.iproute2 pkgs.nix pkgs.nixos-rebuild pkgs.nixos-install-tools ]
         ++ lib.optionals ovs [ pkgs.openvswitch ]
         ++ lib.optionals full [ pkgs.lxc ];
       restartTriggers = [ configJSON ] ++ lib.optionals (cfg.stateConfig != null) [ checkedState ];

@@ -33,6 +33,7 @@ let
     iproute2 = tool "iproute2";
     nix = tool "nix";
     nixos-rebuild = tool "nixos-rebuild";
+    nixos-install-tools = tool "nixos-install-tools";
     openvswitch = tool "openvswitch";
     lxc = tool "lxc";
   };

@@ -18,7 +18,7 @@ let
   };
 
   pkgs = lib.genAttrs [
-    "openvswitch" "lxc" "lxcfs" "vim" "git" "curl" "htop" "iproute2" "nix" "nixos-rebuild" "coreutils"
+    "openvswitch" "lxc" "lxcfs" "vim" "git" "curl" "htop" "iproute2" "nix" "nixos-rebuild" "nixos-install-tools" "coreutils"
   ] fake // {
     callPackage = path: args: fake "op-dbus";
     runCommand = name: env: script: fake name // { inherit env script; };

@@ -224,7 +224,9 @@ def test_seed_002_evaluates_with_the_real_lib_and_its_state_passes_the_daemons_c
     assert service["requires"] == ["dbus.service"]
     for unit in ("polkit.service", "ovsdb.service", "ovs-vswitchd.service", "libvirtd.service"):
         assert unit in service["wants"] and unit in service["after"]
-    assert set(service["path"]) >= {"lxc", "openvswitch", "nixos-rebuild", "nix", "iproute2"}
+    assert set(service["path"]) >= {
+        "lxc", "openvswitch", "nixos-rebuild", "nixos-install-tools", "nix", "iproute2",
+    }  # fmt: skip
     hardening = service["serviceConfig"]
     assert hardening["ProtectHome"] == "tmpfs" and hardening["PrivateTmp"] is True
     assert hardening["SystemCallArchitectures"] == "native"

@@ -66,7 +66,14 @@ def _check_source(source: Path, target: Path, force: bool) -> bool:
     True when the source *is* the installed tree (nothing to copy).
     """
     if not source.is_dir():
-        raise InvalidArgs(f"the source {source} does not exist or is not a directory")
+        hidden = source.parts[1] in ("tmp", "home", "root") or str(source).startswith("/var/tmp")
+        hint = (
+            " (op-dbusd has a private /tmp and no /home under systemd: put it under /var, "
+            "/srv or a mounted medium)"
+            if hidden
+            else ""
+        )
+        raise InvalidArgs(f"the source {source} does not exist or is not a directory{hint}")
     if not (source / "flake.nix").is_file():
         raise InvalidArgs(f"the source {source} has no flake.nix: not a Hyper-NixOS tree")
     real, installed = source.resolve(), target.resolve()
