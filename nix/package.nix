@@ -17,6 +17,7 @@ python3Packages.buildPythonApplication {
     pyroute2
     libvirt
     aiohttp
+    textual
   ];
 
   postInstall = ''

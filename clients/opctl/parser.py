@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     _ct(sub, command)
     _sync(sub, command)
     command(sub, "watch", "print every signal op-dbusd sends until interrupted")
+    menu = command(
+        sub,
+        "menu",
+        "the console menu: VMs live, their actions, More Options (a full-screen TUI)",
+        description="The hypervisor's console screen (also op-dbus-menu): starts the last-run "
+        "VM after the daemon's countdown unless a key is pressed.",
+    )
+    menu.set_defaults(offline=Lazy("opctl.menu", "from_cli"))
     return p
 
 

@@ -161,6 +161,15 @@ class InstallConfig(_Section):
     )
 
 
+class MenuConfig(_Section):
+    autostart_timeout_seconds: int = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="the console menu starts the last-run VM after this countdown (0: never)",
+    )
+
+
 class SystemdConfig(_Section):
     bus_address: str = Field(
         "unix:path=/run/dbus/system_bus_socket",
@@ -226,6 +235,7 @@ class Config(_Section):
     sync: SyncConfig = SyncConfig()
     rebuild: RebuildConfig = RebuildConfig()
     install: InstallConfig = InstallConfig()
+    menu: MenuConfig = MenuConfig()
     state: StateConfig = StateConfig()
     systemd: SystemdConfig = SystemdConfig()
     audit: AuditConfig = AuditConfig()

@@ -177,6 +177,8 @@ class Daemon:
                 kinds=self.started,
                 snapshots=self.snapshots,
                 in_mode=frozenset(kind.name for kind in kinds.enabled(self.config)),
+                menu_timeout=self.config.menu.autostart_timeout_seconds,
+                libvirt_uri=self.config.libvirt.uri,
             ),
             kinds.exported(self.started),
             self.state,

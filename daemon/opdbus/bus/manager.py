@@ -100,6 +100,8 @@ class ManagerServices:
     kinds: Mapping[str, object] = field(default_factory=dict)
     in_mode: frozenset[str] = frozenset()
     snapshots: SnapshotCache | None = None
+    menu_timeout: int = 10  # menu.autostart_timeout_seconds
+    libvirt_uri: str = ""  # where `virsh console` finds the VMs ("": no VMs in this mode)
 
     def running(self, name: str, what: str) -> object:
         """The service of a running kind, or the error saying why ``what`` cannot be had.
@@ -147,6 +149,12 @@ class Manager1(OpdbusInterface):
         self._s = services
         services.health.on_change.append(self._backends_changed)
         services.audit.on_append.append(self._audit_advanced)
+        vms = services.kinds.get("vms")
+        if vms is not None:
+            cast("VmService", vms).on_last_run.append(self._last_run_changed)
+
+    def _last_run_changed(self, name: str) -> None:
+        self.emit_properties_changed({"LastRunVM": name})
 
     def _backends_changed(self) -> None:
         self.emit_properties_changed({"Backends": self.Backends})
@@ -177,6 +185,19 @@ class Manager1(OpdbusInterface):
     @dbus_property(access=PropertyAccess.READ)
     def AuditEnabled(self) -> DBusBool:
         return self._s.audit.enabled
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastRunVM(self) -> DBusStr:
+        vms = self._s.kinds.get("vms")
+        return cast("VmService", vms).last_run if vms is not None else ""
+
+    @dbus_property(access=PropertyAccess.READ)
+    def MenuAutostartTimeout(self) -> DBusUInt32:
+        return self._s.menu_timeout
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LibvirtURI(self) -> DBusStr:
+        return self._s.libvirt_uri if "vms" in self._s.in_mode else ""
 
     # -- jobs ----------------------------------------------------------------
 

@@ -24,10 +24,12 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from opdbus.backends.files import atomic_write
 from opdbus.backends.host import meminfo
 from opdbus.backends.libvirt import domains, ops
 from opdbus.backends.libvirt.connection import LibvirtConnection
 from opdbus.backends.libvirt.domain_xml import DiskSource, Target, build_domain, to_xml
+from opdbus.backends.state_files import read_text
 from opdbus.config import LibvirtConfig
 from opdbus.errors import (
     AlreadyExists,
@@ -81,6 +83,11 @@ class VmService(ResourceService[VmInfo]):
         self.jobs = jobs
         self.vms = self.cache.items
         self.on_status: list[Callable[[bool, str], None]] = []
+        # The VM last started through us: the console menu starts it again at
+        # boot after a countdown (seed 003, "Boot menu behavior").
+        self.last_run = ""
+        self._last_run_file = state_dir / "last-run-vm"
+        self.on_last_run: list[Callable[[str], None]] = []
         self.conn = LibvirtConnection(
             config.uri, on_status=self._status, on_open=self.resync, on_domain=self.mark
         )
@@ -88,6 +95,7 @@ class VmService(ResourceService[VmInfo]):
     # -- running -------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.last_run = (await asyncio.to_thread(read_text, self._last_run_file) or "").strip()
         await self.conn.start()
         self._start_refresher()
         self._every(self.config.stats_interval_seconds, self._read_stats, "vm-stats")
@@ -303,6 +311,7 @@ class VmService(ResourceService[VmInfo]):
                 if start:
                     await self.conn.call(lambda c: ops.start(c, uuid), f"starting {profile.name}")
                     ctx.log(f"started {profile.name}")
+                    await self._started(profile.name)
             except BaseException:
                 ctx.log("failed: removing what was made")
                 await asyncio.shield(self._undo_create(uuid, made))
@@ -376,9 +385,18 @@ class VmService(ResourceService[VmInfo]):
                 raise Conflict(f"{info.name} is suspended: resume it instead")
             await self._verb(ops.start, uuid, f"starting {info.name}")
             await self.refresh(uuid)
+            await self._started(info.name)
             return JobOutcome(f"{info.name} started")
 
         return run
+
+    async def _started(self, name: str) -> None:
+        if name != self.last_run:
+            data = f"{name}\n".encode()
+            await asyncio.to_thread(atomic_write, self._last_run_file, data, mode=0o644)
+            self.last_run = name
+            for callback in self.on_last_run:
+                callback(name)
 
     def stop_job(self, uuid: str) -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
