@@ -20,6 +20,9 @@ EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool killed by SIGPIPE
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    standalone = getattr(args, "standalone", None)
+    if standalone is not None:  # opctl menu: a program of its own
+        return int(standalone(args) or 0)
     import asyncio
 
     from opctl.commands import run

@@ -42,10 +42,7 @@ COLUMNS = (("name", "NAME"), ("state", "STATE"), ("cpus", "CPUS"), ("memory", "M
 def error_line(error: Exception) -> str:
     """A daemon's named error as one line a person can act on."""
     if isinstance(error, errors.NotAuthorized):
-        return (
-            f"not authorized: {error.message} (members of the daemon's admin group, or "
-            "users polkit allows, may do this)"
-        )
+        return f"not authorized: {error.message}"
     if isinstance(error, errors.OpdbusError):
         return f"{type(error).__name__}: {error.message}"
     return f"{type(error).__name__}: {error}"

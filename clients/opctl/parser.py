@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The hypervisor's console screen (also op-dbus-menu): starts the last-run "
         "VM after the daemon's countdown unless a key is pressed.",
     )
-    menu.set_defaults(offline=Lazy("opctl.menu", "from_cli"))
+    # Runs its own event loop (Textual's), not inside opctl's.
+    menu.set_defaults(standalone=Lazy("opctl.menu", "from_cli"))
     return p
 
 

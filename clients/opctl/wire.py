@@ -7,6 +7,7 @@ it), so that the command line's parser and its help never load it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,23 @@ _BUS_ERRORS: dict[str, type[errors.OpdbusError]] = {
 }
 
 
+# dbus-daemon's own words when its policy refuses a call ("Rejected send
+# message, 0 matched rules; type=... (uid=1001 ...) interface="..." member="...").
+_REJECTED = re.compile(r'\(uid=(\d+).*?interface="([^"]*)" member="([^"]*)"')
+
+
+def _refusal(text: str) -> str:
+    """What was refused and who may do it, instead of the bus's rule dump."""
+    found = _REJECTED.search(text)
+    what = f"{found.group(2)}.{found.group(3)}" if found else "this call"
+    who = f" (you are uid {found.group(1)})" if found else ""
+    return (
+        f"{what} is refused by the bus policy{who}: only root and members of op-dbusd's admin "
+        "group (auth.admin_group, default opdbus) may change things; ask an administrator "
+        "to add you"
+    )
+
+
 def map_error(error: DBusError) -> errors.OpdbusError:
     name = error.type
     if name.startswith(names.ERROR_PREFIX):
@@ -57,7 +75,7 @@ def map_error(error: DBusError) -> errors.OpdbusError:
     ):
         return Unreachable(f"op-dbusd is not running on this bus ({names.BUS_NAME} has no owner)")
     if name == "org.freedesktop.DBus.Error.AccessDenied":
-        return errors.NotAuthorized(f"the bus policy refused this call: {error.text}")
+        return errors.NotAuthorized(_refusal(error.text or ""))
     return _BUS_ERRORS.get(name, errors.Failed)(error.text or name)
 
 

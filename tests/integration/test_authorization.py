@@ -255,7 +255,12 @@ def test_opctl_exits_with_the_not_authorized_code(
         pytest.skip(f"the venv is not readable by other users here: {probe.stderr.strip()[:200]}")
     result = opctl(auth_bus.address, "validate", user=test_users["plain"])
     assert result.returncode == 3
-    assert result.stderr.startswith("opctl: NotAuthorized: the bus policy refused this call")
+    uid = pwd.getpwnam(test_users["plain"]).pw_uid
+    assert result.stderr == (
+        "opctl: NotAuthorized: org.opdbus.Manager1.Validate is refused by the bus policy "
+        f"(you are uid {uid}): only root and members of op-dbusd's admin group "
+        "(auth.admin_group, default opdbus) may change things; ask an administrator to add you\n"
+    )
     result = opctl(auth_bus.address, "validate", user=test_users["policy"])
     assert result.returncode == 3
     assert "may not call org.opdbus.Manager1.Validate" in result.stderr
@@ -405,7 +410,7 @@ def test_only_admins_drive_vms(
     # opctl as the plain user: the bus's refusal maps to its exit code, and nothing changed.
     denied = opctl(address, "vm", "stop", "test", user=test_users["plain"])
     assert denied.returncode == errors.NotAuthorized.exit_code
-    assert "NotAuthorized: the bus policy refused this call" in denied.stderr
+    assert "NotAuthorized: org.opdbus.VM1.Stop is refused by the bus policy" in denied.stderr
     assert json.loads(opctl(address, "--json", "vm", "list").stdout)[0]["state"] == "running"
     assert job_count(address) == 0
     # An admin may.
