@@ -141,6 +141,7 @@ let
     auth.admin_group = cfg.adminGroup;
     audit.enabled = cfg.enableBlockchain;
     cache.enabled = cfg.enableCache;
+    menu.autostart_timeout_seconds = cfg.menu.autostartTimeout;
     state.file = "/etc/op-dbus/state.json";
     # Where this module puts them: `opctl validate` checks they are installed.
     paths.bus_policy = [ "/etc/dbus-1/system.d/org.opdbus.conf" "${policy}/share/dbus-1/system.d/org.opdbus.conf" ];
@@ -215,6 +216,27 @@ in
       type = types.path;
       default = "/var/lib/op-dbus";
       description = "Jobs, checkpoints and the hash-chained audit log.";
+    };
+
+    menu = {
+      enable = lib.mkEnableOption ''
+        the console menu (op-dbus-menu) on a virtual terminal instead of its
+        login prompt: VMs live, their actions, More Options; restarted when
+        it exits (seed 003, "Boot menu behavior")'';
+      autostartTimeout = mkOption {
+        type = types.ints.between 0 3600;
+        default = 10;
+        description = ''
+          Seconds the menu counts down before it starts the last-run VM
+          (Manager1.LastRunVM) unless a key is pressed; 0 turns it off
+          (config menu.autostart_timeout_seconds).
+        '';
+      };
+      tty = mkOption {
+        type = types.strMatching "tty[0-9]+";
+        default = "tty1";
+        description = "The virtual terminal the menu takes over from getty.";
+      };
     };
 
     settings = mkOption {
@@ -295,6 +317,28 @@ in
         # other modes only read them (systemd does the cgroup work).
         ProtectKernelTunables = lib.mkIf (!full) true;
         ProtectControlGroups = lib.mkIf (!full) true;
+      };
+    };
+
+    systemd.services.op-dbus-menu = lib.mkIf cfg.menu.enable {
+      description = "op-dbus console menu on ${cfg.menu.tty}";
+      wantedBy = [ "multi-user.target" ];
+      # The terminal is the menu's, not getty's; the daemon it talks to first.
+      conflicts = [ "getty@${cfg.menu.tty}.service" ];
+      after = [ "getty@${cfg.menu.tty}.service" "op-dbus.service" "systemd-user-sessions.service" ];
+      wants = [ "op-dbus.service" ];
+      environment.TERM = "linux";
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/op-dbus-menu --bus system";
+        StandardInput = "tty";
+        StandardOutput = "tty";
+        StandardError = "journal";
+        TTYPath = "/dev/${cfg.menu.tty}";
+        TTYReset = true;
+        TTYVHangup = true;
+        TTYVTDisallocate = true;
+        Restart = "always";
+        RestartSec = 1;
       };
     };
   };

@@ -42,11 +42,16 @@ let
     stateConfig = null;
     enableBlockchain = (given.mode or "full") != "agent";
     enableCache = false;
-  } // given // { inherit enable; package = "/nix/store/0000-op-dbus"; };
+    menu = { enable = false; autostartTimeout = 10; tty = "tty1"; } // (given.menu or { });
+  } // removeAttrs given [ "menu" ] // { inherit enable; package = "/nix/store/0000-op-dbus"; };
   evaluated = import module { inherit lib pkgs config; };
 in
 {
   inherit (evaluated) config;
-  defaults = builtins.mapAttrs (name: option: option.default or null)
+  # Nested option sets (menu) by their own options' defaults.
+  defaults = builtins.mapAttrs
+    (name: option:
+      if option ? description then option.default or null
+      else builtins.mapAttrs (n: o: o.default or null) option)
     (removeAttrs evaluated.options.services.op-dbus [ "package" ]);
 }

@@ -67,6 +67,7 @@ let
   etc = cfg.environment.etc;
   state = etc."op-dbus/state.json".source or null;
   service = cfg.systemd.services.op-dbus or null;
+  menu = cfg.systemd.services.op-dbus-menu or null;
 in
 {
   enable = op.enable;
@@ -81,6 +82,8 @@ in
     path = map (p: p.name) service.path;
     restartTriggers = [ ];
   };
+  # lib.mkIf, as the module leaves it for NixOS's systemd module to resolve.
+  menu = if menu == null || !(menu.condition or true) then null else menu.content or menu;
   systemPackages = map (p: p.name or "?") cfg.environment.systemPackages;
   pathsToLink = cfg.environment.pathsToLink;
   dbusPackages = map (p: p.script) cfg.services.dbus.packages;

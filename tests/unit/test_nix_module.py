@@ -89,6 +89,7 @@ def test_defaults() -> None:
         "stateConfig": None,
         "enableBlockchain": True,  # mode != "agent"
         "enableCache": False,
+        "menu": {"enable": False, "autostartTimeout": 10, "tty": "tty1"},
     }
 
 
@@ -331,3 +332,33 @@ def test_the_package_lists_every_runtime_dependency_of_pyproject(nixpkgs_lib: Pa
                           text=True, timeout=60, check=False, env=NIX_ENV)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert sorted(json.loads(done.stdout)) == attrs
+
+
+def test_the_console_menu_takes_its_terminal_from_getty(nixpkgs_lib: Path, tmp_path: Path) -> None:
+    body = """
+      services.op-dbus.enable = true;
+      services.op-dbus.menu.enable = true;
+      services.op-dbus.menu.autostartTimeout = 0;
+      services.op-dbus.menu.tty = "tty2";
+    """
+    out = evaluated(nixpkgs_lib, configuration(tmp_path, body))
+    config = parse_config(json.loads(out["configJSON"]), tmp_path / "config.json")
+    assert config.menu.autostart_timeout_seconds == 0  # what the daemon will serve
+    menu = out["menu"]
+    assert menu["conflicts"] == ["getty@tty2.service"]
+    assert "getty@tty2.service" in menu["after"] and "op-dbus.service" in menu["after"]
+    service = menu["serviceConfig"]
+    assert service["ExecStart"].endswith("/bin/op-dbus-menu --bus system")
+    assert service["TTYPath"] == "/dev/tty2" and service["StandardInput"] == "tty"
+    assert service["Restart"] == "always" and menu["environment"]["TERM"] == "linux"
+    # Off by default; a terminal that is not a VT, or a countdown past an hour, is refused.
+    assert (
+        evaluated(nixpkgs_lib, configuration(tmp_path, "services.op-dbus.enable = true;"))["menu"]
+        is None
+    )
+    for bad in (
+        'services.op-dbus.menu.tty = "ttyS0; rm";',
+        "services.op-dbus.menu.autostartTimeout = 4000;",
+    ):
+        done = evaluate_real(nixpkgs_lib, configuration(tmp_path, body + bad))
+        assert done.returncode != 0 and "services.op-dbus.menu" in done.stderr, done.stderr[-400:]
