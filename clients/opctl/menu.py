@@ -176,6 +176,9 @@ class MenuApp(App[None]):
                             raise Unreachable("op-dbusd went away") from None
                         await self.load(client)  # a new daemon: everything again
                     continue
+                if client.owner != self.owner:  # a new daemon, already talking
+                    await self.load(client)
+                    continue
                 self.dispatch(event)
 
     async def load(self, client: Client) -> None:

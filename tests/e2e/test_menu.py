@@ -21,6 +21,7 @@ from opdbus import names
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
 from tests.integration.test_rebuild import FAKE
+from tests.libvirtd import TEST_PREFIX, PrivateLibvirtd
 from tests.support import running
 
 pytestmark = pytest.mark.timeout(90)
@@ -201,3 +202,39 @@ async def test_the_menu_waits_for_a_daemon_that_went_away_and_comes_back(
         async with running(tmp_path, private_bus, **TEST_DRIVER):
             await settle(pilot, lambda: app.ready.is_set() and "mode full" in status(app), 10)
             assert row(app, "test")[1] == "running"
+
+
+async def test_a_vm_made_and_started_with_virsh_by_hand_shows_within_a_second(
+    tmp_path: Path, private_bus: PrivateBus, libvirtd: PrivateLibvirtd
+) -> None:
+    """Against a real libvirtd + QEMU: virsh changes, the menu's rows follow."""
+    if not libvirtd.socket.exists():
+        libvirtd.restart()
+    libvirtd.cleanup()
+    name = TEST_PREFIX + "menu"
+    kind = "kvm" if Path("/dev/kvm").exists() else "qemu"
+    xml = tmp_path / "menu.xml"
+    xml.write_text(
+        f"<domain type='{kind}'><name>{name}</name><memory unit='MiB'>64</memory>"
+        "<os><type arch='x86_64'>hvm</type></os></domain>"
+    )
+    config = {"mode": "full", "libvirt": {"uri": libvirtd.uri, "pool": f"{TEST_PREFIX}pool",
+                                          "pool_dir": str(libvirtd.pool_dir)}}  # fmt: skip
+    try:
+        async with running(tmp_path, private_bus, **config):
+            app = MenuApp(private_bus.address)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await settle(pilot, app.ready.is_set)
+                libvirtd.virsh("define", str(xml))
+                await settle(pilot, lambda: name in [v.get("Name") for v in app.vms.values()], 1)
+                assert row(app, name)[1] == "shutoff"
+                libvirtd.virsh("start", name)
+                await settle(pilot, lambda: row(app, name)[1] == "running", timeout=1.0)
+                libvirtd.virsh("destroy", name)
+                await settle(pilot, lambda: row(app, name)[1] == "shutoff", timeout=1.0)
+                libvirtd.virsh("undefine", name)
+                await settle(
+                    pilot, lambda: name not in [v.get("Name") for v in app.vms.values()], 1
+                )
+    finally:
+        libvirtd.cleanup()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from opdbus.backends import hostfiles
-from opdbus.errors import InvalidArgs
+from opdbus.errors import Failed, InvalidArgs
 from opdbus.models.install import Found
 from opdbus.services.migrate import nix_string
 
@@ -147,3 +147,16 @@ def test_accounts_follow_login_defs_and_name_what_is_not_there(tmp_path: Path) -
     assert accounts.notes == ["system groups NixOS does not have, left out: plugdev"]
     with pytest.raises(InvalidArgs, match=r"from 2000 to 2999 .*: old, ghost"):
         hostfiles.read_accounts(root, ["new", "old", "ghost"], invoking_uid=None)
+
+
+def test_an_unreadable_account_file_is_a_clear_failure_not_a_guess(tmp_path: Path) -> None:
+    # Root reads everything, so "unreadable" is a symlink loop here (ELOOP): an
+    # error that is not "missing", as EACCES is for a daemon that is not root.
+    root = write(tmp_path, {"etc/passwd": "u:x:1000:1000::/home/u:/bin/sh\n"})
+    assert hostfiles.read_accounts(root, None, None).users[0].password_hash is None  # no file
+    shadow = root / "etc" / "shadow"
+    shadow.symlink_to(shadow)
+    with pytest.raises(
+        Failed, match=r"cannot read .*etc/shadow: Too many levels of symbolic links"
+    ):
+        hostfiles.read_accounts(root, None, None)

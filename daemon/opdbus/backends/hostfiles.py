@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opdbus.errors import InvalidArgs
+from opdbus.errors import Failed, InvalidArgs
 from opdbus.models.install import (
     HYPERVISOR_GROUPS,
     NIXOS_GROUPS,
@@ -36,10 +36,13 @@ class Accounts:
 
 
 def _read(root: Path, rel: str) -> str | None:
+    """A host file's text; None when it is not there (a file the host lacks is no error)."""
     try:
         return (root / rel).read_text(encoding="utf-8", errors="replace")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+    except OSError as e:  # unreadable (op-dbusd not root): say so, never guess around it
+        raise Failed(f"cannot read {root / rel}: {e.strerror}") from None
 
 
 def _rows(text: str | None, width: int) -> list[list[str]]:
