@@ -175,6 +175,10 @@ class Cli:
 
     async def _jobs_list(self) -> int:
         records = await self.client.jobs()
+        if self.args.state:
+            records = [r for r in records if r.state.value == self.args.state]
+        if self.args.last is not None:
+            records = records[-self.args.last :] if self.args.last > 0 else []
         if self.args.json:
             render.dump([record.model_dump(mode="json") for record in records])
         elif not records:
@@ -328,6 +332,7 @@ class Cli:
 
 
 async def run(args: argparse.Namespace) -> int:
+    render.HEADERS = not args.no_headers
     offline: Callable[[argparse.Namespace], int | None] | None = getattr(args, "offline", None)
     if offline is not None:  # may need no daemon (opctl vm profile schema, audit verify --file)
         status = offline(args)

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _global_options(p, None)
+    p.add_argument("--version", action=_Version, help="print opctl's version and exit")
     # The same options are accepted after the command too (opctl validate
     # --json); SUPPRESS keeps an unset one from overwriting the top level's.
     common = argparse.ArgumentParser(add_help=False)
@@ -99,7 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     jsub = jobs.add_subparsers(
         dest="jobs_command", required=True, metavar="ACTION", parser_class=Parser
     )
-    command(jsub, "list", "jobs the daemon still remembers")
+    jlist = command(jsub, "list", "jobs the daemon still remembers (newest last)")
+    jlist.add_argument(
+        "--state",
+        choices=("queued", "running", "succeeded", "failed", "cancelled", "interrupted"),
+        metavar="STATE",
+        help="only jobs in this state (queued, running, succeeded, failed, cancelled, interrupted)",
+    )
+    jlist.add_argument("--last", type=int, metavar="N", help="only the newest N")
     for name, text in (
         ("show", "one job's details"),
         ("cancel", "cancel a queued or running job"),
@@ -118,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     _net(sub, command)
     _vm(sub, command)
     _ct(sub, command)
-    _sync(sub, command)
+    from opctl.parser_host import host_commands
+
+    host_commands(sub, command)
     command(sub, "watch", "print every signal op-dbusd sends until interrupted")
     menu = command(
         sub,
@@ -132,6 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (the package metadata costs a few ms)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"opctl {version('op-dbus')}")
+        except PackageNotFoundError:
+            print("opctl (not installed: running from a source tree)")
+        parser.exit()
+
+
 def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
     """--bus, --json, --no-progress; ``default`` is None at the top, SUPPRESS below."""
     flag_default = False if default is None else default
@@ -143,6 +169,12 @@ def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
     )
     p.add_argument(
         "--json", action="store_true", default=flag_default, help="machine-readable output"
+    )
+    p.add_argument(
+        "--no-headers",
+        action="store_true",
+        default=flag_default,
+        help="tables without their header line",
     )
     p.add_argument(
         "--no-progress",
@@ -369,7 +401,7 @@ def _net(sub: Any, command: Command) -> None:
 VM_HELP = "the VM's name or UUID"
 
 
-def _no_wait(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def no_wait(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="print the job path and return at once")
     return p
 
@@ -387,15 +419,15 @@ def _vm(sub: Any, command: Command) -> None:
     )
     command(vsub, "list", "every VM libvirt knows, whoever made it")
     command(vsub, "show", "one VM: state, devices, usage").add_argument("vm", help=VM_HELP)
-    create = _no_wait(command(vsub, "create", "define a VM from a profile (a job)"))
+    create = no_wait(command(vsub, "create", "define a VM from a profile (a job)"))
     create.add_argument("file", help="a JSON profile (see opctl vm profile schema); - for stdin")
     create.add_argument("--start", action="store_true", help="start it once defined")
     for name, text in (
         ("start", "start a stopped VM (a job)"),
         ("stop", "stop a VM at once, like pulling the plug (a job)"),
     ):
-        _no_wait(command(vsub, name, text)).add_argument("vm", help=VM_HELP)
-    shutdown = _no_wait(command(vsub, "shutdown", "ask the guest to power off (ACPI; a job)"))
+        no_wait(command(vsub, name, text)).add_argument("vm", help=VM_HELP)
+    shutdown = no_wait(command(vsub, "shutdown", "ask the guest to power off (ACPI; a job)"))
     shutdown.add_argument("vm", help=VM_HELP)
     shutdown.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="how long to wait (default: config)"
@@ -416,7 +448,7 @@ def _vm(sub: Any, command: Command) -> None:
     update = command(vsub, "update", "replace a stopped VM's profile (redefines it)")
     update.add_argument("vm", help=VM_HELP)
     update.add_argument("file", help="the new JSON profile; - for stdin")
-    delete = _no_wait(command(vsub, "delete", "undefine a VM (a job)"))
+    delete = no_wait(command(vsub, "delete", "undefine a VM (a job)"))
     delete.add_argument("vm", help=VM_HELP)
     delete.add_argument(
         "--remove-storage",
@@ -429,7 +461,7 @@ def _vm(sub: Any, command: Command) -> None:
     ssub = snap.add_subparsers(
         dest="snapshot_action", required=True, metavar="ACTION", parser_class=type(vm)
     )
-    screate = _no_wait(command(ssub, "create", "take a snapshot (a job)"))
+    screate = no_wait(command(ssub, "create", "take a snapshot (a job)"))
     screate.add_argument("vm", help=VM_HELP)
     screate.add_argument("name", help="the snapshot's name")
     screate.add_argument("--description", default="", metavar="TEXT")
@@ -438,7 +470,7 @@ def _vm(sub: Any, command: Command) -> None:
         ("revert", "go back to a snapshot (a job)"),
         ("delete", "delete a snapshot (a job)"),
     ):
-        one = _no_wait(command(ssub, name, text))
+        one = no_wait(command(ssub, name, text))
         one.add_argument("vm", help=VM_HELP)
         one.add_argument("name", help="the snapshot's name")
 
@@ -508,92 +540,3 @@ def _ct(sub: Any, command: Command) -> None:
     exec_.add_argument("name", help=CT_HELP)
     exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="after --")
     exec_.add_argument("--timeout", type=float, default=None, metavar="S", help="default 30")
-
-
-def _sync(sub: Any, command: Command) -> None:
-    sync = command(sub, "sync", "smart sync of the configuration source (a job)")
-    sync.add_argument("--repo", metavar="OWNER/NAME", help="default: the daemon's sync.repo")
-    sync.add_argument("--ref", metavar="REF", help="branch, tag or commit (default main)")
-    sync.add_argument("--target", metavar="DIR", help="default: the daemon's paths.source_dir")
-    sync.add_argument("--dry-run", action="store_true", help="download and verify; install nothing")
-    sync.add_argument("--check-only", action="store_true", help="only compare; download nothing")
-    sync.add_argument("--skip-validation", action="store_true", help="no SHA-1 check of downloads")
-    sync.add_argument("--force-full", action="store_true", help="the whole tarball, swapped in")
-    sync.add_argument(
-        "--rollback",
-        action="store_true",
-        help="put back the tree as it was before the last sync (needs the snapshot cache)",
-    )
-    _no_wait(sync)
-
-    rebuild = command(sub, "rebuild", "nixos-rebuild ACTION, its output streamed (a job)")
-    rebuild.add_argument("action", choices=ACTIONS, metavar="ACTION", help=", ".join(ACTIONS))
-    rebuild.add_argument("--flake", metavar="DIR", help="default /etc/nixos")
-    rebuild.add_argument("--host", metavar="NAME", help="default: this host's short name")
-    rebuild.add_argument("--show-trace", action="store_true")
-    rebuild.add_argument("--no-impure", dest="impure", action="store_false", default=None)
-    rebuild.add_argument("--refresh", action="store_true", help="re-fetch inputs, no cache TTLs")
-    rebuild.add_argument("--fast", action="store_true", help="25 download connections, all cores")
-    _no_wait(rebuild)
-
-    update = command(sub, "update", "validate, smart sync, then rebuild (one job)")
-    update.add_argument("--ref", metavar="REF", help="default main")
-    update.add_argument("--check-only", action="store_true", help="validate and compare only")
-    update.add_argument("--skip-rebuild", action="store_true")
-    update.add_argument("--force-full", action="store_true")
-    update.add_argument(
-        "--rebuild-action", choices=ACTIONS, metavar="ACTION", help="default switch"
-    )
-    _no_wait(update)
-
-    install = command(
-        sub,
-        "install",
-        "make this NixOS host a hypervisor: copy, link, migrate, rebuild (one job)",
-        description="Copy SOURCE to /etc/hypervisor/src, link /etc/nixos/flake.nix to it, "
-        "check for updates, keep or generate the hardware configuration, migrate users and "
-        "settings, then nixos-rebuild test and switch. A failure before the switch puts back "
-        "every file it replaced.",
-    )
-    install.add_argument("--source", metavar="DIR", required=True, help="the Hyper-NixOS tree")
-    install.add_argument("--hostname", metavar="NAME", help="default: this host's name")
-    install.add_argument(
-        "--action",
-        choices=("build", "test", "switch"),
-        metavar="ACTION",
-        help="build, test or switch (default: test, then switch)",
-    )
-    install.add_argument(
-        "--force", action="store_true", help="replace a different installed tree (kept as backup)"
-    )
-    install.add_argument("--reboot", action="store_true", help="reboot after a successful switch")
-    install.add_argument("--fast", action="store_true", help="25 download connections, all cores")
-    install.add_argument(
-        "--skip-update-check", action="store_true", help="offline: no smart sync of the source"
-    )
-    install.add_argument("--users", type=_names, metavar="NAME,...", help="default: UID >= 1000")
-    _no_wait(install)
-
-    host = sub.add_parser("host", help="this host's users and settings, carried over to NixOS")
-    hsub = host.add_subparsers(
-        dest="host_command", required=True, metavar="ACTION", parser_class=Parser
-    )
-    migrate = command(
-        hsub,
-        "migrate",
-        "write users-local.nix and system-local.nix from this host's files (a job)",
-        description="Users with UID >= 1000 (password hashes kept; each gains wheel, kvm, "
-        "libvirtd, video, input) and hostname, time zone, locale, keyboard, stateVersion, "
-        "swap and resume device, as NixOS modules in /etc/hypervisor/configuration.",
-    )
-    migrate.add_argument("--dry-run", action="store_true", help="report only; write nothing")
-    migrate.add_argument("--users", type=_names, metavar="NAME,...", help="default: UID >= 1000")
-    migrate.add_argument("--hostname", metavar="NAME", help="default: this host's name")
-    _no_wait(migrate)
-
-
-def _names(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one name")
-    return names

@@ -14,19 +14,37 @@ if TYPE_CHECKING:
     from opdbus.models.job import JobRecord, LogLine
 
 
+# --no-headers (set once from the command line): rows only, as `systemctl --no-legend`.
+HEADERS = True
+MIN_LAST = 12  # the free-text column keeps at least this much when a terminal is narrow
+
+
 def table(
     headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO = sys.stdout
 ) -> None:
     cells = [[str(cell) for cell in row] for row in rows]
-    widths = [len(header) for header in headers]
+    widths = [len(header) if HEADERS else 0 for header in headers]
     for row in cells:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
-    # The last column is free text: never pad it.
-    line = "  ".join(header.upper().ljust(widths[i]) for i, header in enumerate(headers))
-    out.write(line.rstrip() + "\n")
+    # On a terminal the last column (free text: never padded) is cut to fit its
+    # width; a pipe gets whole lines (scripts and grep want all of it).
+    room = None
+    if out.isatty():
+        fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
+        room = max(shutil.get_terminal_size().columns - fixed, MIN_LAST)
+
+    def line(row: Sequence[str]) -> str:
+        text = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1]))
+        last = row[-1] if row else ""
+        if room is not None and len(last) > room:
+            last = last[: room - 1] + "…"
+        return (f"{text}  {last}" if len(row) > 1 else last).rstrip() + "\n"
+
+    if HEADERS:
+        out.write(line([header.upper() for header in headers]))
     for row in cells:
-        out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
+        out.write(line(row))
 
 
 def dump(value: Any) -> None:

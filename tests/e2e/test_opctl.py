@@ -90,6 +90,17 @@ def test_jobs_commands(calm: Opdbusd, private_bus: PrivateBus) -> None:
         "RESULT",
     ]
     assert listing[1].split()[:4] == ["1", "succeeded", "Validate", "100%"]
+    opctl(private_bus.address, "validate", "--quick")
+    newest = opctl(private_bus.address, "--json", "jobs", "list", "--last", "1").stdout
+    assert [job["id"] for job in json.loads(newest)] == [2]
+    done = opctl(private_bus.address, "--json", "jobs", "list", "--state", "succeeded").stdout
+    assert [job["id"] for job in json.loads(done)] == [1, 2]
+    running = opctl(private_bus.address, "jobs", "list", "--state", "running").stdout
+    assert running.strip() == "no jobs"
+    bare = opctl(private_bus.address, "jobs", "list", "--no-headers").stdout.splitlines()
+    assert [line.split()[0] for line in bare] == ["1", "2"]
+    version = opctl(private_bus.address, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("opctl ")
     show = opctl(private_bus.address, "jobs", "show", "/org/opdbus/job/1").stdout
     assert "operation: Validate" in show and "started by: uid 0" in show
     log = opctl(private_bus.address, "jobs", "log", "1", "--from", "2").stdout.splitlines()
