@@ -98,17 +98,23 @@ class MenuApp(App[None]):
     #job { height: 1; }
     DataTable { height: 1fr; }
     """
+    # The footer shows them in this order and cuts what does not fit in 80
+    # columns: the way out and the way on first.
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "quit"),
+        Binding("o", "more", "more"),
         Binding("s", "vm('Start')", "start"),
         Binding("d", "vm('Shutdown')", "shutdown"),
-        Binding("f", "vm('Stop')", "force stop"),
+        Binding("f", "vm('Stop')", "kill"),
         Binding("r", "vm('Reboot')", "reboot"),
-        Binding("n", "snapshot", "snapshot"),
+        Binding("n", "snapshot", "snap"),
         Binding("c", "console", "console"),
-        Binding("l", "job_log", "job log"),
-        Binding("o", "more", "more options"),
-        Binding("q", "quit", "quit"),
+        Binding("l", "job_log", "log"),
     ]
+    ENABLE_COMMAND_PALETTE = False  # keyboard-only console: its ^p entry costs footer room
+    MAIN_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"more", "vm", "snapshot", "console", "job_log"}
+    )
 
     def __init__(self, address: str | None = None, *, tick: float = 1.0) -> None:
         super().__init__()
@@ -125,6 +131,10 @@ class MenuApp(App[None]):
         self._countdown_done = False
 
     # -- layout -------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The VM keys belong to the main screen: hidden and off on every other one."""
+        return not (action in self.MAIN_ONLY and len(self.screen_stack) > 1)
 
     def compose(self) -> ComposeResult:
         with Vertical():
