@@ -235,12 +235,13 @@ class Migrator:
                 await asyncio.shield(asyncio.to_thread(undo, journal))
                 raise
             written = [path for path, what in output["files"].items() if what == "written"]
+            users = _users(len(output["users"]))
             if opts.dry_run:
-                message = f"dry run: {len(output['users'])} users; nothing written"
+                message = f"dry run: {users}; nothing written"
             elif written:
-                message = f"{len(output['users'])} users; wrote " + ", ".join(written)
+                message = f"{users}; wrote " + ", ".join(written)
             else:
-                message = f"{len(output['users'])} users; files already up to date"
+                message = f"{users}; files already up to date"
             return JobOutcome(message, output)
 
         return run
@@ -269,7 +270,7 @@ class Migrator:
         self, ctx: JobContext, opts: MigrateOptions, caller_uid: int, journal: list[Change]
     ) -> dict[str, Any]:
         found = await self.detect(opts, caller_uid)
-        ctx.log(f"read from {self.root}: {len(found.accounts.users)} users")
+        ctx.log(f"read from {self.root}: {_users(len(found.accounts.users))}")
         users = found.accounts.users
         if len(users) > LOGGED_USERS:
             invoking = next((f"; invoking user {u.name}" for u in users if u.invoking), "")
@@ -380,6 +381,10 @@ class Migrator:
         return next((line for line in said if line.startswith("error:")), None) or (
             said[-1] if said else f"exit status {result.status}"
         )
+
+
+def _users(count: int) -> str:
+    return f"{count} user{'' if count == 1 else 's'}"
 
 
 def undo(journal: list[Change]) -> None:
