@@ -19,7 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opdbus import kinds
 from opdbus.backends import host
@@ -32,9 +32,7 @@ from opdbus.config import Config
 from opdbus.errors import OpdbusError
 from opdbus.services.audit import AuditLog
 from opdbus.services.health import BackendHealth
-from opdbus.services.install import Installer
 from opdbus.services.jobs import JobManager
-from opdbus.services.migrate import Migrator
 from opdbus.services.rebuild import RebuildService
 from opdbus.services.resource import ResourceService, Wiring
 from opdbus.services.snapshots import SnapshotCache
@@ -43,6 +41,9 @@ from opdbus.services.sync import SyncService
 from opdbus.services.trim import Trimmer
 from opdbus.services.validate import HostPaths, Validator
 from opdbus.services.workers import Workers
+
+if TYPE_CHECKING:
+    from opdbus.services.install import Installer
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,23 @@ def prepare_state_dir(state: Path) -> None:
             ) from None
         except OSError as e:
             raise StartupError(f"cannot use the state directory {path}: {e.strerror}") from None
+
+
+def lazy_installer(
+    config: Config, sync: SyncService, rebuild: RebuildService
+) -> Callable[[], Awaitable[Installer]]:
+    """The installer, imported (in a thread) and made on its first use: start-up
+    does not pay for what a host runs once."""
+    made: list[Installer] = []
+    load = kinds.Lazy("opdbus.services.install", "make", also=("opdbus.models.install",))
+
+    async def get() -> Installer:
+        if not made:
+            make = await load.load()
+            made.append(make(config.paths, config.install, sync, rebuild))
+        return made[0]
+
+    return get
 
 
 class Daemon:
@@ -158,9 +176,9 @@ class Daemon:
             StateFiles(self.config.state_dir / "state"),
             self.snapshots,
         )
-        paths = self.config.paths
-        rebuild = RebuildService(self.config.rebuild, self.config.state_dir, paths.flake_dir)
-        migrator = Migrator(paths.host_root, paths.configuration_dir, self.config.install)
+        rebuild = RebuildService(
+            self.config.rebuild, self.config.state_dir, self.config.paths.flake_dir
+        )
         self.server.serve(
             ManagerServices(
                 version=VERSION,
@@ -172,8 +190,7 @@ class Daemon:
                 validator=validator,
                 sync=sync,
                 rebuild=rebuild,
-                migrator=migrator,
-                installer=Installer(paths, self.config.install, migrator, sync, rebuild),
+                installer=lazy_installer(self.config, sync, rebuild),
                 kinds=self.started,
                 snapshots=self.snapshots,
                 in_mode=frozenset(kind.name for kind in kinds.enabled(self.config)),

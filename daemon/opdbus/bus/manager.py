@@ -1,6 +1,6 @@
 """org.opdbus.Manager1 at /org/opdbus: the daemon's front door."""
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -30,7 +30,6 @@ from opdbus.errors import BackendUnavailable, InvalidArgs, NotSupported
 from opdbus.models.audit import AuditEntry, AuditVerdict, SealOptions
 from opdbus.models.container import ContainerSpec
 from opdbus.models.document import check_size, parse_json
-from opdbus.models.install import InstallOptions, MigrateOptions
 from opdbus.models.network import BridgesDocument, BridgeSpec, SeedNet
 from opdbus.models.sync import RebuildAction, RebuildOptions, SyncOptions, UpdateOptions
 from opdbus.models.validation import ValidateOptions
@@ -49,9 +48,7 @@ from opdbus.names import (
 )
 from opdbus.services.audit import AuditLog
 from opdbus.services.health import BackendHealth
-from opdbus.services.install import Installer
 from opdbus.services.jobs import JobManager
-from opdbus.services.migrate import Migrator
 from opdbus.services.rebuild import RebuildService
 from opdbus.services.snapshots import OFF as SNAPSHOTS_OFF
 from opdbus.services.snapshots import SnapshotCache
@@ -62,6 +59,7 @@ from opdbus.services.workers import Workers
 
 if TYPE_CHECKING:  # a kind's service (and its library) loads only where the kind runs
     from opdbus.services.containers import ContainerService
+    from opdbus.services.install import Installer
     from opdbus.services.network import NetworkService
     from opdbus.services.vms import VmService
 
@@ -94,8 +92,8 @@ class ManagerServices:
     validator: Validator
     sync: SyncService
     rebuild: RebuildService
-    migrator: Migrator
-    installer: Installer
+    # Loaded and made on first use (daemon.lazy_installer): a host installs once.
+    installer: Callable[[], Awaitable["Installer"]]
     # The running kinds of resource (opdbus.kinds) by name, and those this mode has.
     kinds: Mapping[str, object] = field(default_factory=dict)
     in_mode: frozenset[str] = frozenset()
@@ -263,24 +261,30 @@ class Manager1(OpdbusInterface):
 
     @bus_method(action=Action.MIGRATE)
     async def MigrateHostSettings(self, options: DBusDict) -> DBusObjectPath:
+        installer = await self._s.installer()
+        from opdbus.models.install import MigrateOptions  # loaded with the installer
+
         opts = decode_options(MigrateOptions, options, "MigrateHostSettings")
         what = "dry run" if opts.dry_run else "write"
         return await submit_job(
             self._s.jobs,
             f"MigrateHostSettings ({what})",
-            self._s.migrator.job(opts, current_caller().uid),
+            installer.migrator.job(opts, current_caller().uid),
             [INSTALL_TARGET],
         )
 
     @bus_method(action=Action.INSTALL)
     async def Install(self, options: DBusDict) -> DBusObjectPath:
+        installer = await self._s.installer()
+        from opdbus.models.install import InstallOptions  # loaded with the installer
+
         opts = decode_options(InstallOptions, options, "Install")
         self._s.jobs.check_idle(INSTALL_TARGET, "the installer")
-        await self._s.installer.prepare(opts)
+        await installer.prepare(opts)
         return await submit_job(
             self._s.jobs,
             f"Install {opts.source}",
-            self._s.installer.job(opts, current_caller().uid),
+            installer.job(opts, current_caller().uid),
             [INSTALL_TARGET, SYNC_TARGET, REBUILD_TARGET],
         )
 

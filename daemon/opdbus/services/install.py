@@ -92,6 +92,14 @@ def _check_source(source: Path, target: Path, force: bool) -> bool:
     return real == installed
 
 
+def make(
+    paths: PathsConfig, config: InstallConfig, sync: SyncService, rebuild: RebuildService
+) -> Installer:
+    """The installer and its migrator (loaded on the first call: opdbus.daemon)."""
+    migrator = Migrator(paths.host_root, paths.configuration_dir, config)
+    return Installer(paths, config, migrator, sync, rebuild)
+
+
 class Installer:
     def __init__(
         self,
