@@ -199,6 +199,7 @@ def make_source(tmp: Path, version: str = "1") -> Path:
     os.symlink("modules/hyper.nix", source / "default.nix")
     (source / ".git").mkdir()
     (source / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (source / "result").symlink_to("/nix/store/0000-result")  # a build output: not installed
     return source
 
 
@@ -368,7 +369,8 @@ async def test_install_runs_its_phases_in_order_and_again_changes_nothing(
 
             # The source went in without its .git; the smart sync then ran against it.
             installed = tree(src)
-            assert ".git" not in installed and installed["default.nix"] == (
+            assert ".git" not in installed and "result" not in installed
+            assert installed["default.nix"] == (
                 "link", b"modules/hyper.nix",
             )  # fmt: skip
             assert installed["scripts/tool.sh"][0] == "0o755"
@@ -400,6 +402,8 @@ def old_host(tmp: Path) -> dict[Path, dict[str, tuple[str, bytes]]]:
     )
     src.mkdir(parents=True)
     (src / "flake.nix").write_text("# the old tree\n")
+    (src / "var").mkdir()  # the sync's and the installer's "never touched"
+    (src / "var" / "data").write_text("the host's own\n")
     flake.mkdir()
     (flake / "flake.nix").write_text("# the host's own flake\n")
     conf.mkdir()

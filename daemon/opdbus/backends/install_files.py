@@ -22,10 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from opdbus.backends import sync_tree
 from opdbus.backends.files import fsync_dir
-
-# Build outputs and a checkout's history are not part of an installed source.
-TREE_EXCLUDES = frozenset({".git", "result"})
 
 
 @dataclass(frozen=True)
@@ -123,9 +121,18 @@ def link(path: Path, target: Path, when: str) -> Change | None:
 # -- a tree -----------------------------------------------------------------------
 
 
-def _ignore_top(root: str) -> Callable[[str, list[str]], set[str]]:
+def _rel(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _ignore(root: str) -> Callable[[str, list[str]], set[str]]:
+    """copytree's filter: what the smart sync never touches is not installed either
+    (seed 001's exclusions: .git/, result/, target/, tools/target/, var/, *.socket)."""
+
     def ignore(directory: str, entries: list[str]) -> set[str]:
-        return set(TREE_EXCLUDES.intersection(entries)) if directory == root else set()
+        prefix = os.path.relpath(directory, root)
+        prefix = "" if prefix == "." else prefix
+        return {e for e in entries if sync_tree.excluded(_rel(prefix, e))}
 
     return ignore
 
@@ -133,15 +140,16 @@ def _ignore_top(root: str) -> Callable[[str, list[str]], set[str]]:
 def same_tree(source: Path, target: Path) -> bool:
     """Whether ``target`` holds exactly what ``source`` does (names, kinds, modes, bytes, links)."""
 
-    def walk(a: Path, b: Path, top: bool) -> bool:
+    def listing(directory: Path, prefix: str) -> dict[str, os.DirEntry[str]]:
+        return {
+            e.name: e for e in os.scandir(directory) if not sync_tree.excluded(_rel(prefix, e.name))
+        }
+
+    def walk(a: Path, b: Path, prefix: str) -> bool:
         try:
-            left = {e.name: e for e in os.scandir(a)}
-            right = {e.name: e for e in os.scandir(b)}
+            left, right = listing(a, prefix), listing(b, prefix)
         except (FileNotFoundError, NotADirectoryError):
             return False
-        if top:
-            left = {k: v for k, v in left.items() if k not in TREE_EXCLUDES}
-            right = {k: v for k, v in right.items() if k not in TREE_EXCLUDES}
         if left.keys() != right.keys():
             return False
         for name, x in left.items():
@@ -153,7 +161,7 @@ def same_tree(source: Path, target: Path) -> bool:
                 if os.readlink(x.path) != os.readlink(y.path):
                     return False
             elif x.is_dir(follow_symlinks=False):
-                if not walk(Path(x.path), Path(y.path), False):
+                if not walk(Path(x.path), Path(y.path), _rel(prefix, name)):
                     return False
             elif stat.S_IMODE(sx.st_mode) != stat.S_IMODE(sy.st_mode) or not filecmp.cmp(
                 x.path, y.path, shallow=False
@@ -161,7 +169,7 @@ def same_tree(source: Path, target: Path) -> bool:
                 return False
         return True
 
-    return walk(source, target, True)
+    return walk(source, target, "")
 
 
 def stage_tree(source: Path, target: Path) -> Path:
@@ -170,7 +178,7 @@ def stage_tree(source: Path, target: Path) -> Path:
     staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent))
     os.rmdir(staged)
     try:
-        shutil.copytree(source, staged, symlinks=True, ignore=_ignore_top(str(source)))
+        shutil.copytree(source, staged, symlinks=True, ignore=_ignore(str(source)))
     except BaseException:
         discard(staged)
         raise
@@ -178,16 +186,12 @@ def stage_tree(source: Path, target: Path) -> Path:
 
 
 def commit_tree(target: Path, staged: Path, when: str) -> Change:
-    backup = None
-    if os.path.lexists(target):
-        backup = _backup_name(target, when)
-        os.rename(target, backup)
-    try:
-        os.rename(staged, target)
-    except BaseException:
-        if backup is not None:
-            os.rename(backup, target)
-        raise
+    """The staged tree in place in one step (the sync's swap: what it never touches,
+    .git/ and var/, stays in the live tree); the old one becomes the backup."""
+    backup = _backup_name(target, when) if os.path.lexists(target) else None
+    sync_tree.swap(target, staged)
+    if backup is not None:
+        os.rename(staged, backup)  # what the swap left there: the old tree
     fsync_dir(target.parent)
     return Change(target, backup)
 
@@ -201,10 +205,8 @@ def restore(change: Change) -> None:
     if change.backup is None:
         discard(path)
     elif path.is_dir() and not path.is_symlink():
-        aside = path.with_name(f".{path.name}.undone-{os.getpid()}")
-        os.rename(path, aside)
-        os.rename(change.backup, path)
-        shutil.rmtree(aside)
+        sync_tree.swap(path, change.backup)  # the live tree's .git/ and var/ go back with it
+        shutil.rmtree(change.backup)
     else:
         os.replace(change.backup, path)
     fsync_dir(path.parent)
