@@ -16,26 +16,34 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(
-    path: Path, data: bytes, *, mode: int = 0o640, sync: bool = True, sync_dir: bool = True
-) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never half.
-
-    The temporary file lives in the same directory (rename is atomic only
-    within one file system) and is removed if anything fails.
-    """
+def stage(path: Path, data: bytes, *, mode: int, sync: bool = True) -> Path:
+    """``data`` in a temporary file beside ``path`` (same file system: a rename of it
+    is atomic), with ``mode`` from the start; removed again if writing fails."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def atomic_write(
+    path: Path, data: bytes, *, mode: int = 0o640, sync: bool = True, sync_dir: bool = True
+) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+    tmp = stage(path, data, mode=mode, sync=sync)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
         raise
     if sync and sync_dir:  # (a caller replacing several files syncs the directory once)
         fsync_dir(path.parent)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from opdbus.backends import sync_tree
+from opdbus.backends import files, sync_tree
 from opdbus.backends.files import fsync_dir
 
 
@@ -63,19 +63,9 @@ def differs(path: Path, data: bytes, mode: int) -> bool:
 
 
 def stage_file(path: Path, data: bytes, mode: int) -> Path:
-    """``data`` in a temporary file beside ``path``, synced, with ``mode`` from the start."""
+    """``data`` synced in a temporary file beside ``path`` (its directory made if need be)."""
     ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return Path(tmp)
+    return files.stage(path, data, mode=mode)
 
 
 def commit_file(path: Path, staged: Path, when: str) -> Change:
