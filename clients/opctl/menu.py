@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -46,6 +45,18 @@ def error_line(error: Exception) -> str:
     if isinstance(error, errors.OpdbusError):
         return f"{type(error).__name__}: {error.message}"
     return f"{type(error).__name__}: {error}"
+
+
+def job_state_changed(event: SignalEvent) -> bool:
+    """A job came, went, or changed state (not each of its log lines: a rebuild prints
+    hundreds a second)."""
+    if event.member in ("JobNew", "JobRemoved"):
+        return True
+    return (
+        event.member == "PropertiesChanged"
+        and event.args[0] == names.JOB_IFACE
+        and "State" in event.args[1]
+    )
 
 
 def vm_cells(props: dict[str, Any]) -> dict[str, str]:
@@ -176,20 +187,17 @@ class MenuApp(App[None]):
             self.client = client
             while True:
                 try:
-                    event = await asyncio.wait_for(queue.get(), RETRY_SECONDS)
+                    event: SignalEvent | None = await asyncio.wait_for(queue.get(), RETRY_SECONDS)
                 except TimeoutError:
-                    # Quiet: is the bus still there, and the same daemon behind the name?
-                    if not client.bus.connected:
-                        raise Unreachable("the bus connection was lost") from None
-                    if client.owner != self.owner:
-                        if client.owner is None:
-                            raise Unreachable("op-dbusd went away") from None
-                        await self.load(client)  # a new daemon: everything again
-                    continue
-                if client.owner != self.owner:  # a new daemon, already talking
-                    await self.load(client)
-                    continue
-                self.dispatch(event)
+                    event = None  # quiet: is the bus still there, the same daemon behind it?
+                if not client.bus.connected:
+                    raise Unreachable("the bus connection was lost")
+                if client.owner != self.owner:
+                    if client.owner is None:
+                        raise Unreachable("op-dbusd went away")
+                    await self.load(client)  # a new daemon: everything again
+                elif event is not None:
+                    self.dispatch(event)
 
     async def load(self, client: Client) -> None:
         self.props = await client.get_all(names.ROOT_PATH, names.MANAGER_IFACE)
@@ -221,10 +229,7 @@ class MenuApp(App[None]):
         elif event.member == "PropertiesChanged" and event.args[0] == names.MANAGER_IFACE:
             self.props.update(event.args[1])
             self.status()
-        elif event.path.startswith(names.JOB_PATH_PREFIX) or event.member in (
-            "JobNew",
-            "JobRemoved",
-        ):
+        elif job_state_changed(event):
             self.jobs_changed()
         for listener in list(self.listeners):
             listener(event)
@@ -423,7 +428,7 @@ def from_cli(args: argparse.Namespace) -> int:
 
 
 def run(address: str | None) -> int:
-    if not sys.stdout.isatty() and not os.environ.get("OPDBUS_MENU_HEADLESS"):
+    if not sys.stdout.isatty():
         print("op-dbus-menu: needs a terminal", file=sys.stderr)
         return errors.InvalidArgs.exit_code
     MenuApp(address).run()

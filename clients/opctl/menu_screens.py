@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events, work
@@ -25,11 +25,9 @@ from textual.widgets.option_list import Option
 
 from opctl.client import Client
 from opctl.convert import to_variants
+from opctl.menu import MenuApp, error_line, job_state_changed
 from opctl.wire import SignalEvent, Unreachable
 from opdbus import errors, names
-
-if TYPE_CHECKING:
-    from opctl.menu import MenuApp
 
 REBUILD_ACTIONS = ("switch", "test", "boot", "build", "dry-build")
 Row = tuple[str, list[str]]  # a key, its cells
@@ -38,8 +36,6 @@ Keys = dict[str, tuple[str, KeyAction]]
 
 
 def _app(screen: Screen[Any]) -> MenuApp:
-    from opctl.menu import MenuApp
-
     app = screen.app
     assert isinstance(app, MenuApp)
     return app
@@ -53,8 +49,6 @@ def _client(screen: Screen[Any]) -> Client:
 
 
 def _fail(screen: Screen[Any], error: Exception) -> None:
-    from opctl.menu import error_line
-
     screen.notify(error_line(error), severity="error", timeout=8)
 
 
@@ -278,10 +272,6 @@ async def _drift(client: Client) -> list[Row]:
     return rows
 
 
-def _is_job_event(event: SignalEvent) -> bool:
-    return event.path.startswith(names.JOB_PATH_PREFIX) or event.member in ("JobNew", "JobRemoved")
-
-
 async def _ct(table: Table, member: str, name: str) -> None:
     client = _client(table)
     path = names.container_path(name)
@@ -390,7 +380,7 @@ class MoreOptions(Screen[None]):
         elif key == "jobs":
             keys = {"enter": ("log", _job_log), "c": ("cancel", _job_cancel)}
             app.push_screen(Table("Jobs", ["ID", "OPERATION", "STATE", "PROGRESS", "RESULT"],
-                                  _jobs, keys, live=_is_job_event))  # fmt: skip
+                                  _jobs, keys, live=job_state_changed))  # fmt: skip
         elif key == "audit":
             app.push_screen(Table("Audit log (newest first)", ["SEQ", "TIME", "UID", "METHOD",
                                   "RESULT"], _audit, {"v": ("verify", _verify)}))  # fmt: skip
