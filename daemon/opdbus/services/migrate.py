@@ -207,19 +207,6 @@ def _setting_lines(settings: HostSettings) -> list[str]:
     return lines
 
 
-def settings_output(settings: HostSettings) -> dict[str, Any]:
-    return {
-        name: (
-            [found.model_dump() for found in value]
-            if isinstance(value, list)
-            else value.model_dump()
-            if value is not None
-            else None
-        )
-        for name, value in settings
-    }
-
-
 class Migrator:
     def __init__(self, root: Path, configuration_dir: Path, config: InstallConfig) -> None:
         self.root = root
@@ -307,7 +294,7 @@ class Migrator:
             "no_password_hash": {
                 u.name: password_state(u) for u in users if password_state(u) != HASH_KEPT
             },
-            "settings": settings_output(found.settings),
+            "settings": found.settings.model_dump(),
             "missing": found.settings.missing(),
             "files": {str(path): state for path, state in states.items()},
             "backups": [str(c.backup) for c in journal if c.backup is not None],
