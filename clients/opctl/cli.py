@@ -18,6 +18,20 @@ from opdbus import errors
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool killed by SIGPIPE
 
 
+def report(e: errors.OpdbusError, *, json_errors: bool) -> int:
+    """One line on stderr (under --json, one JSON object) and the kind's exit code."""
+    kind = type(e).__name__ if not isinstance(e, Unreachable) else "Unreachable"
+    if json_errors:
+        import json
+
+        from opctl.jsonout import error
+
+        print(json.dumps(error(e, kind)), file=sys.stderr)
+    else:
+        print(f"opctl: {kind}: {e.message}", file=sys.stderr)
+    return e.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     standalone = getattr(args, "standalone", None)
@@ -32,9 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a closed pipe can still be told apart
         return status
     except errors.OpdbusError as e:
-        kind = type(e).__name__ if not isinstance(e, Unreachable) else "Unreachable"
-        print(f"opctl: {kind}: {e.message}", file=sys.stderr)
-        return e.exit_code
+        return report(e, json_errors=args.json)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opctl import render
+from opctl import jsonout, render
 from opdbus import errors
 from opdbus.models.audit import AuditEntry, ChainState, SealKey, SealVerifier, walk
 
@@ -28,8 +28,9 @@ def offline_verify(args: argparse.Namespace) -> int | None:
         entries, state = _file_entries(args.file)
         return _report(args, state, key, entries)
     except errors.OpdbusError as e:
-        print(f"opctl: {type(e).__name__}: {e.message}", file=sys.stderr)
-        return e.exit_code
+        from opctl.cli import report
+
+        return report(e, json_errors=args.json)
 
 
 def _key(args: argparse.Namespace) -> SealKey | None:
@@ -180,7 +181,12 @@ class AuditCommands:
             start = max(head - limit + 1, 1)
         entries = await self.client.audit(start, limit)
         if self.args.json:
-            render.dump([entry.model_dump() for entry in entries])
+            render.dump(
+                [
+                    jsonout.absent({**entry.model_dump(), "time": jsonout.iso(entry.time)})
+                    for entry in entries
+                ]
+            )
             return 0
         render.table(
             ["seq", "time", "uid", "kind", "method", "object", "job", "result"],

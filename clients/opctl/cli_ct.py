@@ -6,7 +6,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from opctl import render
+from opctl import jsonout, render
 from opctl.convert import to_variants
 from opdbus.errors import InvalidArgs
 from opdbus.models.container import ContainerInfo
@@ -44,7 +44,7 @@ class CtCommands:
     async def _done(self, message: str) -> int:
         info = await self.client.container(self.args.name)
         if self.args.json:
-            render.dump(info.model_dump(mode="json"))
+            render.dump(jsonout.mutation(obj=jsonout.container(info)))
         else:
             print(message)
         return 0
@@ -53,7 +53,7 @@ class CtCommands:
         await self.client.require_backend("lxc", "containers")
         containers = await self.client.containers()
         if self.args.json:
-            render.dump([c.model_dump(mode="json") for c in containers])
+            render.dump([jsonout.container(c) for c in containers])
         elif not containers:
             print("no containers")
         else:
@@ -78,7 +78,7 @@ class CtCommands:
     async def do_show(self) -> int:
         c = await self.client.container(self.args.name)
         if self.args.json:
-            render.dump(c.model_dump(mode="json"))
+            render.dump(jsonout.container(c))
             return 0
         self._show(c)
         return 0

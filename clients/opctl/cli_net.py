@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from opctl import render
+from opctl import jsonout, render
 from opctl.files import read_document
 from opdbus.models.network import BridgeInfo
 
@@ -30,7 +30,7 @@ class NetCommands:
         await self.client.require_backend("ovsdb", "bridges")
         bridges = await self.client.bridges()
         if self.args.json:
-            render.dump([b.model_dump(mode="json") for b in bridges])
+            render.dump([jsonout.bridge(b) for b in bridges])
         elif not bridges:
             print("no bridges")
         else:
@@ -52,7 +52,7 @@ class NetCommands:
     async def bridge_show(self) -> int:
         bridge = await self.client.bridge(self.args.name)
         if self.args.json:
-            render.dump(bridge.model_dump(mode="json"))
+            render.dump(jsonout.bridge(bridge))
             return 0
         self._show(bridge)
         return 0
@@ -106,7 +106,7 @@ class NetCommands:
     async def bridge_delete(self) -> int:
         await self.client.delete_bridge(self.args.name)
         if self.args.json:
-            render.dump({"deleted": self.args.name})
+            render.dump(jsonout.mutation())  # the object is gone
         else:
             print(f"bridge {self.args.name} deleted")
         return 0
@@ -131,7 +131,7 @@ class NetCommands:
 
     async def _done(self, bridge: str, message: str) -> int:
         if self.args.json:
-            render.dump((await self.client.bridge(bridge)).model_dump(mode="json"))
+            render.dump(jsonout.mutation(obj=jsonout.bridge(await self.client.bridge(bridge))))
         else:
             print(message)
         return 0

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from opctl import render
+from opctl import jsonout, render
 from opctl.files import read_document
 from opdbus import names
 from opdbus.models.job import JobRecord
@@ -82,30 +82,23 @@ class StateCommands:
 
     async def _confirm(self) -> int:
         await self.client.state_call("Confirm")
-        return self._done("confirmed: the changes stay")
+        return await self._done("confirmed: the changes stay")
 
     async def _rollback(self) -> int:
         await self.client.state_call("Rollback")
-        return self._done("rolled back: the host is as it was before the apply")
+        return await self._done("rolled back: the host is as it was before the apply")
 
     async def _reload(self) -> int:
         (job,) = await self.client.state_call("Reload")
         if job == "/":
-            return self._done("no state file to apply")
+            return await self._done("no state file to apply", changed=False)
         return self.cli.finish_job(await self.cli.follow(str(job)))
 
     async def _drift(self) -> int:
         state = await self.client.state()
         drift = [list(entry) for entry in state["Drift"]]
         if self.args.json:
-            render.dump(
-                {
-                    "in_sync": state["InSync"],
-                    "digest": state["Digest"] or None,
-                    "pending_checkpoint": state["PendingCheckpoint"] or None,
-                    "drift": [{"provider": p, "id": i, "what": w} for p, i, w in drift],
-                }
-            )
+            render.dump(await self._summary())
             return 0
         if not state["Digest"]:
             print("no document has been applied yet")
@@ -128,8 +121,12 @@ class StateCommands:
         )
         found = [(str(k), str(i), int(c), int(b), str(p)) for k, i, c, b, p in rows]
         if self.args.json:
-            keys = ("kind", "id", "created_us", "bytes", "path")
-            render.dump([dict(zip(keys, row, strict=True)) for row in found])
+            render.dump(
+                [
+                    {"kind": k, "id": i, "created": jsonout.stamp(c), "bytes": b, "path": p}
+                    for k, i, c, b, p in found
+                ]
+            )
             return 0
         if not found:
             print("no snapshots yet: they are kept when a state apply or a sync changes something")
@@ -141,12 +138,22 @@ class StateCommands:
         )
         return 0
 
-    def _done(self, text: str) -> int:
-        if self.args.json:
-            render.dump({"result": text})
+    async def _done(self, text: str, *, changed: bool = True) -> int:
+        if self.args.json:  # the mutation's shape: the state object as it is now
+            render.dump(jsonout.mutation(obj=await self._summary() if changed else None))
         else:
             print(text)
         return 0
+
+    async def _summary(self) -> dict[str, Any]:
+        state = await self.client.state()
+        return {
+            "path": names.STATE_PATH,
+            "in_sync": state["InSync"],
+            "digest": state["Digest"] or None,
+            "pending_checkpoint": state["PendingCheckpoint"] or None,
+            "drift": [{"provider": p, "id": i, "what": w} for p, i, w in state["Drift"]],
+        }
 
 
 def _line(change: dict[str, Any]) -> str:

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from opctl import render
+from opctl import jsonout, render
 from opctl.convert import to_variants, vm_info
 from opctl.files import read_document
-from opdbus.models.vm import VmInfo, profile_schema
+from opdbus.models.vm import profile_schema
 from opdbus.names import VM_IFACE
 
 if TYPE_CHECKING:
@@ -41,10 +41,6 @@ def _cpu_time(ns: int) -> str:
     return f"{days}d{hours % 24:02d}h"
 
 
-def vm_json(path: str, info: VmInfo) -> dict[str, Any]:
-    return {"path": path, **info.model_dump(mode="json")}
-
-
 class VmCommands:
     def __init__(self, cli: Cli) -> None:
         self.cli = cli
@@ -69,7 +65,8 @@ class VmCommands:
         path, before = await self.client.vm(self.args.vm)
         await self.client.vm_call(path, member, signature, body)
         if self.args.json:
-            render.dump(vm_json(path, vm_info(await self.client.get_all(path, VM_IFACE))))
+            after = vm_info(await self.client.get_all(path, VM_IFACE))
+            render.dump(jsonout.mutation(obj=jsonout.vm(path, after)))
         else:
             print(f"{before.name} {done}")
         return 0
@@ -83,7 +80,7 @@ class VmCommands:
             key=lambda item: item[1].name,
         )
         if self.args.json:
-            render.dump([vm_json(path, info) for path, info in vms])
+            render.dump([jsonout.vm(path, info) for path, info in vms])
         elif not vms:
             print("no VMs")
         else:
@@ -108,7 +105,7 @@ class VmCommands:
     async def show(self) -> int:
         path, i = await self.client.vm(self.args.vm)
         if self.args.json:
-            render.dump(vm_json(path, i))
+            render.dump(jsonout.vm(path, i))
             return 0
         render.pairs(
             [
@@ -213,7 +210,9 @@ class VmCommands:
             for n, t, s, c, d in snaps
         ]
         if self.args.json:
-            render.dump(rows)
+            render.dump(
+                [jsonout.absent({**r, "created": jsonout.stamp(r["created"])}) for r in rows]
+            )
         elif not rows:
             print(f"{info.name} has no snapshots")
         else:
@@ -222,7 +221,7 @@ class VmCommands:
                 [
                     (
                         r["name"],
-                        render.when(r["created"] * 1_000_000),
+                        render.when(r["created"]),
                         r["state"],
                         "*" if r["current"] else "",
                         r["description"] or "-",

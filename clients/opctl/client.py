@@ -437,9 +437,14 @@ class Client:
         (entries,) = await self.call(
             names.ROOT_PATH, names.MANAGER_IFACE, "GetAudit", "tu", [start, limit]
         )
-        from opdbus.models.audit import AuditEntry
+        from opdbus.models.audit import AuditEntry, us_to_rfc3339
 
-        return [AuditEntry.model_validate(plain(entry)) for entry in entries]
+        out = []
+        for entry in entries:
+            fields = plain(entry)
+            fields["time"] = us_to_rfc3339(fields["time"])  # the text the chain hashes
+            out.append(AuditEntry.model_validate(fields))
+        return out
 
     # -- signals -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from opctl import render
+from opctl import jsonout, render
 from opctl.client import Client
 from opctl.parser import _env_timeout
 from opctl.wire import job_ref_to_path
@@ -110,18 +110,23 @@ class Cli:
         or with --no-wait print its path."""
         if getattr(self.args, "no_wait", False):
             path = await start()
-            print(json.dumps({"job": path}) if self.args.json else path)
+            if self.args.json:
+                render.dump(jsonout.mutation(await self.client.job(path)))
+            else:
+                print(path)
             return 0
         record = await self.follow(start)
         if show is not None and not self.args.json:
             show(record)
         return self.finish_job(record)
 
-    def finish_job(self, record: JobRecord) -> int:
+    def finish_job(self, record: JobRecord, *, mutation: bool = True) -> int:
+        """Report a job's end; under --json, a mutation's shape (or, for
+        ``jobs wait``, the job itself)."""
         from opdbus.models.job import JobState
 
         if self.args.json:
-            render.dump(record.model_dump(mode="json"))
+            render.dump(jsonout.mutation(record) if mutation else jsonout.job(record))
         elif record.state is not JobState.SUCCEEDED:
             print(f"job {record.id} {record.state.value}: {record.result}", file=sys.stderr)
         else:
@@ -157,7 +162,7 @@ class Cli:
         if action == "show":
             record = await self.client.job(path)
             if self.args.json:
-                render.dump(record.model_dump(mode="json"))
+                render.dump(jsonout.job(record))
             else:
                 self._show(path, record)
             return 0
@@ -167,11 +172,11 @@ class Cli:
             await self.client.cancel(path)
             record = await self.client.job(path)
             if self.args.json:
-                render.dump(record.model_dump(mode="json"))
+                render.dump(jsonout.mutation(record))
             else:
                 print(f"job {record.id} {record.state.value}")
             return 0
-        return self.finish_job(await self.follow(path))
+        return self.finish_job(await self.follow(path), mutation=False)
 
     async def _jobs_list(self) -> int:
         records = await self.client.jobs()
@@ -180,7 +185,7 @@ class Cli:
         if self.args.last is not None:
             records = records[-self.args.last :] if self.args.last > 0 else []
         if self.args.json:
-            render.dump([record.model_dump(mode="json") for record in records])
+            render.dump([jsonout.job(record) for record in records])
         elif not records:
             print("no jobs")
         else:
@@ -206,7 +211,7 @@ class Cli:
             return job_exit_code(await self.follow(path))
         lines = await self.client.job_log(path, self.args.start, 0)
         if self.args.json:
-            render.dump([line._asdict() for line in lines])
+            render.dump([jsonout.log_line(line) for line in lines])
         else:
             for line in lines:
                 print(render.log_line(line))

@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from opdbus import errors
 from opdbus.models.audit import AuditEntry, make_entry
 from opdbus.sandbox import PrivateBus
 from tests.support import CALM, PYTHON, Opdbusd, base_config, opctl, run, silent_socket
@@ -59,21 +61,38 @@ def test_validate_failure_exits_with_the_jobs_error_kind(
     assert "[fail] backend-ovsdb: ovsdb-server not reachable" in result.stdout
     assert result.stderr.startswith("job 1 failed: ")
     record = json.loads(opctl(private_bus.address, "--json", "jobs", "show", "1").stdout)
-    assert record["state"] == "failed" and record["error_name"] == "org.opdbus.Error.Failed"
+    assert record["state"] == "failed" and record["error"] == "org.opdbus.Error.Failed"
     assert {c["name"]: c["status"] for c in record["output"]["checks"]}["backend-ovsdb"] == "fail"
 
 
 def test_validate_json_and_no_wait(calm: Opdbusd, private_bus: PrivateBus) -> None:
-    data = json.loads(opctl(private_bus.address, "--json", "validate", "--quick").stdout)
+    data = json.loads(opctl(private_bus.address, "--json", "validate", "--quick").stdout)["job"]
     assert (
         data["state"] == "succeeded"
         and data["operation"] == "Validate"
         and len(data["output"]["checks"]) == 6
     )
+    # The --json contract: ISO 8601 UTC times, null for absent, one mutation shape.
+    assert data["finished_at"].endswith("Z") and data["error"] is None
+    assert datetime.fromisoformat(data["created_at"]) <= datetime.fromisoformat(data["finished_at"])
     started = opctl(private_bus.address, "validate", "--quick", "--no-wait")
     assert started.returncode == 0 and started.stdout.strip() == "/org/opdbus/job/2"
     waited = opctl(private_bus.address, "jobs", "wait", "2")
     assert waited.returncode == 0 and "job 2 succeeded" in waited.stdout
+    queued = json.loads(opctl(private_bus.address, "--json", "validate", "--no-wait").stdout)
+    assert set(queued) == {"job", "object"} and queued["object"] is None
+    assert queued["job"]["path"] == "/org/opdbus/job/3" and queued["job"]["operation"] == "Validate"
+    opctl(private_bus.address, "jobs", "wait", "3")
+    # Errors under --json: one object on stderr, the kind's exit code.
+    missing = opctl(private_bus.address, "--json", "jobs", "show", "99")
+    assert missing.returncode == errors.NotFound.exit_code and missing.stdout == ""
+    assert json.loads(missing.stderr)["error"] == {
+        "name": "org.opdbus.Error.NotFound",
+        "kind": "NotFound",
+        "message": json.loads(missing.stderr)["error"]["message"],
+        "exit_code": errors.NotFound.exit_code,
+    }
+    assert "99" in json.loads(missing.stderr)["error"]["message"]
 
 
 def test_jobs_commands(calm: Opdbusd, private_bus: PrivateBus) -> None:
@@ -217,6 +236,7 @@ def test_audit_list_and_verify_catches_tampering(calm: Opdbusd, private_bus: Pri
         opctl(private_bus.address, "--json", "audit", "list", "--last", "2").stdout
     )
     assert [e["seq"] for e in entries] == [3, 4]
+    assert all(e["time"].endswith("Z") for e in entries)
     ok = opctl(private_bus.address, "audit", "verify")
     assert ok.returncode == 0 and ok.stdout.strip() == "audit log intact: 4 entries, chain intact"
     log = calm.state_dir / "audit" / "audit.jsonl"

@@ -50,7 +50,8 @@ def test_a_container_from_the_command_line(ctbus: str) -> None:
     assert ok(opctl(ctbus, "ct", "freeze", "web")).strip() == "web frozen"
     assert json.loads(ok(opctl(ctbus, "--json", "ct", "show", "web")))["state"] == "frozen"
     assert ok(opctl(ctbus, "ct", "unfreeze", "web")).strip() == "web running again"
-    assert json.loads(ok(opctl(ctbus, "--json", "ct", "autostart", "web", "on")))["autostart"]
+    changed = json.loads(ok(opctl(ctbus, "--json", "ct", "autostart", "web", "on")))
+    assert changed["job"] is None and changed["object"]["autostart"] is True
     assert "web stopped" in ok(opctl(ctbus, "ct", "stop", "web", "--force"))
     conflict = opctl(ctbus, "ct", "exec", "web", "--", "true")
     assert conflict.returncode == errors.Conflict.exit_code

@@ -59,7 +59,7 @@ def test_migrate_and_install_from_the_command_line(
         "--skip-update-check", "--users", "alice,eve",
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr
-    record = json.loads(installed.stdout)
+    record = json.loads(installed.stdout)["job"]
     assert record["state"] == "succeeded"
     assert record["output"]["migration"]["users"] == ["alice", "eve"]
     assert [r["action"] for r in record["output"]["rebuild"]] == ["build"]

@@ -50,7 +50,10 @@ def test_bridges_ports_and_addresses_from_the_command_line(net: str, ovs: Privat
     data = json.loads(opctl(net, "--json", "net", "bridge", "show", "cn1").stdout)
     assert {p["name"]: p["tag"] for p in data["ports"]} == {"cn1": None, "cp1": 5}
     changed = opctl(net, "net", "addr", "set", "cn1", "10.97.0.2/24", "10.98.0.1/24", "--json")
-    assert sorted(json.loads(changed.stdout)["addresses"]) == ["10.97.0.2/24", "10.98.0.1/24"]
+    assert sorted(json.loads(changed.stdout)["object"]["addresses"]) == [
+        "10.97.0.2/24",
+        "10.98.0.1/24",
+    ]
     assert opctl(net, "net", "port", "remove", "cn1", "cp1").returncode == 0
     assert opctl(net, "net", "bridge", "delete", "cn1").stdout.strip() == "bridge cn1 deleted"
     assert ovs.vsctl("list-br").stdout.strip() == ""
@@ -91,7 +94,7 @@ def test_apply_file_with_progress_and_exit_codes(net: str, tmp_path: Path) -> No
         timeout=60,
         check=False,
     )
-    record = json.loads(again.stdout)
+    record = json.loads(again.stdout)["job"]
     assert record["state"] == "succeeded" and record["output"]["unchanged"] == ["cm1", "cm2", "cm3"]
     peers = {
         p["name"]: p["peer"]

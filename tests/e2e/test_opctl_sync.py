@@ -41,7 +41,7 @@ def test_sync_rebuild_update_from_the_command_line(
     assert checked.returncode == 0, checked.stderr
     assert "to download" in checked.stdout and "would update 306 files" in checked.stdout
     synced = opctl(address, "--json", "sync")
-    record = json.loads(synced.stdout)
+    record = json.loads(synced.stdout)["job"]
     assert record["state"] == "succeeded" and len(record["output"]["changed"]) == 306
     assert (tmp_path / "hypervisor" / "src" / "flake.nix").is_file()
     again = opctl(address, "sync")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +68,8 @@ def test_a_vm_from_create_to_delete(vmbus: str, tmp_path: Path) -> None:
     assert json.loads(ok(opctl(vmbus, "vm", "show", data["uuid"], "--json")))["name"] == "tiny"
 
     assert ok(opctl(vmbus, "vm", "suspend", "tiny")).strip() == "tiny suspended"
-    assert json.loads(ok(opctl(vmbus, "vm", "resume", "tiny", "--json")))["state"] == "running"
+    resumed = json.loads(ok(opctl(vmbus, "vm", "resume", "tiny", "--json")))
+    assert resumed["job"] is None and resumed["object"]["state"] == "running"
     assert ok(opctl(vmbus, "vm", "autostart", "tiny", "on")).strip() == "tiny autostart on"
     assert rows(ok(opctl(vmbus, "vm", "list")))["tiny"][-2] == "yes"
 
@@ -74,15 +77,17 @@ def test_a_vm_from_create_to_delete(vmbus: str, tmp_path: Path) -> None:
     assert "snapshot s1 of tiny taken" in taken
     snaps = rows(ok(opctl(vmbus, "vm", "snapshot", "list", "tiny")))
     assert snaps["s1"][-2:] == ["*", "clean"]
-    assert [
-        s["name"] for s in json.loads(ok(opctl(vmbus, "--json", "vm", "snapshot", "list", "tiny")))
-    ] == ["s1"]
+    (snap,) = json.loads(ok(opctl(vmbus, "--json", "vm", "snapshot", "list", "tiny")))
+    assert snap["name"] == "s1" and snap["description"] == "clean"
+    # Times are ISO 8601 UTC (the bus carried µs since the epoch).
+    taken_at = datetime.fromisoformat(snap["created"])
+    assert snap["created"].endswith("Z") and abs(time.time() - taken_at.timestamp()) < 600
     assert "succeeded" in ok(opctl(vmbus, "vm", "snapshot", "revert", "tiny", "s1"))
     assert "succeeded" in ok(opctl(vmbus, "vm", "snapshot", "delete", "tiny", "s1"))
     assert "tiny has no snapshots" in ok(opctl(vmbus, "vm", "snapshot", "list", "tiny"))
 
     stopped = opctl(vmbus, "--json", "vm", "stop", "tiny")
-    assert json.loads(ok(stopped))["state"] == "succeeded"
+    assert json.loads(ok(stopped))["job"]["state"] == "succeeded"
     root = ET.fromstring(ok(opctl(vmbus, "vm", "xml", "tiny")))
     assert root.findtext("name") == "tiny" and root.findtext("memory") == str(64 * 1024)
 
@@ -98,6 +103,15 @@ def test_a_vm_from_create_to_delete(vmbus: str, tmp_path: Path) -> None:
     assert "tiny" not in rows(ok(opctl(vmbus, "vm", "list")))
 
 
+def leaves(value: Any) -> list[Any]:
+    """Every scalar in a JSON value."""
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in leaves(item)]
+    return [value]
+
+
 def test_disks_and_remove_storage(vmbus: str, tmp_path: Path) -> None:
     made = ok(opctl(vmbus, "vm", "create", str(EXAMPLES / "web-server.json")))
     volume = str(tmp_path / "images" / "web-01-disk0.qcow2")
@@ -105,8 +119,18 @@ def test_disks_and_remove_storage(vmbus: str, tmp_path: Path) -> None:
     show = ok(opctl(vmbus, "vm", "show", "web-01"))
     assert rows(show)["vda"] == ["vda", "disk", "qcow2", volume]
     assert rows(show)["ovs"] == ["ovs", "virtio", "52:54:00:0a:00:01", "mesh"]
+    # --json: named keys, bytes, null for absent (the README's contract).
+    shown = json.loads(ok(opctl(vmbus, "--json", "vm", "show", "web-01")))
+    assert shown["disks"] == [
+        {"target": "vda", "source": volume, "device": "disk", "format": "qcow2"}
+    ]
+    assert shown["interfaces"] == [
+        {"kind": "ovs", "source": "mesh", "mac": "52:54:00:0a:00:01", "model": "virtio"}
+    ]
+    assert shown["memory"] == 2048 * 1024 * 1024 and shown["state"] == "shutoff"
+    assert "" not in leaves(shown)  # absent is null, never ""
     done = json.loads(ok(opctl(vmbus, "--json", "vm", "delete", "web-01", "--remove-storage")))
-    assert done["output"]["removed_volumes"] == [volume]
+    assert done["job"]["output"]["removed_volumes"] == [volume] and done["object"] is None
 
 
 def test_profile_check_and_schema(vmbus: str, tmp_path: Path) -> None:

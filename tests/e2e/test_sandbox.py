@@ -60,7 +60,7 @@ def test_sandbox_runs_serves_and_cleans_up(tmp_path: Path) -> None:
         assert os.readlink(sandbox_net) != os.readlink("/proc/self/ns/net")
         # The invoking user is the sandbox's admin: mutating calls work, state stays inside.
         result = opctl(address, "--json", "validate", "--quick")
-        assert json.loads(result.stdout)["operation"] == "Validate"
+        assert json.loads(result.stdout)["job"]["operation"] == "Validate"
         assert (box / "state" / "audit" / "audit.jsonl").stat().st_size > 0
         assert (box / "state" / "jobs" / "1.json").exists()
         # A second sandbox in the same place refuses instead of stealing the bus.

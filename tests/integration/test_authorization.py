@@ -415,7 +415,7 @@ def test_only_admins_drive_vms(
     assert job_count(address) == 0
     # An admin may.
     stopped = opctl(address, "--json", "vm", "stop", "test", user=test_users["admin"])
-    assert stopped.returncode == 0 and json.loads(stopped.stdout)["state"] == "succeeded"
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["job"]["state"] == "succeeded"
     assert json.loads(opctl(address, "--json", "vm", "show", "test").stdout)["state"] == "shutoff"
 
 

@@ -158,6 +158,9 @@ def test_kill_9_during_a_job_then_restart(
     assert verify_audit(private_bus).startswith("bts true 0")
     entries = manager_call(private_bus.address, "GetAudit", "tu", "1", "10")[0]
     results = [entry["result"]["data"] for entry in entries]
+    # One time unit on the bus: µs since the epoch, as t (as Job1's times are).
+    assert {entry["time"]["type"] for entry in entries} == {"t"}
+    assert abs(entries[0]["time"]["data"] - time.time() * 1_000_000) < 3600 * 1_000_000
     assert results == ["ok", "interrupted: the daemon stopped while the job was running"]
     next_job = start_full_validation(private_bus)
     assert next_job == "/org/opdbus/job/2"  # numbers are never reused

@@ -250,7 +250,11 @@ async def test_faults_fail_cleanly_and_change_nothing(
         assert cut.error_name.endswith("BackendUnavailable") and "after 3 attempts" in cut.result
         assert manifest(target) == before
         fake.cut = {mods[0]: 1}  # once: the retry gets it
-        assert (await sync(client)).state is JobState.SUCCEEDED
+        retried = await sync(client)
+        assert retried.state is JobState.SUCCEEDED
+        # The retry is a line of the job's own log, not only of the daemon's.
+        log = [line.text for line in await client.job_log(names.job_path(retried.id), 1, 0)]
+        assert any("retry 1 of 2 in" in text for text in log), log
         assert manifest(target) == expected(files)
 
         fake.rate_limited = True

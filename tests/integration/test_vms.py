@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,8 @@ async def test_lifecycle_snapshots_and_delete(
         )
         snaps = (await client.vm_call(path, "ListSnapshots"))[0]
         assert [s[0] for s in snaps] == ["before"] and snaps[0][3] is True
+        # One time unit on the bus: µs since the epoch (libvirt itself says seconds).
+        assert abs(snaps[0][1] - time.time() * 1_000_000) < 600 * 1_000_000
         assert (await client.vms())[path]["Snapshots"] == 1
         assert "before" in libvirtd.virsh("snapshot-list", name, "--name").stdout
         await job_ok(client, lambda: client.vm_job(path, "RevertSnapshot", "s", ["before"]))

@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,12 +57,15 @@ class GitHost:
         timeout: float,
         retries: int,
         etags: dict[str, tuple[str, Any]] | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.raw_url = raw_url
         self._token = token
         self._timeout_seconds = timeout
         self._retries = retries
+        # Where a retry is told (the job's log): whoever waits sees why it is slow.
+        self._on_retry = on_retry
         # url -> (etag, decoded body): what a 304 means.
         self.etags: dict[str, tuple[str, Any]] = etags if etags is not None else {}
         self.used: set[str] = set()  # the URLs this run asked for (worth keeping)
@@ -181,7 +185,10 @@ class GitHost:
             except (_client_error(), TimeoutError) as e:
                 problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             if attempt < self._retries:
-                log.info("%s: %s; retrying in %.1f s", what, problem, delay)
+                note = f"{what}: {problem}; retry {attempt + 1} of {self._retries} in {delay:.1f} s"
+                log.info("%s", note)
+                if self._on_retry is not None:
+                    self._on_retry(note)
                 await asyncio.sleep(delay)
                 delay *= 2
         raise BackendUnavailable(f"{what}: {problem} (after {self._retries + 1} attempts)")

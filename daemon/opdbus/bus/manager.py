@@ -27,7 +27,7 @@ from opdbus.bus.base import (
 from opdbus.bus.codec import decode_options, validate
 from opdbus.config import Mode
 from opdbus.errors import BackendUnavailable, InvalidArgs, NotSupported
-from opdbus.models.audit import AuditEntry, AuditVerdict, SealOptions
+from opdbus.models.audit import AuditEntry, AuditVerdict, SealOptions, rfc3339_to_us
 from opdbus.models.container import ContainerSpec
 from opdbus.models.document import check_size, parse_json
 from opdbus.models.network import BridgesDocument, BridgeSpec, SeedNet
@@ -78,7 +78,7 @@ AuditEntriesT = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 CountsT = Annotated[dict[str, int], DBusSignature("a{su}")]
 SnapshotsT = Annotated[list[tuple[str, str, int, int, str]], DBusSignature("a(sstts)")]
 
-_AUDIT_TYPES = {"seq": "t", "uid": "u"}
+_AUDIT_TYPES = {"seq": "t", "uid": "u", "time": "t"}
 
 
 @dataclass
@@ -134,9 +134,11 @@ def verdict_text(verdict: AuditVerdict) -> str:
 
 
 def audit_entry_to_dbus(entry: AuditEntry) -> dict[str, Variant]:
-    return {
-        key: Variant(_AUDIT_TYPES.get(key, "s"), value) for key, value in entry.model_dump().items()
-    }
+    # Times cross the bus in one unit, µs since the epoch (the chain hashes the
+    # RFC 3339 text, which us_to_rfc3339 gives back exactly).
+    fields = entry.model_dump()
+    fields["time"] = rfc3339_to_us(entry.time)
+    return {key: Variant(_AUDIT_TYPES.get(key, "s"), value) for key, value in fields.items()}
 
 
 class Manager1(OpdbusInterface):

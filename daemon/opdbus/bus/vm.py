@@ -35,7 +35,7 @@ def _snapshot(name: str) -> str:
 
 
 DevicesT = Annotated[list[tuple[str, str, str, str]], DBusSignature("a(ssss)")]
-SnapshotsT = Annotated[list[tuple[str, int, str, bool, str]], DBusSignature("a(sxsbs)")]
+SnapshotsT = Annotated[list[tuple[str, int, str, bool, str]], DBusSignature("a(stsbs)")]
 
 # VmInfo field -> VM1 property.
 FIELD_TO_PROPERTY = {

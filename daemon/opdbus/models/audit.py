@@ -28,7 +28,7 @@ import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError
@@ -93,6 +93,20 @@ def digest_args(args: object) -> str:
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def rfc3339_to_us(text: str) -> int:
+    """An entry's time as the bus carries it: µs since the epoch (exact, both ways)."""
+    return (datetime.fromisoformat(text) - _EPOCH) // _US
+
+
+def us_to_rfc3339(us: int) -> str:
+    """Back to the text the chain hashes (``now_rfc3339``'s form)."""
+    return (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="microseconds")
 
 
 def make_entry(seq: int, prev_hash: str, **fields: Any) -> AuditEntry:

@@ -87,6 +87,7 @@ class SyncService:
             timeout=self.config.timeout_seconds,
             retries=self.config.retries,
             etags={k: (v[0], v[1]) for k, v in etags.items()},
+            on_retry=ctx.log,
         )
         async with host:
             commit = await host.resolve(repo, opts.ref)

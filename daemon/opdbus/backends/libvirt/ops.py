@@ -20,7 +20,9 @@ UNDEFINE_FLAGS = (
     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
 )
 
-Snapshot = tuple[str, int, str, bool, str]  # name, created (s), state, current, description
+Snapshot = tuple[
+    str, int, str, bool, str
+]  # name, created (µs since the epoch), state, current, description
 
 
 def _dom(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
@@ -116,7 +118,8 @@ def snapshots(conn: libvirt.virConnect, uuid: str) -> list[Snapshot]:
         out.append(
             (
                 snap.getName(),
-                int(root.findtext("creationTime") or 0),
+                # libvirt says seconds; the bus says µs everywhere (as systemd does).
+                int(root.findtext("creationTime") or 0) * 1_000_000,
                 root.findtext("state") or "",
                 bool(snap.isCurrent(0)),
                 root.findtext("description") or "",
