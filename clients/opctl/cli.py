@@ -12,9 +12,10 @@ import os
 import sys
 
 from opctl.parser import build_parser
-from opctl.wire import Unreachable
+from opctl.wire import Detached, Unreachable
 from opdbus import errors
 
+EXIT_INTERRUPTED = 130  # what a shell reports for a tool ended by SIGINT
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool killed by SIGPIPE
 
 
@@ -47,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except errors.OpdbusError as e:
         return report(e, json_errors=args.json)
+    except Detached as e:
+        print(e.advice(), file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`opctl ... | head`): nothing left to say, and
         # Python must not complain while flushing at exit.

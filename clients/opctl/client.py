@@ -59,6 +59,8 @@ class Client:
         self._owner: str | None = None
         self._owner_seen_at = 0  # arrival of the NameOwnerChanged it came from
         self._tracking: asyncio.Future[None] | None = None
+        # Told the new owner of org.opdbus ("" when it left the bus): opctl watch.
+        self.on_owner_change: Callable[[str], None] | None = None
 
     def _stamp(self, msg: Message) -> None:
         self._arrivals += 1
@@ -463,6 +465,8 @@ class Client:
         ):
             self._owner = msg.body[2] or None
             self._owner_seen_at = self._arrivals
+            if self.on_owner_change is not None:
+                self.on_owner_change(msg.body[2])
 
     async def track_owner(self) -> None:
         """Follow who owns org.opdbus (NameOwnerChanged), once per connection."""
@@ -534,10 +538,13 @@ class Client:
         *,
         on_update: Callable[[JobRecord], None] | None = None,
         on_log: Callable[[LogLine], None] | None = None,
+        on_started: Callable[[str], None] | None = None,
     ) -> JobRecord:
         """Start a job and follow it to the end (subscribing first, so nothing is missed)."""
         async with self.signals(f"path_namespace='{names.JOB_PATH_PREFIX}'") as queue:
             path = await start()
+            if on_started is not None:
+                on_started(path)
             return await self._follow(path, queue, on_update, on_log)
 
     async def wait_job(

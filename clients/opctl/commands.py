@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from opctl import jsonout, render
 from opctl.client import Client
 from opctl.parser import _env_timeout
-from opctl.wire import job_ref_to_path
+from opctl.wire import Detached, job_ref_to_path
 from opdbus import errors
 
 if TYPE_CHECKING:
@@ -81,25 +79,48 @@ class Cli:
         print(f"jobs: {active} active, {sum(counts.values())} remembered; {audit}")
         return 0
 
-    async def follow(self, start: Callable[[], Awaitable[str]] | str) -> JobRecord:
-        """Run (or attach to) a job, streaming its log and a progress bar."""
+    async def follow(
+        self, start: Callable[[], Awaitable[str]] | str, *, numbered: bool = False
+    ) -> JobRecord:
+        """Run (or attach to) a job, streaming its log and a progress bar.
+
+        ``numbered``: log lines as ``jobs log`` prints them. Ctrl-C stops the
+        waiting, not the job: it says so and how to follow it (``Detached``).
+        """
+        path = start if isinstance(start, str) else None
+
+        def started(job: str) -> None:
+            nonlocal path
+            path = job
 
         def on_log(line: LogLine) -> None:
             if not self.args.json:
-                self.progress.line(line.text)
+                self.progress.line(render.log_line(line) if numbered else line.text)
 
+        if isinstance(start, str):
+            follower = self.client.wait_job(start, on_update=self.progress.update, on_log=on_log)
+        else:
+            follower = self.client.run_job(
+                start, on_update=self.progress.update, on_log=on_log, on_started=started
+            )
+        loop = asyncio.get_running_loop()
+        interrupted = asyncio.Event()
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+        job = asyncio.create_task(follower)
+        ctrl_c = asyncio.create_task(interrupted.wait())
+        # The bar moves (spinner, elapsed time) between the job's own events.
+        tick = asyncio.create_task(self.progress.tick())
         try:
-            if isinstance(start, str):
-                record = await self.client.wait_job(
-                    start, on_update=self.progress.update, on_log=on_log
-                )
-            else:
-                record = await self.client.run_job(
-                    start, on_update=self.progress.update, on_log=on_log
-                )
+            await asyncio.wait({job, ctrl_c}, return_when=asyncio.FIRST_COMPLETED)
+            if job.done():
+                return job.result()
+            raise Detached(path)
         finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            for task in (job, ctrl_c, tick):
+                task.cancel()
+            await asyncio.gather(job, ctrl_c, tick, return_exceptions=True)
             self.progress.done()
-        return record
 
     async def job(
         self,
@@ -207,8 +228,8 @@ class Cli:
         return 0
 
     async def _jobs_log(self, path: str) -> int:
-        if self.args.follow:
-            return job_exit_code(await self.follow(path))
+        if self.args.follow:  # the same lines as without --follow, then the new ones
+            return job_exit_code(await self.follow(path, numbered=True))
         lines = await self.client.job_log(path, self.args.start, 0)
         if self.args.json:
             render.dump([jsonout.log_line(line) for line in lines])
@@ -286,54 +307,9 @@ class Cli:
         return await StateCommands(self).run()
 
     async def watch(self) -> int:
-        """Until SIGINT/SIGTERM, which end it normally (exit 0)."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            watcher = asyncio.create_task(self._print_signals())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (watcher, stopper):
-                task.cancel()
-            outcome, _ = await asyncio.gather(watcher, stopper, return_exceptions=True)
-            if isinstance(outcome, Exception):
-                raise outcome  # the connection failed, not the user stopping us
-            return 0
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
+        from opctl.cli_watch import Watch
 
-    async def _print_signals(self) -> None:
-        async with self.client.signals("") as queue:
-            if not self.args.json:
-                print(
-                    f"watching org.opdbus on {self.client.address} (Ctrl-C to stop)",
-                    file=sys.stderr,
-                )
-            while True:
-                event = await queue.get()
-                stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
-                if self.args.json:
-                    print(
-                        json.dumps(
-                            {
-                                "time": stamp,
-                                "path": event.path,
-                                "interface": event.interface,
-                                "member": event.member,
-                                "args": event.args,
-                            },
-                            default=str,
-                        ),
-                        flush=True,
-                    )
-                else:
-                    args = " ".join(json.dumps(arg, default=str) for arg in event.args)
-                    print(
-                        f"{stamp} {event.path} {event.interface}.{event.member} {args}", flush=True
-                    )
+        return await Watch(self).run()
 
 
 async def run(args: argparse.Namespace) -> int:

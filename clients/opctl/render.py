@@ -93,6 +93,13 @@ def duration(record: JobRecord) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+def elapsed(record: JobRecord) -> str:
+    """How long a job has been running (queued: how long it has waited), as 1m05s."""
+    since = record.started_at or record.created_at
+    seconds = max(int(time.time() - since / 1_000_000), 0) if since else 0
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def log_line(line: LogLine) -> str:
     stamp = datetime.fromtimestamp(line.timestamp_us / 1_000_000).strftime("%H:%M:%S")
     return f"{line.number:>5}  {stamp}  {line.text}"
@@ -124,6 +131,16 @@ class Progress:
     def done(self) -> None:
         self._clear()
 
+    async def tick(self, every: float = 0.25) -> None:
+        """Redraw until cancelled: the spinner turns and the time goes on between events."""
+        import asyncio
+
+        if not self.enabled:
+            return
+        while True:
+            await asyncio.sleep(every)
+            self._draw()
+
     def _clear(self) -> None:
         if self.enabled and self._shown:
             self._out.write("\r\033[K")
@@ -135,7 +152,7 @@ class Progress:
         if not self.enabled or record is None or record.state.finished:
             return
         width = max(shutil.get_terminal_size((80, 20)).columns, 40)
-        label = f" {record.operation} (job {record.id}) {record.state.value}"
+        label = f" {record.operation} (job {record.id}) {record.state.value} {elapsed(record)}"
         if record.progress_valid:
             bar_width = min(30, width - len(label) - 8)
             filled = int(record.progress * bar_width)

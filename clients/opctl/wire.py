@@ -34,6 +34,26 @@ class Unreachable(errors.OpdbusError):
     exit_code = 14
 
 
+class Detached(Exception):
+    """Ctrl-C while a job was followed: the job goes on (``path``: None if unknown yet)."""
+
+    def __init__(self, path: str | None) -> None:
+        super().__init__(path)
+        self.path = path
+
+    def advice(self) -> str:
+        if self.path is None:
+            return (
+                "opctl: stopped before the daemon answered; "
+                "`opctl jobs list --last 1` shows whether the job started"
+            )
+        job = self.path.rsplit("/", 1)[-1]
+        return (
+            f"opctl: stopped waiting; job {job} goes on. Follow it with "
+            f"`opctl jobs log {job} --follow`, stop it with `opctl jobs cancel {job}`"
+        )
+
+
 _BUS_ERRORS: dict[str, type[errors.OpdbusError]] = {
     "org.freedesktop.DBus.Error.AccessDenied": errors.NotAuthorized,
     "org.freedesktop.DBus.Error.UnknownObject": errors.NotFound,

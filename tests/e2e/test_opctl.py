@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import time
@@ -15,7 +17,7 @@ import pytest
 
 from opdbus import errors
 from opdbus.models.audit import AuditEntry, make_entry
-from opdbus.sandbox import PrivateBus
+from opdbus.sandbox import PrivateBus, start_private_bus
 from tests.support import CALM, PYTHON, Opdbusd, base_config, opctl, run, silent_socket
 
 
@@ -128,6 +130,65 @@ def test_jobs_commands(calm: Opdbusd, private_bus: PrivateBus) -> None:
     assert [line["number"] for line in lines] == list(range(1, 8))
     cancel = opctl(private_bus.address, "jobs", "cancel", "1")
     assert cancel.returncode == 10 and "Conflict: job 1 already succeeded" in cancel.stderr
+
+
+def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_it(
+    make_daemon: Any, private_bus: PrivateBus, tmp_path: Path
+) -> None:
+    slow = tmp_path / "silent.sock"  # backend-ovsdb waits on it: the job stays running
+    with silent_socket(slow):
+        make_daemon(
+            private_bus,
+            base_config(tmp_path, ovsdb={"remote": f"unix:{slow}"}, health={"timeout_seconds": 60}),
+        )
+        # stderr is a terminal, so there is a progress bar to watch.
+        master, terminal = pty.openpty()
+        follower = subprocess.Popen(
+            [PYTHON, "-m", "opctl", "--bus", private_bus.address, "validate"],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+        )
+        os.close(terminal)
+        drawn = b""
+        deadline = time.monotonic() + 30
+        while b"running 2s" not in drawn and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                drawn += os.read(master, 4096)
+        # Between the job's own events the bar still moves: the time and the spinner.
+        assert b"running 1s" in drawn and b"running 2s" in drawn, drawn
+        follower.send_signal(signal.SIGINT)
+        follower.communicate(timeout=30)
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        os.close(master)
+        assert follower.returncode == 130
+        assert (
+            "stopped waiting; job 1 goes on. Follow it with `opctl jobs log 1 --follow`, "
+            "stop it with `opctl jobs cancel 1`" in drawn.decode()
+        )
+        listed = json.loads(opctl(private_bus.address, "--json", "jobs", "list").stdout)
+        assert [(j["id"], j["state"]) for j in listed] == [(1, "running")]
+        # --follow prints what `jobs log` prints, then goes on until the end.
+        logged = opctl(private_bus.address, "jobs", "log", "1").stdout.splitlines()
+        followed = subprocess.Popen(
+            [PYTHON, "-m", "opctl", "--bus", private_bus.address, "jobs", "log", "1", "--follow"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1)
+        assert opctl(private_bus.address, "jobs", "cancel", "1").returncode == 0
+        out, _ = followed.communicate(timeout=30)
+    assert followed.returncode == errors.Cancelled.exit_code
+    assert out.splitlines()[: len(logged)] == logged and logged, (out, logged)
 
 
 def test_cancel_a_running_job_from_the_cli(
@@ -323,6 +384,52 @@ def test_watch_prints_every_signal_and_stops_cleanly(
     assert members.index(("/org/opdbus", "JobNew")) < members.index(
         ("/org/opdbus/job/1", "Completed")
     )
+
+
+def test_watch_for_people_names_objects_and_survives_the_bus_going_away(
+    make_daemon: Any, private_bus: PrivateBus, tmp_path: Path
+) -> None:
+    daemon = make_daemon(private_bus, base_config(tmp_path))
+    notes_file = tmp_path / "watch.err"  # read while it runs
+    with notes_file.open("w") as notes_out:
+        watcher = subprocess.Popen(
+            [PYTHON, "-m", "opctl", "--bus", private_bus.address, "watch"],
+            stdout=subprocess.PIPE,
+            stderr=notes_out,
+            text=True,
+        )
+    again = None
+    try:
+        time.sleep(1.0)  # let it subscribe
+        opctl(private_bus.address, "validate", "--quick")
+        daemon.stop()  # op-dbusd leaves the bus: said on stderr
+        time.sleep(0.5)
+        private_bus.stop()  # the bus itself goes away
+        time.sleep(1.0)
+        again = start_private_bus(tmp_path / "bus")  # the same socket: it connects again
+        deadline = time.monotonic() + 20
+        while "connected again" not in notes_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        out, _ = watcher.communicate(timeout=20)
+        if again is not None:
+            again.stop()
+    err = notes_file.read_text()
+    assert watcher.returncode == 0, err
+    lines = [line.split(" ", 1)[1] for line in out.splitlines()]
+    # Objects by the names people use, not escaped object paths (virsh event's style).
+    assert "job 1 (Validate) added" in lines
+    assert "job 1 (Validate): [pass] state-dir: " in "\n".join(lines)
+    assert any(line.startswith("job 1 (Validate) completed: succeeded: ") for line in lines)
+    assert "job 1 (Validate) ended: succeeded" in lines, "\n".join(lines)
+    notes = [line.split(" ", 1)[1] for line in err.splitlines()]
+    assert notes[0].startswith("watching org.opdbus on ")
+    assert "op-dbusd left the bus" in notes
+    assert any(
+        n.startswith("the bus at ") and n.endswith("went away; connecting again…") for n in notes
+    )
+    assert "connected again (events while away are lost)" in notes, notes
 
 
 def test_progress_bar_on_a_terminal_only(
