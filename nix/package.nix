@@ -23,6 +23,10 @@ python3Packages.buildPythonApplication {
   postInstall = ''
     mkdir -p $out/share/op-dbus
     cp -r ${../dbus-policy} $out/share/op-dbus/dbus-policy
+    # opctl's shell completion, where NixOS links each shell's completions from.
+    install -Dm644 ${../clients/opctl/completions/bash/opctl} $out/share/bash-completion/completions/opctl
+    install -Dm644 ${../clients/opctl/completions/zsh/_opctl} $out/share/zsh/site-functions/_opctl
+    install -Dm644 ${../clients/opctl/completions/fish/opctl.fish} $out/share/fish/vendor_completions.d/opctl.fish
   '';
 
   meta = {

@@ -34,6 +34,11 @@ def report(e: errors.OpdbusError, *, json_errors: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["__complete"]:  # what the shell completion scripts ask (not in --help)
+        from opctl.complete import main as complete
+
+        return complete(words[1:])
     args = build_parser().parse_args(argv)
     standalone = getattr(args, "standalone", None)
     if standalone is not None:  # opctl menu: a program of its own

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from opctl import jsonout, render
 from opdbus import errors
-from opdbus.models.audit import AuditEntry, ChainState, SealKey, SealVerifier, walk
+from opdbus.models.audit import (
+    AuditEntry,
+    ChainState,
+    SealKey,
+    SealVerifier,
+    rfc3339_to_us,
+    walk,
+)
 
 if TYPE_CHECKING:
     from opctl.commands import Cli
@@ -188,16 +195,20 @@ class AuditCommands:
                 ]
             )
             return 0
+        from opctl.cli_watch import Namer
+
+        namer = Namer()
+        await namer.seed(self.client)  # objects by the names people use, not escaped paths
         render.table(
-            ["seq", "time", "uid", "kind", "method", "object", "job", "result"],
+            ["seq", "time", "user", "kind", "method", "object", "job", "result"],
             [
                 (
                     e.seq,
-                    e.time[:19].replace("T", " "),
-                    e.uid,
+                    render.when(rfc3339_to_us(e.time)),  # local time, as every table
+                    _user(e.uid),
                     e.kind,
-                    e.method,
-                    e.object or "-",
+                    e.method.removeprefix("org.opdbus."),
+                    namer.name(e.object) if e.object.startswith("/") else e.object or "-",
                     e.job.rsplit("/", 1)[-1] if e.job else "-",
                     e.result,
                 )
@@ -205,3 +216,13 @@ class AuditCommands:
             ],
         )
         return 0
+
+
+def _user(uid: int) -> str:
+    """A user's name where this host knows it (the number otherwise)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -8,11 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from opctl import jsonout, render
 from opctl.convert import to_variants
+from opctl.render import cpu_time as _cpu_time
 from opdbus.errors import InvalidArgs
 from opdbus.models.container import ContainerInfo
 
 if TYPE_CHECKING:
     from opctl.commands import Cli
+
+
+# The columns vm list starts with, in its order (an admin reads both the same way).
+VM_COLUMNS = ("name", "state", "cpus", "memory", "used", "cpu time", "autostart")
 
 
 def _size(n: int) -> str:
@@ -57,18 +62,22 @@ class CtCommands:
         elif not containers:
             print("no containers")
         else:
+            # vm list's columns first, in its order; then what only containers have.
             render.table(
-                ["id", "name", "state", "pid", "ipv4", "bridge", "memory", "autostart"],
+                [*VM_COLUMNS, "id", "pid", "ipv4", "bridge"],
                 [
                     (
-                        c.id or "-",
                         c.name,
                         c.state.value,
+                        c.cpus or "-",
+                        _size(c.memory_limit),
+                        _size(c.memory_used),
+                        _cpu_time(c.cpu_time_ns),
+                        "yes" if c.autostart else "no",
+                        c.id or "-",
                         c.pid or "-",
                         ", ".join(c.ipv4) or "-",
                         f"{c.bridge} ({c.veth})" if c.bridge else "-",
-                        _size(c.memory_used),
-                        "yes" if c.autostart else "no",
                     )
                     for c in containers
                 ],

@@ -9,8 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from opctl import jsonout, render
+from opctl.cli_ct import VM_COLUMNS
 from opctl.convert import to_variants, vm_info
 from opctl.files import read_document
+from opctl.render import cpu_time as _cpu_time
 from opdbus.models.vm import profile_schema
 from opdbus.names import VM_IFACE
 
@@ -25,20 +27,6 @@ def print_schema(args: argparse.Namespace) -> int:
 
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.0f} MiB" if kib else "-"
-
-
-def _cpu_time(ns: int) -> str:
-    if not ns:
-        return "-"
-    seconds = ns / 1e9
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, hours, days = int(seconds // 60), int(seconds // 3600), int(seconds // 86400)
-    if hours == 0:
-        return f"{minutes}m{int(seconds) % 60:02d}s"
-    if days == 0:
-        return f"{hours}h{minutes % 60:02d}m"
-    return f"{days}d{hours % 24:02d}h"
 
 
 class VmCommands:
@@ -85,7 +73,7 @@ class VmCommands:
             print("no VMs")
         else:
             render.table(
-                ["name", "state", "cpus", "memory", "used", "cpu time", "autostart", "uuid"],
+                [*VM_COLUMNS, "uuid"],
                 [
                     (
                         i.name,

@@ -58,6 +58,14 @@ class Namer:
             elif "Name" in props:
                 self.known[path] = f"{self._kind(path)} {props['Name']}"
 
+    async def seed(self, client: Client) -> None:
+        """Learn the names of the objects there are (one GetManagedObjects)."""
+        (objects,) = await client.call(
+            names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
+        )
+        for path, interfaces in plain(objects).items():
+            self.learn(path, interfaces)
+
     def forget(self, path: str) -> None:
         self.known.pop(path, None)
 
@@ -182,13 +190,8 @@ class Watch:
                     await lost
 
     async def _seed(self, client: Client) -> None:
-        """Learn the names of the objects there are (one GetManagedObjects)."""
         with contextlib.suppress(Exception):  # no daemon yet: paths will do
-            (objects,) = await client.call(
-                names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
-            )
-            for path, interfaces in plain(objects).items():
-                self.namer.learn(path, interfaces)
+            await self.namer.seed(client)
 
     def _print(self, event: SignalEvent) -> None:
         if self.args.json:

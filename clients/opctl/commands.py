@@ -314,6 +314,7 @@ class Cli:
 
 async def run(args: argparse.Namespace) -> int:
     render.HEADERS = not args.no_headers
+    render.FIELDS = args.output
     offline: Callable[[argparse.Namespace], int | None] | None = getattr(args, "offline", None)
     if offline is not None:  # may need no daemon (opctl vm profile schema, audit verify --file)
         status = offline(args)

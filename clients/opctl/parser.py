@@ -139,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Runs its own event loop (Textual's), not inside opctl's.
     menu.set_defaults(standalone=Lazy("opctl.menu", "from_cli"))
+    completion = command(
+        sub,
+        "completion",
+        "print the shell completion script for bash, zsh or fish",
+        description="Completes commands, options, and VM, bridge, container and job names "
+        "(asked from the bus). bash: `source <(opctl completion bash)`; zsh: `source "
+        "<(opctl completion zsh)` or save it as _opctl in $fpath; fish: `opctl completion fish "
+        "| source`. pip install and the NixOS module install all three.",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"])
+    completion.set_defaults(offline=Lazy("opctl.complete", "print_script"))
     return p
 
 
@@ -177,6 +188,14 @@ def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
         help="tables without their header line",
     )
     p.add_argument(
+        "-o",
+        "--output",
+        metavar="FIELD,...",
+        type=_fields,
+        default=default,
+        help="tables show only these columns, in this order (e.g. -o name,state; like nmcli -f)",
+    )
+    p.add_argument(
         "--no-progress",
         action="store_true",
         default=flag_default,
@@ -191,6 +210,15 @@ def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
         help="how long a call may go unanswered before opctl gives up (exit 12; default "
         f"${CALL_TIMEOUT_ENV} or {CALL_TIMEOUT:g}); jobs are followed for as long as they run",
     )
+
+
+def _fields(text: str) -> list[str]:
+    fields = [
+        field.strip().lower().replace("_", " ").replace("-", " ") for field in text.split(",")
+    ]
+    if not all(fields):
+        raise argparse.ArgumentTypeError(f"{text!r}: name the columns, comma-separated")
+    return fields
 
 
 def _env_timeout() -> float:

@@ -16,12 +16,33 @@ if TYPE_CHECKING:
 
 # --no-headers (set once from the command line): rows only, as `systemctl --no-legend`.
 HEADERS = True
+# -o FIELD,... (set once from the command line): only these columns, in this order.
+FIELDS: list[str] | None = None
 MIN_LAST = 12  # the free-text column keeps at least this much when a terminal is narrow
+
+
+def choose(headers: Sequence[str], fields: Sequence[str]) -> list[int]:
+    """The columns -o names, by header (``cpu time``, ``cpu-time`` or ``cpu_time``)."""
+    from opdbus.errors import InvalidArgs
+
+    wanted = []
+    for field in fields:
+        if field not in headers:
+            raise InvalidArgs(
+                f"-o {field.replace(' ', '-')}: no such column here; the columns are "
+                + ", ".join(header.replace(" ", "-") for header in headers)
+            )
+        wanted.append(list(headers).index(field))
+    return wanted
 
 
 def table(
     headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO = sys.stdout
 ) -> None:
+    if FIELDS is not None:
+        keep = choose(headers, FIELDS)
+        headers = [headers[i] for i in keep]
+        rows = [[row[i] for i in keep] for row in rows]
     cells = [[str(cell) for cell in row] for row in rows]
     widths = [len(header) if HEADERS else 0 for header in headers]
     for row in cells:
@@ -81,6 +102,21 @@ def size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+def cpu_time(ns: int) -> str:
+    """CPU time used, as people say it: 4.2s, 3m07s, 2h05m, 1d03h; "-" for none."""
+    if not ns:
+        return "-"
+    seconds = ns / 1e9
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, hours, days = int(seconds // 60), int(seconds // 3600), int(seconds // 86400)
+    if hours == 0:
+        return f"{minutes}m{int(seconds) % 60:02d}s"
+    if days == 0:
+        return f"{hours}h{minutes % 60:02d}m"
+    return f"{days}d{hours % 24:02d}h"
 
 
 def duration(record: JobRecord) -> str:

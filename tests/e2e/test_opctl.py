@@ -120,6 +120,16 @@ def test_jobs_commands(calm: Opdbusd, private_bus: PrivateBus) -> None:
     assert running.strip() == "no jobs"
     bare = opctl(private_bus.address, "jobs", "list", "--no-headers").stdout.splitlines()
     assert [line.split()[0] for line in bare] == ["1", "2"]
+    # -o: these columns, in this order (like nmcli -f).
+    picked = opctl(private_bus.address, "jobs", "list", "-o", "state,id").stdout.splitlines()
+    assert [line.split() for line in picked] == [
+        ["STATE", "ID"],
+        ["succeeded", "1"],
+        ["succeeded", "2"],
+    ]
+    unknown = opctl(private_bus.address, "jobs", "list", "-o", "id,colour")
+    assert unknown.returncode == errors.InvalidArgs.exit_code
+    assert "-o colour: no such column here; the columns are id, state, operation" in unknown.stderr
     version = opctl(private_bus.address, "--version")
     assert version.returncode == 0 and version.stdout.startswith("opctl ")
     show = opctl(private_bus.address, "jobs", "show", "/org/opdbus/job/1").stdout
@@ -291,8 +301,10 @@ def test_audit_list_and_verify_catches_tampering(calm: Opdbusd, private_bus: Pri
     opctl(private_bus.address, "validate", "--quick")
     opctl(private_bus.address, "validate", "--quick")
     listing = opctl(private_bus.address, "audit", "list").stdout.splitlines()
-    assert listing[0].split()[:5] == ["SEQ", "TIME", "UID", "KIND", "METHOD"]
+    assert listing[0].split()[:6] == ["SEQ", "TIME", "USER", "KIND", "METHOD", "OBJECT"]
     assert [line.split()[0] for line in listing[1:]] == ["1", "2", "3", "4"]
+    # People's names: the user, the interface without its prefix, the object by name.
+    assert listing[1].split()[3:7] == ["root", "call", "Manager1.Validate", "op-dbusd"]
     entries = json.loads(
         opctl(private_bus.address, "--json", "audit", "list", "--last", "2").stdout
     )

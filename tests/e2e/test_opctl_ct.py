@@ -38,8 +38,14 @@ def test_a_container_from_the_command_line(ctbus: str) -> None:
     made = ok(opctl(ctbus, "ct", "create", "web", "--id", "120", "--memory", "64", "--start"))
     assert "job 1 succeeded: web created and started" in made
     rows = [line.split() for line in ok(opctl(ctbus, "ct", "list")).splitlines()]
-    assert rows[0][:4] == ["ID", "NAME", "STATE", "PID"]
-    assert rows[1][:3] == ["120", "web", "running"]
+    # vm list's columns, in its order, then the container's own.
+    assert rows[0] == [
+        "NAME", "STATE", "CPUS", "MEMORY", "USED", "CPU", "TIME", "AUTOSTART",
+        "ID", "PID", "IPV4", "BRIDGE",
+    ]  # fmt: skip
+    assert rows[1][:2] == ["web", "running"]
+    picked = ok(opctl(ctbus, "ct", "list", "-o", "id,name,cpu-time", "--no-headers")).split()
+    assert picked[:2] == ["120", "web"] and (picked[2] == "-" or picked[2].endswith("s"))
     show = ok(opctl(ctbus, "ct", "show", "web"))
     assert "template: busybox" in show and "limit 64 MiB" in show
     assert ok(opctl(ctbus, "ct", "exec", "web", "--", "echo", "a b", "$x")) == "a b $x\n"
