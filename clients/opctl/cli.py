@@ -12,7 +12,7 @@ import os
 import sys
 
 from opctl.parser import build_parser
-from opctl.wire import Detached, Unreachable
+from opctl.wire import Detached, HandOver, Unreachable
 from opdbus import errors
 
 EXIT_INTERRUPTED = 130  # what a shell reports for a tool ended by SIGINT
@@ -53,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except errors.OpdbusError as e:
         return report(e, json_errors=args.json)
+    except HandOver as e:
+        sys.stdout.flush()
+        try:
+            os.execvp(e.argv[0], e.argv)
+        except OSError as failed:
+            print(f"opctl: cannot run {e.argv[0]}: {failed.strerror} ({e.install_hint})",
+                  file=sys.stderr)  # fmt: skip
+            return errors.NotFound.exit_code
     except Detached as e:
         print(e.advice(), file=sys.stderr)
         return EXIT_INTERRUPTED

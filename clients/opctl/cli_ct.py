@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from opctl import jsonout, render
 from opctl.convert import to_variants
 from opctl.render import cpu_time as _cpu_time
-from opdbus.errors import InvalidArgs
-from opdbus.models.container import ContainerInfo
+from opctl.wire import HandOver
+from opdbus.errors import Conflict, InvalidArgs, NotSupported
+from opdbus.models.container import ContainerInfo, ContainerState
 
 if TYPE_CHECKING:
     from opctl.commands import Cli
@@ -144,6 +145,21 @@ class CtCommands:
         on = self.args.enabled
         await self.client.container_call(self.args.name, "SetAutostart", "b", [on])
         return await self._done(f"{self.args.name} autostart {'on' if on else 'off'}")
+
+    async def do_attach(self) -> int:
+        info = await self.client.container(self.args.name)
+        path = (await self.client.status()).lxc_path
+        if not path:
+            raise NotSupported("containers are off in this mode: there is nothing to attach to")
+        if info.state is not ContainerState.RUNNING:
+            raise Conflict(f"{info.name} is {info.state.value}: start it first (opctl ct start)")
+        argv = list(self.args.argv)
+        if argv[:1] == ["--"]:
+            argv = argv[1:]
+        raise HandOver(
+            ["lxc-attach", "-P", path, "-n", info.name, *(["--", *argv] if argv else [])],
+            "Debian: apt install lxc; NixOS: virtualisation.lxc.enable",
+        )
 
     async def do_exec(self) -> int:
         argv = list(self.args.argv)

@@ -13,7 +13,9 @@ from opctl.cli_ct import VM_COLUMNS
 from opctl.convert import to_variants, vm_info
 from opctl.files import read_document
 from opctl.render import cpu_time as _cpu_time
-from opdbus.models.vm import profile_schema
+from opctl.wire import HandOver
+from opdbus.errors import Conflict, NotSupported
+from opdbus.models.vm import VmState, profile_schema
 from opdbus.names import VM_IFACE
 
 if TYPE_CHECKING:
@@ -129,6 +131,40 @@ class VmCommands:
                 ],
             )
         return 0
+
+    async def addresses(self) -> int:
+        path, info = await self.client.vm(self.args.vm)
+        (found,) = await self.client.vm_call(
+            path, "GetInterfaceAddresses", "s", [self.args.source or ""]
+        )
+        rows = [{"interface": i, "mac": m or None, "addresses": list(a)} for i, m, a in found]
+        if self.args.json:
+            render.dump(rows)
+        elif not any(r["addresses"] for r in rows):
+            print(f"{info.name} has no addresses the host can see yet", file=sys.stderr)
+            print("(a guest on a bridge shows up once it has spoken; --source agent asks "
+                  "its guest agent)", file=sys.stderr)  # fmt: skip
+        else:
+            render.table(
+                ["interface", "mac", "address"],
+                [(r["interface"], r["mac"] or "-", a) for r in rows for a in r["addresses"]],
+            )
+        return 0
+
+    domifaddr = addresses  # virsh's word for it
+
+    async def console(self) -> int:
+        _, info = await self.client.vm(self.args.vm)
+        uri = (await self.client.status()).libvirt_uri
+        if not uri:
+            raise NotSupported("VMs are off in this mode: there is no console to attach to")
+        if info.state is not VmState.RUNNING:
+            raise Conflict(f"{info.name} is {info.state.value}: start it first (opctl vm start)")
+        print(f"Connecting to {info.name}'s serial console (Ctrl-] leaves)", file=sys.stderr)
+        raise HandOver(
+            ["virsh", "-c", uri, "console", info.uuid],
+            "Debian: apt install libvirt-clients; NixOS: it comes with libvirt",
+        )
 
     async def xml(self) -> int:
         path, _ = await self.client.vm(self.args.vm)

@@ -188,6 +188,8 @@ class Client:
             },
             audit_seq=props["AuditSeq"],
             audit_enabled=bool(props.get("AuditEnabled", True)),
+            libvirt_uri=str(props.get("LibvirtURI", "")),
+            lxc_path=str(props.get("LXCPath", "")),
         )
 
     async def count_jobs(self) -> dict[str, int]:

@@ -447,6 +447,26 @@ def _vm(sub: Any, command: Command) -> None:
     )
     command(vsub, "list", "every VM libvirt knows, whoever made it")
     command(vsub, "show", "one VM: state, devices, usage").add_argument("vm", help=VM_HELP)
+    addresses = command(
+        vsub,
+        "addresses",
+        "a running VM's IP addresses (like virsh domifaddr)",
+        aliases=["domifaddr"],
+    )
+    addresses.add_argument("vm", help=VM_HELP)
+    addresses.add_argument(
+        "--source",
+        choices=["lease", "agent", "arp"],
+        help="where to look (default: libvirt's DHCP leases, then the host's ARP table)",
+    )
+    console = command(
+        vsub,
+        "console",
+        "attach this terminal to a running VM's serial console (virsh console; Ctrl-] leaves)",
+        description="Hands this terminal to virsh -c URI console VM, with the daemon's libvirt "
+        "URI (Manager1.LibvirtURI). Needs what virsh needs to reach that libvirtd.",
+    )
+    console.add_argument("vm", help=VM_HELP)
     create = no_wait(command(vsub, "create", "define a VM from a profile (a job)"))
     create.add_argument("file", help="a JSON profile (see opctl vm profile schema); - for stdin")
     create.add_argument("--start", action="store_true", help="start it once defined")
@@ -568,3 +588,14 @@ def _ct(sub: Any, command: Command) -> None:
     exec_.add_argument("name", help=CT_HELP)
     exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="after --")
     exec_.add_argument("--timeout", type=float, default=None, metavar="S", help="default 30")
+    attach = command(
+        csub,
+        "attach",
+        "a shell (or COMMAND) inside, on this terminal (lxc-attach; as root, on the host)",
+        usage="opctl ct attach [-h] NAME [-- COMMAND [ARG...]]",
+        description="Hands this terminal to lxc-attach -P LXCPATH -n NAME (the daemon's "
+        "lxcpath, from Manager1.LXCPath): an interactive shell with a tty, like lxc-attach. "
+        "Needs what lxc-attach needs: root on the host running op-dbusd.",
+    )
+    attach.add_argument("name", help=CT_HELP)
+    attach.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="after --")

@@ -54,6 +54,16 @@ class Detached(Exception):
         )
 
 
+class HandOver(Exception):
+    """Give this terminal to ``argv`` (virsh console, lxc-attach) once opctl has let go
+    of the bus: the process becomes that program (exec), so its exit status is ours."""
+
+    def __init__(self, argv: list[str], install_hint: str) -> None:
+        super().__init__(argv)
+        self.argv = argv
+        self.install_hint = install_hint
+
+
 _BUS_ERRORS: dict[str, type[errors.OpdbusError]] = {
     "org.freedesktop.DBus.Error.AccessDenied": errors.NotAuthorized,
     "org.freedesktop.DBus.Error.UnknownObject": errors.NotFound,
@@ -144,6 +154,8 @@ class Status:
     backends: dict[str, tuple[bool, str]]
     audit_seq: int
     audit_enabled: bool = True
+    libvirt_uri: str = ""  # where virsh console reaches the VMs ("": no VMs in this mode)
+    lxc_path: str = ""  # where lxc-attach finds the containers
 
 
 @dataclass

@@ -196,6 +196,7 @@ class Daemon:
                 in_mode=frozenset(kind.name for kind in kinds.enabled(self.config)),
                 menu_timeout=self.config.menu.autostart_timeout_seconds,
                 libvirt_uri=self.config.libvirt.uri,
+                lxc_path=str(self.config.lxc.path),
             ),
             kinds.exported(self.started),
             self.state,

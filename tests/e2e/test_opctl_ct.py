@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import select
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,7 @@ import pytest
 
 from opdbus import errors
 from opdbus.sandbox import PrivateBus
-from tests.support import base_config, opctl
+from tests.support import PYTHON, base_config, opctl
 
 pytestmark = pytest.mark.skipif(shutil.which("lxc-start") is None, reason="LXC is not installed")
 
@@ -32,6 +37,39 @@ def ctbus(make_daemon: Any, private_bus: PrivateBus, tmp_path: Path) -> Iterator
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def shell_in(address: str, name: str, typed: bytes) -> bytes:
+    """``opctl ct attach NAME`` on a terminal of its own: type, read until it ends."""
+    master, terminal = pty.openpty()
+    # setsid --ctty: the terminal is the controlling one, as a login's is (lxc-attach wants it).
+    attach = subprocess.Popen(
+        ["setsid", "--ctty", PYTHON, "-m", "opctl", "--bus", address, "ct", "attach", name],
+        stdin=terminal, stdout=terminal, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    seen = b""
+    try:
+        # Type once the shell prompts: lxc-attach flushes what was typed before
+        # it took the terminal (raw mode, TCSAFLUSH).
+        deadline = time.monotonic() + 30
+        while b"# " not in seen and attach.poll() is None and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    seen += os.read(master, 4096)
+        os.write(master, typed)
+        while attach.poll() is None and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    seen += os.read(master, 4096)
+        assert attach.wait(timeout=10) == 0, seen
+        assert b"attached-42" in seen, seen  # the shell inside ran what was typed
+    finally:
+        if attach.poll() is None:
+            attach.kill()
+            attach.wait()
+        os.close(master)
+    return seen
 
 
 def test_a_container_from_the_command_line(ctbus: str) -> None:
@@ -58,7 +96,13 @@ def test_a_container_from_the_command_line(ctbus: str) -> None:
     assert ok(opctl(ctbus, "ct", "unfreeze", "web")).strip() == "web running again"
     changed = json.loads(ok(opctl(ctbus, "--json", "ct", "autostart", "web", "on")))
     assert changed["job"] is None and changed["object"]["autostart"] is True
+    # attach: lxc-attach with the daemon's lxcpath, a command or an interactive shell.
+    assert ok(opctl(ctbus, "ct", "attach", "web", "--", "hostname")) == "web\n"
+    shell_in(ctbus, "web", b"echo attached-$((40 + 2)); exit\n")
     assert "web stopped" in ok(opctl(ctbus, "ct", "stop", "web", "--force"))
+    stopped = opctl(ctbus, "ct", "attach", "web")
+    assert stopped.returncode == errors.Conflict.exit_code
+    assert "web is stopped: start it first (opctl ct start)" in stopped.stderr
     conflict = opctl(ctbus, "ct", "exec", "web", "--", "true")
     assert conflict.returncode == errors.Conflict.exit_code
     assert "Exec needs it running" in conflict.stderr

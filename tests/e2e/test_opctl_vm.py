@@ -112,6 +112,26 @@ def leaves(value: Any) -> list[Any]:
     return [value]
 
 
+def test_addresses_and_console_checks(vmbus: str) -> None:
+    # libvirt's test driver answers domifaddr for its running "test" VM.
+    table = ok(opctl(vmbus, "vm", "addresses", "test")).splitlines()
+    assert [line.split() for line in table] == [
+        ["INTERFACE", "MAC", "ADDRESS"],
+        ["testnet0", "aa:bb:cc:dd:ee:ff", "192.168.122.3/24"],
+    ]
+    assert ok(opctl(vmbus, "vm", "domifaddr", "test", "--source", "arp")).splitlines() == table
+    assert json.loads(ok(opctl(vmbus, "--json", "vm", "addresses", "test"))) == [
+        {"interface": "testnet0", "mac": "aa:bb:cc:dd:ee:ff", "addresses": ["192.168.122.3/24"]}
+    ]
+    ok(opctl(vmbus, "vm", "create", str(EXAMPLES / "tiny.json")))
+    stopped = opctl(vmbus, "vm", "addresses", "tiny")
+    assert stopped.returncode == errors.Conflict.exit_code
+    assert "tiny is shutoff: only a running VM has addresses" in stopped.stderr
+    console = opctl(vmbus, "vm", "console", "tiny")
+    assert console.returncode == errors.Conflict.exit_code
+    assert "tiny is shutoff: start it first (opctl vm start)" in console.stderr
+
+
 def test_disks_and_remove_storage(vmbus: str, tmp_path: Path) -> None:
     made = ok(opctl(vmbus, "vm", "create", str(EXAMPLES / "web-server.json")))
     volume = str(tmp_path / "images" / "web-01-disk0.qcow2")

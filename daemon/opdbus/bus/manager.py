@@ -100,6 +100,7 @@ class ManagerServices:
     snapshots: SnapshotCache | None = None
     menu_timeout: int = 10  # menu.autostart_timeout_seconds
     libvirt_uri: str = ""  # where `virsh console` finds the VMs ("": no VMs in this mode)
+    lxc_path: str = ""  # where `lxc-attach -P` finds the containers
 
     def running(self, name: str, what: str) -> object:
         """The service of a running kind, or the error saying why ``what`` cannot be had.
@@ -198,6 +199,10 @@ class Manager1(OpdbusInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LibvirtURI(self) -> DBusStr:
         return self._s.libvirt_uri if "vms" in self._s.in_mode else ""
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LXCPath(self) -> DBusStr:
+        return self._s.lxc_path if "containers" in self._s.in_mode else ""
 
     # -- jobs ----------------------------------------------------------------
 

@@ -35,6 +35,7 @@ def _snapshot(name: str) -> str:
 
 
 DevicesT = Annotated[list[tuple[str, str, str, str]], DBusSignature("a(ssss)")]
+AddressesT = Annotated[list[tuple[str, str, list[str]]], DBusSignature("a(ssas)")]
 SnapshotsT = Annotated[list[tuple[str, int, str, bool, str]], DBusSignature("a(stsbs)")]
 
 # VmInfo field -> VM1 property.
@@ -184,6 +185,10 @@ class VM1(OpdbusInterface):
     @bus_method(read_only=True, expensive=True)
     async def GetXML(self) -> DBusStr:
         return await self._vms.get_xml(self._uuid)
+
+    @bus_method(read_only=True, expensive=True)
+    async def GetInterfaceAddresses(self, source: DBusStr) -> AddressesT:
+        return await self._vms.addresses(self._uuid, source)
 
     @bus_method(action=Action.VM_CONFIGURE)
     async def UpdateProfile(self, profile: DBusStr) -> None:

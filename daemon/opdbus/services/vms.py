@@ -166,6 +166,28 @@ class VmService(ResourceService[VmInfo]):
         self.get(uuid)
         return await self.conn.call(lambda c: ops.xml(c, uuid), "reading the domain XML")
 
+    async def addresses(self, uuid: str, source: str) -> ops.Addresses:
+        """The VM's IP addresses as ``source`` knows them; "" tries the DHCP leases
+        of libvirt's networks, then the host's ARP table (neither needs the guest's
+        help; ``agent`` asks the QEMU guest agent)."""
+        info = self.get(uuid)
+        if source and source not in ops.ADDRESS_SOURCES:
+            raise InvalidArgs(
+                f"unknown address source {source!r}: use lease, agent or arp (or '' for "
+                "lease, then arp)"
+            )
+        if info.state is not VmState.RUNNING:
+            raise Conflict(f"{info.name} is {info.state.value}: only a running VM has addresses")
+        found: ops.Addresses = []
+        for each in [source] if source else ["lease", "arp"]:
+            found = await self.conn.call(
+                functools.partial(ops.addresses, uuid=uuid, source=each),
+                f"asking {each} for addresses",
+            )
+            if any(addrs for _, _, addrs in found):
+                break
+        return found
+
     async def list_snapshots(self, uuid: str) -> list[ops.Snapshot]:
         self.get(uuid)
         return await self.conn.call(lambda c: ops.snapshots(c, uuid), "listing snapshots")

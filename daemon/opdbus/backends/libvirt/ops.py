@@ -63,6 +63,27 @@ def set_autostart(conn: libvirt.virConnect, uuid: str, on: bool) -> None:
     _dom(conn, uuid).setAutostart(int(on))
 
 
+# (interface, MAC, addresses as ADDRESS/PREFIX): what `virsh domifaddr` shows.
+Addresses = list[tuple[str, str, list[str]]]
+ADDRESS_SOURCES = {
+    "lease": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+    "agent": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+    "arp": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+}
+
+
+def addresses(conn: libvirt.virConnect, uuid: str, source: str) -> Addresses:
+    found = _dom(conn, uuid).interfaceAddresses(ADDRESS_SOURCES[source], 0) or {}
+    return sorted(
+        (
+            name,
+            str(info.get("hwaddr") or ""),
+            [f"{a['addr']}/{a['prefix']}" for a in info.get("addrs") or []],
+        )
+        for name, info in found.items()
+    )
+
+
 def xml(conn: libvirt.virConnect, uuid: str) -> str:
     return str(_dom(conn, uuid).XMLDesc(0))
 
