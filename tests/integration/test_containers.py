@@ -85,6 +85,23 @@ async def job(client: Client, name: str, member: str, sig: str = "", *body: Any)
     return await client.run_job(start)
 
 
+async def test_freeze_and_unfreeze_in_a_row_leave_the_state_they_made(
+    tmp_path: Path, private_bus: PrivateBus, lxcpath: Path, client: Client
+) -> None:
+    """The state a verb made is the state read right after it, every time: a refresh
+    that asked LXC before the change never stores its older answer over it."""
+    async with running(tmp_path, private_bus, **ct_config(lxcpath)):
+        await create(client, "ct3", id=203, start=True)
+        for _ in range(15):
+            await call(client, "ct3", "Freeze")
+            assert (await props(client, "ct3"))["State"] == "frozen"
+            await call(client, "ct3", "Unfreeze")
+            assert (await props(client, "ct3"))["State"] == "running"
+        assert (
+            await job(client, "ct3", "Delete", "a{sv}", to_variants({"force": True}))
+        ).state is JobState.SUCCEEDED
+
+
 async def test_a_container_from_create_to_delete(
     tmp_path: Path, private_bus: PrivateBus, lxcpath: Path, client: Client
 ) -> None:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FIRST_ID = 100  # the seed's containers are 100-102
 READ_CONCURRENCY = 8
+READ_TRIES = 3  # reads of one container while its state keeps changing, before the events win
 OUTPUT_MAX = 1024 * 1024  # Exec returns at most this much of stdout and of stderr
 STATE_WAIT = 15.0
 
@@ -78,6 +79,9 @@ class ContainerService(ResourceService[ContainerInfo]):
         # A marker per create in progress, so a start after a crash finds what it left.
         self._creating_dir = state_dir / "lxc-creating"
         self._reading: dict[str, asyncio.Lock] = {}
+        # Bumped by every state lxc-monitor reports: a read that saw it change
+        # while LXC was asked may hold the state from before it (see refresh).
+        self._changes: dict[str, int] = {}
 
     # -- running -------------------------------------------------------------------
 
@@ -99,6 +103,7 @@ class ContainerService(ResourceService[ContainerInfo]):
             state = None  # "exited with status [N]": STOPPING/STOPPED follow
         info = self.cache.items.get(name)
         if state is not None and info is not None:
+            self._changes[name] = self._changes.get(name, 0) + 1
             self.cache.store(name, info.model_copy(update={"state": state}))
         self.mark(name)
 
@@ -138,17 +143,27 @@ class ContainerService(ResourceService[ContainerInfo]):
         async with lock:
             if name in self._creating:
                 return None  # half made: it appears when its create job is done
-            try:
-                info = await self._read(name)
-            except OSError as e:
-                log.warning("reading container %s: %s", name, e)
-                return self.cache.items.get(name)
+            for _ in range(READ_TRIES):
+                begun = self._changes.get(name, 0)
+                try:
+                    info = await self._read(name)
+                except OSError as e:
+                    log.warning("reading container %s: %s", name, e)
+                    return self.cache.items.get(name)
+                # lxc-monitor reported a new state while LXC was asked: the answer
+                # may be from before it (FROZEN read, then RUNNING reported by the
+                # Unfreeze); storing it would undo the newer state. Ask again.
+                if self._changes.get(name, 0) == begun:
+                    break
+            else:
+                return self.cache.items.get(name)  # it keeps changing: the events say it
             if info is None:
                 self.cache.forget(name)
             else:
                 self.cache.store(name, info)
         if info is None and not lock.locked():
             self._reading.pop(name, None)
+            self._changes.pop(name, None)
         return info
 
     async def _read(self, name: str) -> ContainerInfo | None:
@@ -352,6 +367,8 @@ class ContainerService(ResourceService[ContainerInfo]):
         wait = self.config.stop_timeout_seconds if timeout is None else timeout
         await self.lxc.stop(name, timeout=wait, kill=force)
         await self._wait_state(name, ContainerState.STOPPED)
+        # The event gave the state only; the PID, usage and addresses go with it.
+        await self.refresh(name)
 
     def stop_job(self, name: str, *, timeout: float | None, force: bool) -> JobBody:
         async def run(ctx: JobContext) -> JobOutcome:
