@@ -197,6 +197,19 @@ class AuditFiles:
         self._allocated = max(self._allocated, size)
         return size
 
+    def append_marked(self, data: bytes, durable: int, seq: int, hash_: str) -> tuple[Head, str]:
+        """``append``, then the head record of what it made durable, in one trip to the
+        writer thread (the next entry need not wait for a second one).
+
+        Returns the head and "" -- or, when only the head could not be written,
+        the head unrecorded and why: the entries are durable all the same.
+        """
+        size = self.append(data, durable)
+        try:
+            return self.write_head(Head(seq, hash_, size)), ""
+        except OSError as e:
+            return Head(seq, hash_, size), e.strerror or str(e)
+
     def cut(self, size: int) -> None:
         """Remove a cut-off last line that was never acknowledged (found at open)."""
         assert self._log_fd is not None

@@ -337,9 +337,17 @@ class AuditLog:
         delay = RETRY_MIN
         while self._pending:
             batch = list(self._pending)
-            data = "".join(entry.model_dump_json() + "\n" for entry, _ in batch).encode()
+            lines = [entry.model_dump_json().encode() + b"\n" for entry, _ in batch]
+            last = batch[-1][0]
             try:
-                size = await self._write(self._files.append, data, self._durable.size)
+                # The head record (the cut-off detector) is written right after
+                # the entries, unsynced, in the same trip: a head behind the log
+                # is what a crash between the two leaves, and open() reads that
+                # as normal.
+                head, head_error = await self._write(
+                    self._files.append_marked, b"".join(lines), self._durable.size,
+                    last.seq, last.hash,
+                )  # fmt: skip
             except OSError as e:
                 # Cut back to the last durable entry (the store did); the same
                 # entries are written again, with the same numbers, later.
@@ -352,26 +360,20 @@ class AuditLog:
             if self._write_error:
                 log.warning("audit log writable again (%d entries written)", len(batch))
             self._write_error, delay = "", RETRY_MIN
+            if head_error:
+                # The entries are durable; only the cut-off detector is behind.
+                log.error("audit head record not updated: %s", head_error)
             del self._pending[: len(batch)]
-            last = batch[-1][0]
             if self._offsets is not None:
                 offset = self._durable.size
-                for entry, _ in batch:
+                for line in lines:
                     self._offsets.append(offset)
-                    offset += len(entry.model_dump_json()) + 1
-            self._durable = Head(last.seq, last.hash, size)
-            # The entries are on disk: their callers are answered now. The head
-            # record (the cut-off detector) follows in the same flusher before
-            # the next batch; a head one batch behind the log is what a crash
-            # between the two leaves, and open() reads that as normal.
+                    offset += len(line)
+            self._durable = head
+            # The entries are on disk: their callers are answered now.
             for _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
-            try:
-                self._durable = await self._write(self._files.write_head, self._durable)
-            except OSError as e:
-                # The entries are durable; only the cut-off detector is behind.
-                log.error("audit head record not updated: %s", e)
             for callback in self.on_append:
                 callback()
 
