@@ -17,7 +17,7 @@ APT_PACKAGES := dbus-daemon dbus-bin systemd polkitd python3-venv python3-dev gc
                 libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system \
                 libvirt-daemon-system-sysv libvirt-clients libvirt-dev pkg-config \
                 qemu-system-x86 qemu-utils lxc busybox-static btrfs-progs tmux \
-                zsh fish libglib2.0-bin
+                zsh fish libglib2.0-bin libvirt-dbus
 
 .PHONY: run test deps venv lint typecheck pytest bench clean
 

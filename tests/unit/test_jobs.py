@@ -200,6 +200,52 @@ async def test_restart_reports_interrupted_jobs(tmp_path: Path) -> None:
     await close(jm2, audit2)
 
 
+async def test_a_new_record_is_synced_in_new_jsonl_first_and_survives_a_crash_there(
+    tmp_path: Path,
+) -> None:
+    """create() waits for one data sync of new.jsonl; the next write gives the record its
+    .json and marks new.jsonl used up. A crash in between leaves the line: the job comes
+    back (interrupted), and a line whose id has its .json is not read."""
+    store = JobStore(tmp_path / "jobs")
+    await store.load()
+    made = JobRecord(id=1, operation="Demo", targets=["/t"], started_by_uid=0, created_at=1)
+    await store.create(made)
+    # Durable in new.jsonl only (no file made, renamed, or directory synced for it yet).
+    assert not (tmp_path / "jobs" / "1.json").exists()
+    assert (
+        (tmp_path / "jobs" / "new.jsonl").read_bytes().startswith(made.model_dump_json().encode())
+    )
+    store.save_record(made.model_copy(update={"state": JobState.RUNNING}))
+    await store.flush()
+    assert (tmp_path / "jobs" / "1.json").exists()
+    claimed = (tmp_path / "jobs" / "new.jsonl").read_bytes()
+    assert claimed.startswith(b"\n") and len(claimed) == 64 * 1024  # used up; room kept
+    await store.close()
+
+    jm, audit, _ = await manager(tmp_path)
+    job = await jm.submit("Demo", body(1), targets=["/t"], uid=0)
+    await job.finished.wait()
+    await close(jm, audit)
+
+    # The crash: job 5's line written and synced, its .json never made; and a stale
+    # line for job 1, whose .json (newer: succeeded) must win.
+    lost = JobRecord(id=5, operation="Lost", targets=["/u"], started_by_uid=0, created_at=1)
+    stale = job.record.model_copy(update={"state": JobState.QUEUED, "result": ""})
+    (tmp_path / "jobs" / "new.jsonl").write_text(
+        stale.model_dump_json() + "\n" + lost.model_dump_json() + "\n" + '{"id": 6, "oper'
+    )
+    jm2, audit2, _ = await manager(tmp_path)
+    assert jm2.get(job.id).record.state is JobState.SUCCEEDED
+    back = jm2.get(5)
+    assert back.record.state is JobState.INTERRUPTED and back.record.operation == "Lost"
+    with pytest.raises(NotFound):
+        jm2.get(6)  # cut off mid-line: never acknowledged
+    fresh = await jm2.submit("Demo", body(1), targets=["/t"], uid=0)
+    assert fresh.id == 6  # ids are never handed out twice
+    await fresh.finished.wait()
+    await close(jm2, audit2)
+
+
 async def test_finished_jobs_are_forgotten_after_retention(tmp_path: Path) -> None:
     jm, audit, recorder = await manager(tmp_path, retention_seconds=0.2)
     job = await jm.submit("Demo", body(1), targets=[], uid=0)

@@ -268,10 +268,9 @@ class JobManager:
         for target in targets:
             self._busy[target] = job
         self._store.save_next_id(self._next_id)
-        self._store.save_record(record)
         try:
             # On disk before anyone hears of it (a crash reports it interrupted).
-            await self._store.flush()
+            await self._store.create(record)
             call = PENDING_CALL.get()
             if call is not None and not call.recorded:
                 # The call that makes a job is on record before the job can end.
@@ -320,6 +319,10 @@ class JobManager:
     async def _run(self, job: Job, body: JobBody) -> None:
         fields: dict[str, Any]
         try:
+            # One turn of the loop first: the answer to the call that made the
+            # job (its reply is the next thing queued) goes out before the job's
+            # first step, which can be a while of work before its first await.
+            await asyncio.sleep(0)
             async with self._slots:
                 self._update(job, state=JobState.RUNNING, started_at=now_us())
                 self._store.save_record(job.record)

@@ -7,6 +7,7 @@ here touches the event loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -168,8 +169,13 @@ def stats(conn: libvirt.virConnect) -> dict[str, dict[str, int]]:
 # -- the host ----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
 def target_for(capabilities: str, arch: Arch, uri: str) -> Target | str:
-    """What the host can run a guest of ``arch`` as, or why it cannot."""
+    """What the host can run a guest of ``arch`` as, or why it cannot.
+
+    Remembered: the capabilities are the same text until libvirt reconnects,
+    and QEMU's are tens of kilobytes to parse for every profile checked.
+    """
     root = ET.fromstring(capabilities)
     offered: dict[str, ET.Element] = {}
     for guest in root.findall("guest"):
