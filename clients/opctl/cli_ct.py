@@ -17,10 +17,6 @@ if TYPE_CHECKING:
     from opctl.commands import Cli
 
 
-# The columns vm list starts with, in its order (an admin reads both the same way).
-VM_COLUMNS = ("name", "state", "cpus", "memory", "used", "cpu time", "autostart")
-
-
 def _size(n: int) -> str:
     return f"{n / (1024 * 1024):.0f} MiB" if n else "-"
 
@@ -65,7 +61,7 @@ class CtCommands:
         else:
             # vm list's columns first, in its order; then what only containers have.
             render.table(
-                [*VM_COLUMNS, "id", "pid", "ipv4", "bridge"],
+                [*render.GUEST_COLUMNS, "id", "pid", "ipv4", "bridge"],
                 [
                     (
                         c.name,

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from opctl import jsonout, render
-from opctl.cli_ct import VM_COLUMNS
 from opctl.convert import to_variants, vm_info
 from opctl.files import read_document
 from opctl.render import cpu_time as _cpu_time
@@ -75,7 +74,7 @@ class VmCommands:
             print("no VMs")
         else:
             render.table(
-                [*VM_COLUMNS, "uuid"],
+                [*render.GUEST_COLUMNS, "uuid"],
                 [
                     (
                         i.name,

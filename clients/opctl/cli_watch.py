@@ -139,14 +139,19 @@ class Watch:
         print(f"{_now()} {text}", file=sys.stderr, flush=True)
 
     async def _loop(self) -> None:
-        client = self.cli.client
-        while True:
-            await self._watch(client)
-            self._note(f"the bus at {client.address} went away; connecting again…")
+        client = self.cli.client  # closed by opctl's run(); the ones made here, here
+        try:
+            while True:
+                await self._watch(client)
+                self._note(f"the bus at {client.address} went away; connecting again…")
+                if client is not self.cli.client:
+                    await client.close()
+                client = self.cli.client
+                client = await self._reconnect()
+                self._note("connected again (events while away are lost)")
+        finally:
             if client is not self.cli.client:
                 await client.close()
-            client = await self._reconnect()
-            self._note("connected again (events while away are lost)")
 
     async def _reconnect(self) -> Client:
         delay = RECONNECT_FIRST

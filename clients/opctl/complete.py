@@ -17,7 +17,6 @@ from typing import Any
 
 from opctl import parser as cli_parser
 
-SHELLS = ("bash", "zsh", "fish")
 BUS_TIMEOUT = 2.0  # a TAB must never hang on a stuck daemon
 
 # The scripts are package data, installed where each shell looks (pyproject's

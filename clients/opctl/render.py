@@ -19,6 +19,8 @@ HEADERS = True
 # -o FIELD,... (set once from the command line): only these columns, in this order.
 FIELDS: list[str] | None = None
 MIN_LAST = 12  # the free-text column keeps at least this much when a terminal is narrow
+# vm list and ct list start with these columns, in this order (read both the same way).
+GUEST_COLUMNS = ("name", "state", "cpus", "memory", "used", "cpu time", "autostart")
 
 
 def choose(headers: Sequence[str], fields: Sequence[str]) -> list[int]:

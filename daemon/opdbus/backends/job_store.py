@@ -5,10 +5,10 @@ Layout: ``jobs/<id>.json`` (the record, replaced atomically), ``jobs/<id>.log``
 ``jobs/new.jsonl``: the records of jobs just made, written first at the start
 of that preallocated file and synced -- one data sync, no file created or
 renamed, no directory synced, which is what a caller of a method that starts
-a job waits for. Its lines end at the first empty line. The same write goes
-on, one write later, to give them their ``<id>.json`` and then marks the
-file used up (an empty first line); at load a line there counts only for an
-id without its ``.json`` (the daemon died in between).
+a job waits for. Its lines end at the first empty line. The next write
+gives them their ``<id>.json`` and then marks the file used up (an empty
+first line); at load a line there counts only for an id without its
+``.json`` (the daemon died in between).
 Writes are queued without blocking the loop and coalesced: only the newest
 record of a job is written, log lines go out in batches. ``flush()`` waits
 until everything queued so far is on disk; ``create()`` until a new record is.
@@ -217,6 +217,7 @@ class JobStore:
         if new:
             # Everything without its .json yet, so none is ever in neither place.
             self._write_new(b"".join(d + b"\n" for d in [*carried.values(), *new.values()]) + b"\n")
+            self._deferred = {**carried, **new}  # until their .json files are written
         created()
         for job_id, lines in batch.lines.items():
             data = "".join(json.dumps(list(line)) + "\n" for line in lines).encode()
