@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -77,6 +79,34 @@ _UNSUPPORTED = {
     libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
 }
 _GONE = {libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT}
+
+
+# Domain handles by connection and UUID. A handle names its domain by UUID on
+# every call (libvirtd looks it up there), so it stays right across a redefine;
+# a domain that is gone fails the verb with NO_DOMAIN just as a fresh lookup
+# would. Keeping it saves each verb one round trip to libvirtd (a lookup).
+# They hold their connection open: _drop lets go of them before closing it.
+_HANDLES: weakref.WeakKeyDictionary[libvirt.virConnect, dict[str, libvirt.virDomain]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def domain_handle(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
+    """(Blocking on first use.) The domain ``uuid`` of ``conn``, looked up once."""
+    handles = _HANDLES.setdefault(conn, {})
+    dom = handles.get(uuid)
+    if dom is None:
+        dom = handles[uuid] = conn.lookupByUUIDString(uuid)
+    return dom
+
+
+def forget_handle(conn: libvirt.virConnect, uuid: str) -> None:
+    """Drop a domain's handle (it was undefined here; one undefined elsewhere keeps
+    its few bytes until the connection is closed)."""
+    _HANDLES.get(conn, {}).pop(uuid, None)
+
+
+DRAIN_WAIT = 5.0  # libvirtaio's removals after a close: moments, normally
 
 
 def translate(error: libvirt.libvirtError, what: str) -> OpdbusError:
@@ -262,8 +292,14 @@ class LibvirtConnection:
         if conn is None:
             return
         callbacks, self._callbacks = self._callbacks, []
+        # Domain handles keep a connection alive (and its keepalive timer on our loop).
+        _HANDLES.pop(conn, None)
 
         def close() -> None:
+            # A domain object still alive keeps the connection open past close(),
+            # and with it its timers on our loop; a failed call's traceback holds
+            # its frames' domains in a reference cycle until the collector runs.
+            gc.collect()
             for callback in callbacks:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.domainEventDeregisterAny(callback)
@@ -273,6 +309,14 @@ class LibvirtConnection:
                 conn.close()
 
         await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        # Closing hands libvirtaio the removal of the connection's timers and
+        # watches (from the closing thread); wait until it has done them, so no
+        # timer task of a closed connection outlives it on our loop.
+        impl = libvirtaio.getCurrentImpl()
+        if impl is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_WAIT):
+                    await impl.drain()
 
     def _status(self, ok: bool, detail: str) -> None:
         changed = detail != self.detail

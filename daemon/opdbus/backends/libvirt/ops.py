@@ -7,13 +7,13 @@ place that knows which libvirt calls do it.
 from __future__ import annotations
 
 import contextlib
-import weakref
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
 
 from opdbus.backends.libvirt import domains
+from opdbus.backends.libvirt.connection import domain_handle, forget_handle
 
 UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -24,27 +24,9 @@ UNDEFINE_FLAGS = (
 # name, created (µs since the epoch), state, current, description
 Snapshot = tuple[str, int, str, bool, str]
 
-# Domain handles by connection and UUID. A handle names its domain by UUID on
-# every call (libvirtd looks it up there), so it stays right across a redefine;
-# a domain that is gone fails the verb with NO_DOMAIN just as a fresh lookup
-# would. Keeping it saves each verb one round trip to libvirtd (a lookup).
-_HANDLES: weakref.WeakKeyDictionary[libvirt.virConnect, dict[str, libvirt.virDomain]] = (
-    weakref.WeakKeyDictionary()
-)
-
 
 def _dom(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
-    handles = _HANDLES.setdefault(conn, {})
-    dom = handles.get(uuid)
-    if dom is None:
-        dom = handles[uuid] = conn.lookupByUUIDString(uuid)
-    return dom
-
-
-def forget(conn: libvirt.virConnect, uuid: str) -> None:
-    """Drop a domain's handle (it was undefined here; one undefined elsewhere keeps
-    its few bytes until the connection is replaced)."""
-    _HANDLES.get(conn, {}).pop(uuid, None)
+    return domain_handle(conn, uuid)
 
 
 def define(conn: libvirt.virConnect, xml: str, *, autostart: bool) -> None:
@@ -118,7 +100,7 @@ def undefine(conn: libvirt.virConnect, uuid: str, volumes: list[str]) -> list[st
         if e.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
             raise
         dom.undefineFlags(UNDEFINE_FLAGS & ~libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-    forget(conn, uuid)
+    forget_handle(conn, uuid)
     return [path for path in volumes if domains.delete_volume(conn, path)]
 
 
