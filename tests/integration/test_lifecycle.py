@@ -142,6 +142,10 @@ def test_kill_9_during_a_job_then_restart(
     make_daemon: Any, private_bus: PrivateBus, tmp_path: Path
 ) -> None:
     with stuck_validation(make_daemon, private_bus, tmp_path) as (daemon, job):
+        # Records are written after the state changes on the bus: the kill comes
+        # once the disk, too, says running (before that, it was queued there).
+        record = tmp_path / "state" / "jobs" / f"{job.rsplit('/', 1)[-1]}.json"
+        wait_for(lambda: record.exists() and '"state":"running"' in record.read_text())
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait()
         wait_for(lambda: name_owner(private_bus) == "b false")
