@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import json
 import os
+import pty
 import select
 import signal
 import socket
@@ -474,3 +475,42 @@ async def next_event(
             event = await queue.get()
             if match(event):
                 return event
+
+
+@contextlib.contextmanager
+def on_a_terminal(argv: list[str], **popen: Any) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``argv`` on a pty of its own, as its controlling terminal (``setsid --ctty``: as
+    a login's is; virsh console and lxc-attach want one); yields it and the pty's
+    master end. Ended (killed if still running) and closed afterwards."""
+    master, terminal = pty.openpty()
+    child = subprocess.Popen(
+        ["setsid", "--ctty", *argv], stdin=terminal, stdout=terminal, stderr=terminal, **popen
+    )
+    os.close(terminal)
+    try:
+        yield child, master
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.close(master)
+
+
+def read_until(
+    fd: int,
+    wanted: bytes,
+    seen: bytes,
+    timeout: float,
+    child: subprocess.Popen[bytes] | None = None,
+) -> bytes:
+    """What ``fd`` gives until ``wanted`` is among it, ``child`` ends, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        if child is not None and child.poll() is not None and not select.select([fd], [], [], 0)[0]:
+            break
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:
+                break  # the terminal's other end is gone
+    return seen

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from dbus_fast import DBusError, Message, MessageType, Variant
 from dbus_fast.errors import InvalidAddressError
 
+from opctl.follow import follow_job
 from opctl.wire import (
     CALL_TIMEOUT,
     SignalEvent,
@@ -165,9 +166,9 @@ class Client:
         return list(reply.body), arrival
 
     async def get_all(self, path: str, interface: str) -> dict[str, Any]:
-        return (await self._snapshot(path, interface))[0]
+        return (await self.snapshot(path, interface))[0]
 
-    async def _snapshot(self, path: str, interface: str) -> tuple[dict[str, Any], int]:
+    async def snapshot(self, path: str, interface: str) -> tuple[dict[str, Any], int]:
         """Properties, and the arrival position of the reply that carried them."""
         message = self._message(path, names.PROPERTIES_IFACE, "GetAll", "s", [interface])
         (props,), arrival = await self._send(message, stamp=True)
@@ -547,7 +548,7 @@ class Client:
             path = await start()
             if on_started is not None:
                 on_started(path)
-            return await self._follow(path, queue, on_update, on_log)
+            return await follow_job(self, path, queue, on_update, on_log)
 
     async def wait_job(
         self,
@@ -557,55 +558,4 @@ class Client:
         on_log: Callable[[LogLine], None] | None = None,
     ) -> JobRecord:
         async with self.signals(f"path='{path}'") as queue:
-            return await self._follow(path, queue, on_update, on_log)
-
-    async def _follow(
-        self,
-        path: str,
-        queue: asyncio.Queue[SignalEvent],
-        on_update: Callable[[JobRecord], None] | None,
-        on_log: Callable[[LogLine], None] | None,
-    ) -> JobRecord:
-        props, snapshot_at = await self._snapshot(path, names.JOB_IFACE)
-        printed = 0
-
-        async def catch_up(upto: int | None = None) -> None:
-            nonlocal printed
-            if on_log is None:
-                return
-            while upto is None or printed < upto:
-                lines = await self.job_log(path, printed + 1, 0)
-                if not lines:
-                    return
-                for line in lines:
-                    if upto is not None and line.number > upto:
-                        return
-                    on_log(line)
-                    printed = line.number
-
-        await catch_up()
-        record = as_job_record(props)
-        if on_update:
-            on_update(record)
-        while not record.state.finished:
-            event = await queue.get()
-            if event.path != path:
-                continue
-            if event.member == "Log" and on_log is not None:
-                number, stamp, text = event.args
-                if number > printed + 1:
-                    await catch_up(number - 1)
-                if number > printed:
-                    on_log(as_log_line(number, stamp, text))
-                    printed = number
-            elif (
-                event.member == "PropertiesChanged"
-                and event.args[0] == names.JOB_IFACE
-                and event.arrival > snapshot_at  # older ones are in the snapshot already
-            ):
-                props.update(event.args[1])
-                record = as_job_record(props)
-                if on_update:
-                    on_update(record)
-        await catch_up()
-        return record
+            return await follow_job(self, path, queue, on_update, on_log)

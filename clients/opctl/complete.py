@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opctl import parser as cli_parser
+from opctl import parser_ct
 
 BUS_TIMEOUT = 2.0  # a TAB must never hang on a stuck daemon
 
@@ -53,7 +54,7 @@ def _what(action: argparse.Action) -> str | None:
         return "vm"
     if action.help == cli_parser.BRIDGE_HELP:
         return "bridge"
-    if action.help == cli_parser.CT_HELP:
+    if action.help == parser_ct.CT_HELP:
         return "ct"
     if action.dest == "job":
         return "job"

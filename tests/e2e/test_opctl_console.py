@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pty
-import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ import pytest
 
 from opdbus.sandbox import PrivateBus
 from tests.libvirtd import TEST_PREFIX, PrivateLibvirtd
-from tests.support import PYTHON, base_config
+from tests.support import PYTHON, base_config, on_a_terminal, read_until
 
 NAME = TEST_PREFIX + "console"
 
@@ -42,29 +40,13 @@ def guest(libvirtd: PrivateLibvirtd, tmp_path: Path) -> Iterator[PrivateLibvirtd
         libvirtd.cleanup()
 
 
-def read_until(fd: int, wanted: bytes, seen: bytes, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    while wanted not in seen and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.2)[0]:
-            with contextlib.suppress(OSError):
-                seen += os.read(fd, 4096)
-    return seen
-
-
 def test_console_hands_the_terminal_to_virsh_and_ctrl_bracket_leaves(
     guest: PrivateLibvirtd, make_daemon: Any, private_bus: PrivateBus, tmp_path: Path
 ) -> None:
     libvirt = {"uri": guest.uri, "pool": f"{TEST_PREFIX}pool", "pool_dir": str(guest.pool_dir)}
     make_daemon(private_bus, base_config(tmp_path, libvirt=libvirt))
-    master, terminal = pty.openpty()
-    # setsid --ctty: a controlling terminal, as a login has (virsh console wants one).
-    console = subprocess.Popen(
-        ["setsid", "--ctty", PYTHON, "-m", "opctl", "--bus", private_bus.address,
-         "vm", "console", NAME],
-        stdin=terminal, stdout=terminal, stderr=terminal,
-    )  # fmt: skip
-    os.close(terminal)
-    try:
+    argv = [PYTHON, "-m", "opctl", "--bus", private_bus.address, "vm", "console", NAME]
+    with on_a_terminal(argv) as (console, master):
         seen = read_until(master, b"Escape character is ^]", b"", 30)
         assert f"Connecting to {NAME}'s serial console (Ctrl-] leaves)".encode() in seen, seen
         assert f"Connected to domain '{NAME}'".encode() in seen, seen
@@ -77,9 +59,4 @@ def test_console_hands_the_terminal_to_virsh_and_ctrl_bracket_leaves(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 console.wait(timeout=0.5)
         assert console.wait(timeout=5) == 0
-    finally:
-        if console.poll() is None:
-            console.kill()
-            console.wait()
-        os.close(master)
     assert guest.virsh("domstate", NAME).stdout.strip() == "running"  # leaving stops nothing

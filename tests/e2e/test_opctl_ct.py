@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import pty
-import select
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +14,7 @@ import pytest
 
 from opdbus import errors
 from opdbus.sandbox import PrivateBus
-from tests.support import PYTHON, base_config, opctl
+from tests.support import PYTHON, base_config, on_a_terminal, opctl, read_until
 
 pytestmark = pytest.mark.skipif(shutil.which("lxc-start") is None, reason="LXC is not installed")
 
@@ -41,34 +37,15 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def shell_in(address: str, name: str, typed: bytes) -> bytes:
     """``opctl ct attach NAME`` on a terminal of its own: type, read until it ends."""
-    master, terminal = pty.openpty()
-    # setsid --ctty: the terminal is the controlling one, as a login's is (lxc-attach wants it).
-    attach = subprocess.Popen(
-        ["setsid", "--ctty", PYTHON, "-m", "opctl", "--bus", address, "ct", "attach", name],
-        stdin=terminal, stdout=terminal, stderr=terminal,
-    )  # fmt: skip
-    os.close(terminal)
-    seen = b""
-    try:
+    argv = [PYTHON, "-m", "opctl", "--bus", address, "ct", "attach", name]
+    with on_a_terminal(argv) as (attach, master):
         # Type once the shell prompts: lxc-attach flushes what was typed before
         # it took the terminal (raw mode, TCSAFLUSH).
-        deadline = time.monotonic() + 30
-        while b"# " not in seen and attach.poll() is None and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                with contextlib.suppress(OSError):
-                    seen += os.read(master, 4096)
+        seen = read_until(master, b"# ", b"", 30, attach)
         os.write(master, typed)
-        while attach.poll() is None and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                with contextlib.suppress(OSError):
-                    seen += os.read(master, 4096)
+        seen = read_until(master, b"attached-42\r", seen, 30, attach)
         assert attach.wait(timeout=10) == 0, seen
         assert b"attached-42" in seen, seen  # the shell inside ran what was typed
-    finally:
-        if attach.poll() is None:
-            attach.kill()
-            attach.wait()
-        os.close(master)
     return seen
 
 

@@ -9,9 +9,7 @@ terminal of its own and the key `q`, as a person would.
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_sandbox import start_sandbox, wait_for_file
+from tests.support import on_a_terminal, read_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,27 +37,13 @@ def without_comment(line: str) -> str:
 
 
 def run_menu(line: str, cwd: Path, env: dict[str, str]) -> None:
-    master, terminal = pty.openpty()
-    menu = subprocess.Popen(
-        ["setsid", "--ctty", "bash", "-c", line],
-        cwd=cwd, env={**env, "TERM": "linux"}, stdin=terminal, stdout=terminal, stderr=terminal,
-    )  # fmt: skip
-    os.close(terminal)
-    seen = b""
-    deadline = time.monotonic() + 30
-    try:
-        while b"console" not in seen and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                seen += os.read(master, 65536)
+    terminal_env = {**env, "TERM": "linux"}
+    with on_a_terminal(["bash", "-c", line], cwd=cwd, env=terminal_env) as (menu, master):
+        seen = read_until(master, b"console", b"", 30)
         assert b"console" in seen, seen[-2000:]  # its footer's keys: drawn
         time.sleep(1)
         os.write(master, b"q")
         assert menu.wait(timeout=20) == 0
-    finally:
-        if menu.poll() is None:
-            menu.kill()
-            menu.wait()
-        os.close(master)
 
 
 def run_watch(line: str, cwd: Path, env: dict[str, str]) -> None:
