@@ -1,5 +1,5 @@
 import sys
 
-from opctl.cli import main
+from opctl.quick import main
 
 sys.exit(main())

@@ -12,7 +12,6 @@ import os
 import sys
 
 from opctl.parser import build_parser
-from opctl.wire import Detached, HandOver, Unreachable
 from opdbus import errors
 
 EXIT_INTERRUPTED = 130  # what a shell reports for a tool ended by SIGINT
@@ -21,6 +20,8 @@ EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool killed by SIGPIPE
 
 def report(e: errors.OpdbusError, *, json_errors: bool) -> int:
     """One line on stderr (under --json, one JSON object) and the kind's exit code."""
+    from opctl.wire import Unreachable
+
     kind = type(e).__name__ if not isinstance(e, Unreachable) else "Unreachable"
     if json_errors:
         import json
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import asyncio
 
     from opctl.commands import run
+    from opctl.wire import Detached, HandOver  # after parsing: --help does without them
 
     try:
         status = asyncio.run(run(args))

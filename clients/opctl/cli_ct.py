@@ -6,19 +6,15 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from opctl import jsonout, render
+from opctl import jsonout, render, rows
 from opctl.convert import to_variants
-from opctl.render import cpu_time as _cpu_time
 from opctl.wire import HandOver
 from opdbus.errors import Conflict, InvalidArgs, NotSupported
 from opdbus.models.container import ContainerInfo, ContainerState
+from opdbus.names import CONTAINER_IFACE
 
 if TYPE_CHECKING:
     from opctl.commands import Cli
-
-
-def _size(n: int) -> str:
-    return f"{n / (1024 * 1024):.0f} MiB" if n else "-"
 
 
 class CtCommands:
@@ -53,32 +49,14 @@ class CtCommands:
 
     async def do_list(self) -> int:
         await self.client.require_backend("lxc", "containers")
-        containers = await self.client.containers()
         if self.args.json:
-            render.dump([jsonout.container(c) for c in containers])
-        elif not containers:
+            render.dump([jsonout.container(c) for c in await self.client.containers()])
+            return 0
+        containers = (await self.client.managed(CONTAINER_IFACE)).values()
+        if not containers:
             print("no containers")
         else:
-            # vm list's columns first, in its order; then what only containers have.
-            render.table(
-                [*render.GUEST_COLUMNS, "id", "pid", "ipv4", "bridge"],
-                [
-                    (
-                        c.name,
-                        c.state.value,
-                        c.cpus or "-",
-                        _size(c.memory_limit),
-                        _size(c.memory_used),
-                        _cpu_time(c.cpu_time_ns),
-                        "yes" if c.autostart else "no",
-                        c.id or "-",
-                        c.pid or "-",
-                        ", ".join(c.ipv4) or "-",
-                        f"{c.bridge} ({c.veth})" if c.bridge else "-",
-                    )
-                    for c in containers
-                ],
-            )
+            render.table(*rows.containers(containers))
         return 0
 
     async def do_show(self) -> int:
@@ -91,6 +69,7 @@ class CtCommands:
 
     @staticmethod
     def _show(c: ContainerInfo) -> None:
+        used = rows.mib_of_bytes(c.memory_used)
         render.pairs(
             [
                 ("container", f"{c.name} (id {c.id or '-'})"),
@@ -98,7 +77,7 @@ class CtCommands:
                 ("template", c.template or "- (made elsewhere)"),
                 ("network", f"{c.veth} on {c.bridge}" if c.bridge else "none"),
                 ("ipv4", ", ".join(c.ipv4) or "-"),
-                ("memory", f"{_size(c.memory_used)} used, limit {_size(c.memory_limit)}"),
+                ("memory", f"{used} used, limit {rows.mib_of_bytes(c.memory_limit)}"),
                 ("cpus", str(c.cpus or "no limit")),
                 ("cpu time", f"{c.cpu_time_ns / 1e9:.2f}s" if c.cpu_time_ns else "-"),
                 ("autostart", "yes" if c.autostart else "no"),

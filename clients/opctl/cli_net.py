@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from opctl import jsonout, render
+from opctl import jsonout, render, rows
 from opctl.files import read_document
+from opdbus import names
 from opdbus.models.network import BridgeInfo
 
 if TYPE_CHECKING:
@@ -28,25 +29,14 @@ class NetCommands:
 
     async def bridge_list(self) -> int:
         await self.client.require_backend("ovsdb", "bridges")
-        bridges = await self.client.bridges()
         if self.args.json:
-            render.dump([jsonout.bridge(b) for b in bridges])
-        elif not bridges:
+            render.dump([jsonout.bridge(b) for b in await self.client.bridges()])
+            return 0
+        bridges = (await self.client.managed(names.BRIDGE_IFACE)).values()
+        if not bridges:
             print("no bridges")
         else:
-            render.table(
-                ["name", "datapath", "ports", "link", "addresses"],
-                [
-                    (
-                        b.name,
-                        b.datapath_type,
-                        len(b.ports) - 1,
-                        b.link_state,
-                        ", ".join(b.addresses) or "-",
-                    )
-                    for b in bridges
-                ],
-            )
+            render.table(*rows.bridges(bridges))
         return 0
 
     async def bridge_show(self) -> int:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from opctl import jsonout, render
+from opctl import jsonout, render, rows
 from opctl.convert import to_variants, vm_info
 from opctl.files import read_document
 from opctl.render import cpu_time as _cpu_time
@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 def print_schema(args: argparse.Namespace) -> int:
     print(json.dumps(profile_schema(), indent=2, sort_keys=True))
     return 0
-
-
-def _mib(kib: int) -> str:
-    return f"{kib / 1024:.0f} MiB" if kib else "-"
 
 
 class VmCommands:
@@ -64,31 +60,14 @@ class VmCommands:
 
     async def list(self) -> int:
         await self.client.require_backend("libvirt", "VMs")
-        vms = sorted(
-            ((path, vm_info(props)) for path, props in (await self.client.vms()).items()),
-            key=lambda item: item[1].name,
-        )
+        vms = await self.client.vms()
         if self.args.json:
-            render.dump([jsonout.vm(path, info) for path, info in vms])
+            infos = sorted(((path, vm_info(p)) for path, p in vms.items()), key=lambda i: i[1].name)
+            render.dump([jsonout.vm(path, info) for path, info in infos])
         elif not vms:
             print("no VMs")
         else:
-            render.table(
-                [*render.GUEST_COLUMNS, "uuid"],
-                [
-                    (
-                        i.name,
-                        i.state.value,
-                        i.vcpus,
-                        f"{i.memory_mib} MiB",
-                        _mib(i.memory_used_kib),
-                        _cpu_time(i.cpu_time_ns),
-                        "yes" if i.autostart else "no",
-                        i.uuid,
-                    )
-                    for _, i in vms
-                ],
-            )
+            render.table(*rows.vms(vms.values()))
         return 0
 
     async def show(self) -> int:
@@ -105,7 +84,7 @@ class VmCommands:
                 ("persistent", "yes" if i.persistent else "no (transient)"),
                 ("arch", i.arch or "-"),
                 ("cpus", str(i.vcpus)),
-                ("memory", f"{i.memory_mib} MiB, {_mib(i.memory_used_kib)} in use"),
+                ("memory", f"{i.memory_mib} MiB, {rows.mib_of_kib(i.memory_used_kib)} in use"),
                 ("cpu time", _cpu_time(i.cpu_time_ns)),
                 ("snapshots", str(i.snapshots)),
                 ("object", path),

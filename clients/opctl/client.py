@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from dbus_fast import DBusError, Message, MessageType, Variant
 from dbus_fast.errors import InvalidAddressError
 
+from opctl.defaults import CALL_TIMEOUT
 from opctl.follow import follow_job
 from opctl.wire import (
-    CALL_TIMEOUT,
     SignalEvent,
     Status,
     Unreachable,
@@ -29,6 +29,7 @@ from opctl.wire import (
     as_variants,
     as_vm_info,
     map_error,
+    no_answer,
     plain,
     resolve_address,
 )
@@ -150,10 +151,7 @@ class Client:
             # Every method answers at once (long work is a job), so this is a
             # daemon or bus that stopped answering: say what we waited for.
             raise errors.Timeout(
-                f"no answer to {message.interface}.{message.member} on {message.path} "
-                f"within {limit:g} s: op-dbusd (or the bus) is not answering; what it "
-                "was asked may still happen (`opctl jobs list`, `opctl watch`); "
-                "--call-timeout sets how long opctl waits"
+                no_answer(f"{message.interface}.{message.member}", message.path or "/", limit)
             ) from None
         except DBusError as e:
             raise map_error(e) from None
@@ -228,14 +226,7 @@ class Client:
     # -- bridges -------------------------------------------------------------------
 
     async def bridges(self) -> list[BridgeInfo]:
-        (objects,) = await self.call(
-            names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
-        )
-        out = [
-            as_bridge_info({k: plain(v) for k, v in ifaces[names.BRIDGE_IFACE].items()})
-            for ifaces in objects.values()
-            if names.BRIDGE_IFACE in ifaces
-        ]
+        out = [as_bridge_info(props) for props in (await self.managed(names.BRIDGE_IFACE)).values()]
         return sorted(out, key=lambda bridge: bridge.name)
 
     async def bridge(self, name: str) -> BridgeInfo:
@@ -316,14 +307,14 @@ class Client:
         raise errors.BackendUnavailable(f"{what} cannot be listed: {backend}: {detail}")
 
     async def managed(self, interface: str) -> dict[str, dict[str, Any]]:
-        """Object path -> properties of every object with ``interface`` (one GetManagedObjects)."""
+        """Object path -> properties of every object with ``interface`` (Manager1.GetObjects:
+        that kind alone, not the whole tree)."""
         (objects,) = await self.call(
-            names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
+            names.ROOT_PATH, names.MANAGER_IFACE, "GetObjects", "s", [interface]
         )
         return {
-            str(path): {key: value.value for key, value in ifaces[interface].items()}
-            for path, ifaces in objects.items()
-            if interface in ifaces
+            str(path): {key: plain(value) for key, value in props.items()}
+            for path, props in objects.items()
         }
 
     async def vms(self) -> dict[str, dict[str, Any]]:

@@ -13,11 +13,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from opctl import jsonout, render
+from opctl import jsonout, render, rows
 from opctl.client import Client
 from opctl.parser import _env_timeout
 from opctl.wire import Detached, job_ref_to_path
-from opdbus import errors
+from opdbus import errors, names
 
 if TYPE_CHECKING:
     from opdbus.models.job import JobRecord, LogLine
@@ -45,9 +45,9 @@ class Cli:
         )
 
     async def status(self) -> int:
-        status = await self.client.status()
-        counts = await self.client.count_jobs()
         if self.args.json:
+            status = await self.client.status()
+            counts = await self.client.count_jobs()
             render.dump(
                 {
                     "version": status.version,
@@ -62,21 +62,14 @@ class Cli:
                 }
             )
             return 0
-        print(f"op-dbusd {status.version}, mode {status.mode}, on {self.client.address}")
-        render.table(
-            ["backend", "state", "detail"],
-            [
-                (name, "up" if ok else "down", detail)
-                for name, (ok, detail) in status.backends.items()
-            ],
+        first, backends, last = rows.status(
+            await self.client.get_all(names.ROOT_PATH, names.MANAGER_IFACE),
+            await self.client.count_jobs(),
+            self.client.address,
         )
-        active = counts.get("running", 0) + counts.get("queued", 0)
-        audit = (
-            f"audit log: {status.audit_seq} entries"
-            if status.audit_enabled
-            else "audit log: off (audit.enabled is false)"
-        )
-        print(f"jobs: {active} active, {sum(counts.values())} remembered; {audit}")
+        print(first)
+        render.table(*backends)
+        print(last)
         return 0
 
     async def follow(

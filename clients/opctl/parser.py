@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from opctl.wire import CALL_TIMEOUT
+from opctl.defaults import CALL_TIMEOUT, CALL_TIMEOUT_ENV
 from opdbus import errors
 
 Command = Callable[..., argparse.ArgumentParser]
@@ -37,8 +37,6 @@ class Lazy:
         )
         return function(args)
 
-
-CALL_TIMEOUT_ENV = "OPDBUS_CALL_TIMEOUT"
 
 EXIT_CODES = """exit codes:
   0   success

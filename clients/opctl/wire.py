@@ -21,10 +21,14 @@ if TYPE_CHECKING:
     from opdbus.models.network import BridgeInfo
     from opdbus.models.vm import VmInfo
 
-# How long a method call may go unanswered. Every op-dbusd method answers at
-# once or returns a job (whose end is waited for by signals, not by this), so
-# a minute of silence means a daemon or bus that stopped answering.
-CALL_TIMEOUT = 60.0
+
+def no_answer(what: str, path: str, limit: float) -> str:
+    """Why opctl gave up on a call (``what``: Interface.Member) after ``limit`` s."""
+    return (
+        f"no answer to {what} on {path} within {limit:g} s: op-dbusd (or the bus) is not "
+        "answering; what it was asked may still happen (`opctl jobs list`, `opctl watch`); "
+        "--call-timeout sets how long opctl waits"
+    )
 
 
 class Unreachable(errors.OpdbusError):

@@ -35,11 +35,16 @@ from opdbus.models.sync import RebuildAction, RebuildOptions, SyncOptions, Updat
 from opdbus.models.validation import ValidateOptions
 from opdbus.models.vm import CreateVmOptions
 from opdbus.names import (
+    BRIDGE_IFACE,
+    CONTAINER_IFACE,
     INSTALL_TARGET,
+    JOB_IFACE,
     MANAGER_IFACE,
     REBUILD_TARGET,
     ROOT_PATH,
     SYNC_TARGET,
+    UNIT_IFACE,
+    VM_IFACE,
     Action,
     bridge_path,
     container_path,
@@ -76,6 +81,9 @@ AuditVerdictT = Annotated[tuple[bool, int, str], DBusSignature("bts")]
 ProfileCheckT = Annotated[tuple[str, list[str]], DBusSignature("sas")]
 AuditEntriesT = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 CountsT = Annotated[dict[str, int], DBusSignature("a{su}")]
+ObjectsT = Annotated[dict[str, dict[str, Variant]], DBusSignature("a{oa{sv}}")]
+# The interfaces whose objects come and go (GetObjects lists one kind of them).
+LISTED = (VM_IFACE, BRIDGE_IFACE, CONTAINER_IFACE, JOB_IFACE, UNIT_IFACE)
 SnapshotsT = Annotated[list[tuple[str, str, int, int, str]], DBusSignature("a(sstts)")]
 
 _AUDIT_TYPES = {"seq": "t", "uid": "u", "time": "t"}
@@ -213,6 +221,14 @@ class Manager1(OpdbusInterface):
     @bus_method(read_only=True)
     async def CountJobs(self) -> CountsT:
         return self._s.jobs.counts()
+
+    @bus_method(read_only=True)
+    async def GetObjects(self, interface: DBusStr) -> ObjectsT:
+        if interface not in LISTED:
+            raise InvalidArgs(
+                f"{interface!r} is not an interface of listed objects; one of: " + ", ".join(LISTED)
+            )
+        return self.ctx.bus.objects_with(interface)
 
     @bus_method(read_only=True)
     async def GetJob(self, id: DBusUInt32) -> DBusObjectPath:

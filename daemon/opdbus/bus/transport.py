@@ -266,16 +266,29 @@ class FlowControlledBus(MessageBus):
         all plain functions, so read them in place.
         """
         prefix = "/" if msg.path == "/" else f"{msg.path}/"
-        result: dict[str, dict[str, dict[str, Variant]]] = {}
         try:
-            for node, interfaces in self._path_exports.items():
-                if node.startswith(prefix):
-                    result[node] = {name: _values_of(iface) for name, iface in interfaces.items()}
+            result = {
+                node: {name: _values_of(iface) for name, iface in interfaces.items()}
+                for node, interfaces in self._path_exports.items()
+                if node.startswith(prefix)
+            }
         except Exception as e:
             _LOG.error("GetManagedObjects on %s: %s", msg.path, e)
             send_reply.send_error(e)
             return
         send_reply(Message.new_method_return(msg, "a{oa{sa{sv}}}", [result]))
+
+    def objects_with(self, interface: str) -> dict[str, dict[str, Variant]]:
+        """Path -> properties of every exported object that has ``interface``.
+
+        Manager1.GetObjects: what a list shows, without the rest of the tree
+        (a bridge list need not carry 5000 VMs and every finished job).
+        """
+        return {
+            node: _values_of(interfaces[interface])
+            for node, interfaces in self._path_exports.items()
+            if interface in interfaces
+        }
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
         if self._disconnected:
