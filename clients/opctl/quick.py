@@ -17,7 +17,7 @@ import os
 import sys
 
 TYPE_CHECKING = False  # typing itself costs ~2 ms to import; mypy reads this as True
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: each function imports what it runs
     from opctl import minibus, rows
 
 # The command words the quick path answers, and what each asks.
@@ -101,6 +101,8 @@ def _read(
     connection: minibus.Connection, what: str, address: str
 ) -> tuple[list[str], rows.Table | None, str | None] | None:
     """(lines before, table, line after) to print; None when the ordinary path must answer."""
+    from opctl import rows
+
     if what == "status":
         (manager,), (counts,) = connection.calls(
             MANAGER, ("/org/opdbus", "org.opdbus.Manager1", "CountJobs", ())
