@@ -179,7 +179,10 @@ def main() -> int:
         except KeyboardInterrupt:
             return 130
         except Exception:
-            pass
+            # A bug of ours: the ordinary path does the command again and, if
+            # the bug is shared, reports it in one line. OPCTL_DEBUG shows where.
+            if os.environ.get("OPCTL_DEBUG"):
+                raise
     from opctl.cli import main as ordinary
 
     return ordinary(words)
