@@ -106,11 +106,8 @@ KINDS: tuple[Kind, ...] = (
         backend="ovsdb",
         modes=STANDALONE_UP,
         probe=_ovsdb,
-        start=Lazy(
-            "opdbus.services.network",
-            "start",
-            also=("opdbus.services.network_apply", "opdbus.backends.dhcp"),
-        ),
+        # pyroute2 (DHCP, link changes) loads on first use: opdbus.backends.netlink.
+        start=Lazy("opdbus.services.network", "start", also=("opdbus.services.network_apply",)),
         interface=bridge.Bridge1,
         export=bridge.exporter,
         provider=Lazy("opdbus.services.providers.net", "NetProvider"),

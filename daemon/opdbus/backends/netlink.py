@@ -1,12 +1,14 @@
-"""Addresses, routes and link state through netlink (pyroute2), never by running `ip`.
+"""Addresses, routes and link state through netlink, never by running `ip`.
 
-pyroute2's AsyncIPRoute speaks rtnetlink on the event loop itself, so
-nothing here blocks. A monitor socket (rtnl.py) joined to the link,
-IPv4-address and IPv4-route groups keeps an in-memory view of every link,
-its IPv4 addresses and the main table's default routes, whoever changes
-them: reading a link's state costs no syscall (pyroute2's name lookup dumps
-every link, which made a refresh of N bridges cost O(N^2)). Changes, and
-the one initial dump, go through pyroute2.
+A monitor socket (rtnl.py) joined to the link, IPv4-address and IPv4-route
+groups keeps an in-memory view of every link, its IPv4 addresses and the
+main table's default routes, whoever changes them: reading a link's state
+costs no syscall (pyroute2's name lookup dumps every link, which made a
+refresh of N bridges cost O(N^2)). The initial dump and the re-reads after
+a change are rtnl.py's own requests, in a thread. Changes go through
+pyroute2's AsyncIPRoute, which speaks rtnetlink on the event loop itself;
+it is imported on the first change, so a daemon that only watches links
+never loads it.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+if TYPE_CHECKING:  # imported on the first change (Netlink._writer), in a thread
+    from pyroute2 import AsyncIPRoute
 
+from opdbus.backends import rtnl
 from opdbus.backends.rtnl import RtnlMonitor
 from opdbus.errors import BackendFailed, BackendUnavailable
 
@@ -54,14 +58,6 @@ class _Link:
     gateway: str = ""
 
 
-async def _all(result: Awaitable[Any]) -> list[Any]:
-    """pyroute2 answers dumps with an async iterator; collect it."""
-    value = await result
-    if hasattr(value, "__aiter__"):
-        return [item async for item in value]
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
 def _is_default_route(message: Any) -> bool:
     table = message.get("table") or message.get("RTA_TABLE")
     return bool(
@@ -74,7 +70,8 @@ def _is_default_route(message: Any) -> bool:
 
 class Netlink:
     def __init__(self) -> None:
-        self._ipr: AsyncIPRoute | None = None
+        self._ipr: AsyncIPRoute | None = None  # for changes; made on the first one
+        self._open = False
         self._monitor = RtnlMonitor(self._on_message, self._on_overrun)
         self._resync: asyncio.Task[None] | None = None
         self._rechecks: dict[int, asyncio.Task[None]] = {}
@@ -83,10 +80,10 @@ class Netlink:
         self.on_change: list[Callable[[str], None]] = []
 
     async def start(self) -> None:
-        self._ipr = AsyncIPRoute()
         # Join the groups first, then dump: an event during the dump waits in
         # the monitor's socket and is applied after the dump, in order.
         self._monitor.open()
+        self._open = True
         await self._dump()
         self._monitor.start()
 
@@ -97,19 +94,22 @@ class Netlink:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        self._open = False
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
 
+    async def _ask(self, *requests: bytes) -> list[dict[str, Any]]:
+        """Read the kernel's view (opdbus.backends.rtnl; pyroute2 is for changes)."""
+        if not self._open:
+            raise BackendUnavailable("netlink is not open")
+        return await asyncio.to_thread(rtnl.ask, *requests)
+
     async def _dump(self) -> None:
-        ipr = self._ready()
+        answers = await self._ask(rtnl.links(), rtnl.addresses(), rtnl.routes())
         self._links.clear()
         self._by_name.clear()
-        for message in await _all(ipr.link("dump")):
-            self._apply(message)
-        for message in await _all(ipr.addr("dump", family=socket.AF_INET)):
-            self._apply(message)
-        for message in await _all(ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE)):
+        for message in answers:
             self._apply(message)
 
     def _on_message(self, message: dict[str, Any]) -> None:
@@ -129,7 +129,7 @@ class Netlink:
     async def _recheck(self, index: int) -> None:
         try:
             await self._query(index)
-        except NetlinkError as e:
+        except OSError as e:
             log.debug("re-reading link %d: %s", index, e)
         finally:
             self._rechecks.pop(index, None)
@@ -187,9 +187,15 @@ class Netlink:
             return link.name
         return None
 
-    def _ready(self) -> AsyncIPRoute:
-        if self._ipr is None:
+    async def _writer(self) -> AsyncIPRoute:
+        """pyroute2, for changing links: imported (in a thread) on the first change, so a
+        daemon that only watches links never loads it (~10 MiB, 170 ms of import)."""
+        if not self._open:
             raise BackendUnavailable("netlink is not open")
+        if self._ipr is None:
+            module = await asyncio.to_thread(importlib.import_module, "pyroute2")
+            if self._ipr is None:  # another change may have made it meanwhile
+                self._ipr = module.AsyncIPRoute()
         return self._ipr
 
     def index(self, name: str) -> int | None:
@@ -227,21 +233,23 @@ class Netlink:
         observers hear of it if the view was wrong."""
         before = self._links.get(index)
         seen = (before.addresses.copy(), before.gateway) if before is not None else None
-        ipr = self._ready()
-        for message in await _all(ipr.link("get", index=index)):
-            self._apply(message)
+        answers = await self._ask(rtnl.links(index), rtnl.addresses(), rtnl.routes())
+        for message in answers:
+            if message["event"] == "RTM_NEWLINK":
+                self._apply(message)
         link = self._links.get(index)
         if link is None:
             return
         link.addresses = {
             f"{a.get('address')}/{a['prefixlen']}"
-            for a in await _all(ipr.addr("dump", index=index, family=socket.AF_INET))
+            for a in answers
+            if a["event"] == "RTM_NEWADDR" and a["index"] == index and a.get("address")
         }
         link.gateway = next(
             (
-                r.get("gateway")
-                for r in await _all(ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE))
-                if _is_default_route(r) and r.get("oif") == index
+                str(r["gateway"])
+                for r in answers
+                if r["event"] == "RTM_NEWROUTE" and _is_default_route(r) and r.get("oif") == index
             ),
             "",
         )
@@ -258,7 +266,9 @@ class Netlink:
     ) -> LinkState:
         """Make the link up with exactly ``addresses`` (None: leave them); set (or, if
         managed, clear) its gateway."""
-        ipr = self._ready()
+        ipr = await self._writer()
+        from pyroute2.netlink.exceptions import NetlinkError  # loaded by _writer
+
         state = self.state(name)
         if state is None:
             raise BackendUnavailable(f"there is no interface {name}")
@@ -298,7 +308,7 @@ class Netlink:
                     if e.code != errno.ESRCH:
                         raise
             await self._query(state.index)
-        except NetlinkError as e:
+        except (NetlinkError, OSError) as e:
             raise BackendFailed(f"netlink: configuring {name}: {e}") from None
         final = self.state(name)
         if final is None:

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -105,6 +106,75 @@ def messages(datagram: bytes) -> Iterator[dict[str, Any]]:
         if parsed is not None:
             yield parsed
         offset += (length + 3) & ~3
+
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE = 18, 22, 26
+DUMP_TIMEOUT = 5.0  # the kernel answers a dump at once; this bounds a wedged one
+
+
+def _request(kind: int, body: bytes, seq: int, *, dump: bool = True) -> bytes:
+    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, flags, seq, 0) + body
+
+
+def links(index: int = 0) -> bytes:
+    """RTM_GETLINK: every link (index 0, a dump), or the one with ``index``."""
+    return _request(RTM_GETLINK, IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0), 1, dump=not index)
+
+
+def addresses() -> bytes:
+    return _request(RTM_GETADDR, IFADDR.pack(socket.AF_INET, 0, 0, 0, 0), 2)
+
+
+def routes() -> bytes:
+    return _request(RTM_GETROUTE, RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0), 3)
+
+
+def ask(*requests: bytes) -> list[dict[str, Any]]:
+    """Send each request and read its answer (blocking: run it in a thread).
+
+    What the daemon reads of the kernel's links, addresses and routes at
+    start and after each change, without pyroute2 (~10 MiB and 170 ms to
+    import); the answers come out as the monitor's messages do.
+    """
+    out: list[dict[str, Any]] = []
+    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+    with socket.socket(socket.AF_NETLINK, kind, NETLINK_ROUTE) as s:
+        s.settimeout(DUMP_TIMEOUT)
+        s.bind((0, 0))
+        for request in requests:
+            s.send(request)
+            while not _answered(s.recv(1 << 20), out):
+                pass
+    return out
+
+
+def _answered(datagram: bytes, out: list[dict[str, Any]]) -> bool:
+    """Fold one datagram of an answer into ``out``; True once the answer is complete."""
+    offset = 0
+    done = False
+    while offset + NLMSG_HDR.size <= len(datagram):
+        length, kind, flags, _, _ = NLMSG_HDR.unpack_from(datagram, offset)
+        if length < NLMSG_HDR.size:
+            break
+        body = datagram[offset + NLMSG_HDR.size : offset + length]
+        if kind == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", body)[0]
+            if code:
+                raise OSError(code, os.strerror(code))
+            done = True  # an acknowledgement
+        elif kind == NLMSG_DONE:
+            done = True
+        else:
+            parsed = parse(kind, body)
+            if parsed is not None:
+                out.append(parsed)
+            if not flags & 0x2:  # NLM_F_MULTI: a one-message answer ends with itself
+                done = True
+        offset += (length + 3) & ~3
+    return done
 
 
 class RtnlMonitor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import operator
 from collections.abc import Callable
@@ -139,6 +140,10 @@ class NetworkService(ResourceService[BridgeInfo]):
         self._ports_memo: dict[RowId, tuple[int, PortInfo]] = {}
         self._refreshing: set[str] = set()  # taken by the refresher, not done yet
         self._dhcp: dict[str, DhcpClient] = {}  # bridge -> its running client
+        # The DHCP client's module is imported (in a thread) when a bridge first wants one:
+        # importing it on the loop while a thread still runs it would wait on the import lock.
+        self._dhcp_loading = asyncio.Lock()
+        self._dhcp_loaded = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -290,15 +295,22 @@ class NetworkService(ResourceService[BridgeInfo]):
         """Run a DHCP client on the bridge's interface exactly while the bridge wants one.
 
         The decision and the bookkeeping happen before any await, so two
-        refreshes of one bridge cannot start two clients.
+        refreshes of one bridge cannot start two clients. The DHCP client's
+        module (pyroute2's, ~170 ms to import) loads first, in a thread, the
+        first time a bridge wants one.
         """
+        if wanted and not self._dhcp_loaded:
+            async with self._dhcp_loading:  # one import; the others wait for it here
+                if not self._dhcp_loaded:
+                    await asyncio.to_thread(importlib.import_module, "opdbus.backends.dhcp")
+                    self._dhcp_loaded = True
         link = self.netlink.state(name)
         client = self._dhcp.get(name)
         keep = wanted and link is not None and client is not None and client.ifindex == link.index
         stale = None if keep else self._dhcp.pop(name, None)
         new = None
         if wanted and link is not None and not keep:
-            from opdbus.backends.dhcp import DhcpClient  # loaded with the kind (opdbus.kinds)
+            from opdbus.backends.dhcp import DhcpClient  # loaded above
 
             new = self._dhcp[name] = DhcpClient(
                 name, link.index, lambda lease: self._leased(new, lease)
