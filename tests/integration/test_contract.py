@@ -389,6 +389,41 @@ async def test_count_jobs_is_what_status_shows_without_the_object_tree(
         assert "jobs: 0 active, 2 remembered" in human.stdout
 
 
+async def test_get_objects_lists_one_kind_as_the_object_tree_has_it(
+    tmp_path: Path, private_bus: PrivateBus, client: Client
+) -> None:
+    async with running(tmp_path, private_bus, **CALM):
+        path = await client.validate(quick=True)
+        # Read while the job runs and as it ends: a running job's values are never kept.
+        readings = []
+        while True:
+            (objects,) = await client.call(
+                names.ROOT_PATH, names.MANAGER_IFACE, "GetObjects", "s", [names.JOB_IFACE]
+            )
+            readings.append(objects[path]["State"].value)
+            if readings[-1] == "succeeded":
+                break
+            await asyncio.sleep(0.01)
+        (tree,) = await client.call(
+            names.ROOT_PATH, names.OBJECT_MANAGER_IFACE, "GetManagedObjects"
+        )
+        listed = {p: {k: v.value for k, v in props.items()} for p, props in objects.items()}
+        whole = {
+            p: {k: v.value for k, v in ifaces[names.JOB_IFACE].items()}
+            for p, ifaces in tree.items()
+            if names.JOB_IFACE in ifaces
+        }
+        assert listed == whole and list(listed) == [path]
+        # What a finished job shows is its record's final word, every time it is read.
+        props = await client.get_all(path, names.JOB_IFACE)
+        assert listed[path] == props and props["LogLines"] > 1 and props["FinishedAt"] > 0
+        assert json.loads(props["Output"])["checks"]
+        with pytest.raises(errors.InvalidArgs, match="not an interface of listed objects"):
+            await client.call(
+                names.ROOT_PATH, names.MANAGER_IFACE, "GetObjects", "s", [names.MANAGER_IFACE]
+            )
+
+
 @pytest.mark.parametrize(
     ("path", "interface", "member", "signature", "body", "name", "text"),
     [

@@ -9,6 +9,8 @@ from typing import Any, Generic
 from opdbus.bus.base import BusContext, OpdbusInterface
 from opdbus.services.cache import InfoT, ObservedCache
 
+TRIM_AFTER = 256  # objects exported or dropped in a row before the heap is trimmed
+
 
 class CacheExporter(Generic[InfoT]):
     """The cache's observer: exports ``make(key)`` at ``path(key)`` while the entry exists.
@@ -37,6 +39,7 @@ class CacheExporter(Generic[InfoT]):
         self._fields = fields
         self._too_big = too_big or {}
         self._objects: dict[str, OpdbusInterface] = {}
+        self._churn = 0  # objects exported or dropped since the last trim was asked for
 
     def attach(self) -> None:
         for key, info in sorted(self._cache.items.items()):
@@ -49,6 +52,7 @@ class CacheExporter(Generic[InfoT]):
         obj = self._make(key)
         self._objects[key] = obj
         self._ctx.bus.export(self._path(key), obj)
+        self._churned()
 
     def changed(self, key: str, info: InfoT, fields: set[str]) -> None:
         obj = self._objects.get(key)
@@ -64,6 +68,16 @@ class CacheExporter(Generic[InfoT]):
     def removed(self, key: str) -> None:
         if self._objects.pop(key, None) is not None:
             self._ctx.bus.unexport(self._path(key))
+            self._churned()
+
+    def _churned(self) -> None:
+        # Loading thousands of objects (the first read of 5000 domains: their
+        # XML, the parse) leaves the heap far bigger than what stays; glibc
+        # keeps it. Ask for a trim once things are quiet (BusContext.on_large_call).
+        self._churn += 1
+        if self._churn >= TRIM_AFTER:
+            self._churn = 0
+            self._ctx.on_large_call()
 
 
 @dataclass(frozen=True)

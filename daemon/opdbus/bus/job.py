@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
-from dbus_fast import PropertyAccess
+from dbus_fast import PropertyAccess, Variant
 from dbus_fast.annotations import (
     DBusBool,
     DBusDouble,
@@ -20,6 +20,7 @@ from dbus_fast.annotations import (
 from dbus_fast.service import dbus_property, dbus_signal
 
 from opdbus.bus.base import BusContext, OpdbusInterface, bus_method, current_caller
+from opdbus.bus.transport import property_values
 from opdbus.models.job import JobState, LogLine
 from opdbus.names import JOB_IFACE, Action
 from opdbus.services.jobs import Job, JobManager
@@ -53,10 +54,25 @@ class Job1(OpdbusInterface):
         super().__init__(ctx)
         self._jobs = jobs
         self._job = job
+        self._lines_read = -1  # LogLines when the values were kept
 
     @property
     def job(self) -> Job:
         return self._job
+
+    def property_values(self) -> dict[str, Variant]:
+        """A finished job never changes again: its values (Output's JSON text among
+        them) are read once, so GetManagedObjects over 1000 remembered jobs
+        re-reads none of them. A running job's are read afresh (its progress moves)."""
+        record = self._job.record
+        # LogLines has no PropertiesChanged of its own (see FIELD_TO_PROPERTY): a
+        # line written after the end must still show.
+        if self._values is not None and self._lines_read == record.log_lines:
+            return self._values
+        values = property_values(self)
+        if record.state.finished:
+            self._values, self._lines_read = values, record.log_lines
+        return values
 
     @dbus_property(access=PropertyAccess.READ)
     def Id(self) -> DBusUInt32:
