@@ -8,12 +8,16 @@ object tree, not libvirtd.
   jobs.retention_seconds, an hour by default) vs the same daemon before those
   jobs ran:                                                   target <= 1.5x
 - Memory per VM object: (RSS with 5000 VMs - RSS of the same daemon with none)
-  / 5000, both settled:                                       target <= 12 KiB
+  / 5000, both settled, less what libvirt's test driver itself keeps per domain
+  in the daemon's process (it runs in its client; measured alone, same reads):
+                                                              target <= 12 KiB
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -100,7 +104,9 @@ def main() -> None:
             bare, busy, jobs = asyncio.run(measure(bus.address))
         finally:
             daemon.stop()
+        driver = test_driver_kib_per_domain(full, empty)
     per_vm = (rss_full - rss_empty) * 1024 / COUNT
+    own = per_vm - driver
     report(
         f"GetManagedObjects, {COUNT} VMs + {jobs} finished jobs vs the same without the jobs",
         busy / bare,
@@ -109,13 +115,38 @@ def main() -> None:
         f"{busy * 1000:.1f} ms vs {bare * 1000:.1f} ms, medians of {ROUNDS}",
     )
     report(
-        "memory per VM object",
-        per_vm,
+        "memory per VM object, op-dbusd's own",
+        own,
         "<= 12 KiB",
-        per_vm <= 12,
-        f"RSS {rss_full:.1f} MiB with {COUNT} VMs, {rss_empty:.1f} MiB with none",
+        own <= 12,
+        f"{per_vm:.1f} KiB of RSS per VM (RSS {rss_full:.1f} MiB with {COUNT} VMs, "
+        f"{rss_empty:.1f} MiB with none) minus {driver:.1f} KiB per domain that libvirt's "
+        "test driver itself keeps in the daemon's process, measured alone",
         unit="KiB",
     )
+
+
+# libvirt's test driver runs inside its client (here, the daemon): its 5000
+# domains live in op-dbusd's RSS, where with qemu:///system they would live in
+# libvirtd. Measured alone, doing the reads the daemon does, and taken off.
+DRIVER_PROBE = """
+import sys, libvirt
+def rss():
+    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])
+def load(uri):
+    conn = libvirt.open(uri)
+    for dom in conn.listAllDomains(0):
+        dom.XMLDesc(0), dom.info(), dom.autostart(), dom.UUIDString(), dom.name()
+    return conn
+empty = load(sys.argv[2]); before = rss()
+full = load(sys.argv[1]); print(rss() - before)
+"""
+
+
+def test_driver_kib_per_domain(full: str, empty: str) -> float:
+    done = subprocess.run([sys.executable, "-c", DRIVER_PROBE, full, empty],
+                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    return int(done.stdout.strip()) / COUNT
 
 
 if __name__ == "__main__":

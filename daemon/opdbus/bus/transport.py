@@ -149,11 +149,14 @@ class FlowControlledBus(MessageBus):
     """``dbus_fast.aio.MessageBus`` with flow control; use it everywhere."""
 
     # MessageBus declares __slots__; our extra state needs its own.
-    __slots__ = ("_iface_paths", "object_managers")
+    __slots__ = ("_handlers", "_iface_paths", "object_managers")
 
     def __init__(self, bus_address: str | None = None, **kwargs: Any) -> None:
         super().__init__(bus_address, **kwargs)
         self._iface_paths: dict[int, str] = {}
+        # One method handler per (interface name, method), shared by every object
+        # exporting that interface (see _make_method_handler).
+        self._handlers: dict[tuple[str, _Method], Callable[[Message, Any], None]] = {}
         # Paths implementing ObjectManager: InterfacesAdded/Removed for objects
         # below one are emitted from it, as the spec says (dbus-fast emits
         # them from the object's own path, which ObjectManager clients miss).
@@ -306,16 +309,30 @@ class FlowControlledBus(MessageBus):
     def _make_method_handler(
         self, interface: ServiceInterface, method: _Method
     ) -> Callable[[Message, Callable[[Message], None]], None]:
-        inner = super()._make_method_handler(interface, method)
+        """The handler of ``method`` for every object with ``interface``'s name.
+
+        dbus-fast makes one per object and method, each holding its object:
+        with 5000 VMs of 15 methods that was 75 000 closures (~6 KB a VM). This
+        one finds its object by the call's path when it is called, and has
+        dbus-fast's own handler for it made then (a closure for one call).
+        """
+        key = (interface.name, method)
+        shared = self._handlers.get(key)
+        if shared is not None:
+            return shared
+        name = interface.name
+        make = super()._make_method_handler
 
         def handler(msg: Message, send_reply: Callable[[Message], None]) -> None:
-            # The coroutine's task copies this context when it is created inside inner().
+            target = self._path_exports[msg.path or "/"][name]
+            # The coroutine's task copies this context when it is created inside the call.
             token = CURRENT_CALL.set(
                 CallInfo(msg.sender or "", msg.path or "", msg.interface or "", msg.member or "")
             )
             try:
-                inner(msg, send_reply)
+                make(target, method)(msg, send_reply)
             finally:
                 CURRENT_CALL.reset(token)
 
+        self._handlers[key] = handler
         return handler
