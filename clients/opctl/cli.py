@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from opctl.parser import build_parser
+from opctl.parser import parse
 from opdbus import errors
 
 EXIT_INTERRUPTED = 130  # what a shell reports for a tool ended by SIGINT
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         from opctl.complete import main as complete
 
         return complete(words[1:])
-    args = build_parser().parse_args(argv)
+    args = parse(words)
     standalone = getattr(args, "standalone", None)
     if standalone is not None:  # opctl menu: a program of its own
         return int(standalone(args) or 0)

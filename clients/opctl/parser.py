@@ -14,11 +14,15 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, NoReturn
 
 from opctl.defaults import CALL_TIMEOUT, CALL_TIMEOUT_ENV
 from opdbus import errors
+
+TYPE_CHECKING = False  # typing costs ~2 ms to import (opctl --help); mypy reads this as True
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, NoReturn
+
 
 Command = Callable[..., argparse.ArgumentParser]
 PROVIDERS = ("systemd", "net", "lxc", "vms")
@@ -57,8 +61,86 @@ class Parser(argparse.ArgumentParser):
         self.exit(errors.InvalidArgs.exit_code, f"{self.prog}: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
+class _Retry(Exception):
+    """A partly built parser could not read the command line: the whole tree will."""
+
+
+class _PartParser(Parser):
+    """The top of a partly built tree (build_parser(only=...)): an error here may come
+    from a command it left out, so it is not reported; parse() asks the whole tree."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Retry(message)
+
+
+class _Skipped:
+    """The parser of a command this run does not use: it takes every call and builds
+    nothing (opctl's whole tree is ~100 parsers, ~13 ms to build)."""
+
+    def __getattr__(self, name: str) -> _Skipped:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Skipped:
+        return self
+
+    def __getitem__(self, key: Any) -> _Skipped:
+        return self
+
+
+class _Only:
+    """The top level's subparsers, building in full only the command ``wanted``
+    (None: every command); the others get a parser with their help line only."""
+
+    def __init__(self, sub: Any, wanted: str | None) -> None:
+        self._sub, self._wanted = sub, wanted
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self._wanted is None or name == self._wanted:
+            return self._sub.add_parser(name, **kwargs)
+        self._sub.add_parser(name, help=kwargs.get("help"))
+        return _Skipped()
+
+
+# Options before the command that take a value (the word after them is not the command).
+_VALUED = frozenset({"--bus", "-o", "--output", "--call-timeout"})
+
+
+def command_word(words: list[str]) -> str:
+    """The command a command line names ("" if none): what build_parser builds in full."""
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--":
+            return words[i + 1] if i + 1 < len(words) else ""
+        if word in _VALUED:
+            i += 2
+        elif word.startswith("-"):
+            i += 1
+        else:
+            return word
+    return ""
+
+
+def parse(words: list[str]) -> argparse.Namespace:
+    """``words`` parsed by a parser that built only their command's part of the tree.
+
+    Should argparse read the command line otherwise than command_word did (an
+    abbreviated option taking a value, say), it is parsed again by the whole tree.
+    """
+    wanted = command_word(words)
+    try:
+        args = build_parser(wanted).parse_args(words)
+    except _Retry:
+        return build_parser().parse_args(words)
+    if args.command != wanted:
+        return build_parser().parse_args(words)
+    return args
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """opctl's parser; ``only``: build that command in full and the others as help lines."""
+    top = Parser if only is None else _PartParser
+    p = top(
         prog="opctl",
         description="Control op-dbusd, the hypervisor host daemon on D-Bus (org.opdbus).",
         epilog=EXIT_CODES
@@ -78,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return parser
 
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    sub = _Only(
+        p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=top),
+        only,
+    )
     command(sub, "status", "daemon version, mode, backend health, jobs")
 
     v = command(
@@ -167,6 +252,12 @@ class _Version(argparse.Action):
         except PackageNotFoundError:
             print("opctl (not installed: running from a source tree)")
         parser.exit()
+
+
+def _path(text: str) -> Path:
+    from pathlib import Path  # only the commands that take a file need it
+
+    return Path(text)
 
 
 def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
@@ -261,9 +352,9 @@ def _audit(sub: Any, command: Command) -> None:
     )
     key = verify.add_mutually_exclusive_group()
     key.add_argument("--key", metavar="KEY", help="the verification key from seal-init")
-    key.add_argument("--key-file", type=Path, metavar="FILE", help="read the key from FILE")
+    key.add_argument("--key-file", type=_path, metavar="FILE", help="read the key from FILE")
     verify.add_argument(
-        "--file", type=Path, metavar="AUDIT_JSONL", help="verify this file instead of asking"
+        "--file", type=_path, metavar="AUDIT_JSONL", help="verify this file instead of asking"
     )
     verify.set_defaults(offline=Lazy("opctl.cli_audit", "offline_verify"))
     seal = command(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from opctl.parser import Command, on_off
+
+TYPE_CHECKING = False  # no typing at run time (opctl --help); mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
+
 
 CT_HELP = "the container's name"
 

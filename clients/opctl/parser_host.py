@@ -4,9 +4,12 @@ host migrate (a part of :mod:`opctl.parser`, as light: argparse only)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from opctl.parser import ACTIONS, Command, Parser, no_wait
+
+TYPE_CHECKING = False  # no typing at run time (opctl --help); mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def host_commands(sub: Any, command: Command) -> None:

@@ -9,9 +9,11 @@ denied, 4 invalid arguments, 5 network/backend failure, 6 configuration).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from opdbus.names import ERROR_PREFIX
+
+TYPE_CHECKING = False  # opctl imports this module: no typing at run time; mypy reads True
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class OpdbusError(Exception):

@@ -7,7 +7,10 @@ defs.py). Clients import it too: it is part of the public contract.
 from __future__ import annotations
 
 import functools
-from typing import Final
+
+TYPE_CHECKING = False  # opctl imports this module: no typing at run time; mypy reads True
+if TYPE_CHECKING:
+    from typing import Final
 
 BUS_NAME: Final = "org.opdbus"
 ROOT_PATH: Final = "/org/opdbus"
