@@ -154,6 +154,8 @@ async def test_a_container_from_create_to_delete(
 
         # A clean stop: busybox's init ignores the halt signal, LXC kills it after the timeout.
         assert (await job(client, "ct1", "Start")).state is JobState.SUCCEEDED
+        # The job ends when LXC has been read, not only when the state was reported.
+        assert (await props(client, "ct1"))["PID"] > 0
         clean = await job(client, "ct1", "Stop", "a{sv}", to_variants({"timeout": 1.0}))
         assert clean.state is JobState.SUCCEEDED, clean.result
 
