@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opctl import parser as cli_parser
-from opctl import parser_ct
+from opctl import parser_ct, parser_net
 
 BUS_TIMEOUT = 2.0  # a TAB must never hang on a stuck daemon
 
@@ -52,7 +52,7 @@ def _what(action: argparse.Action) -> str | None:
     """Which names a positional wants: by its help text (the parser's own constants)."""
     if action.help == cli_parser.VM_HELP:
         return "vm"
-    if action.help == cli_parser.BRIDGE_HELP:
+    if action.help == parser_net.BRIDGE_HELP:
         return "bridge"
     if action.help == parser_ct.CT_HELP:
         return "ct"
