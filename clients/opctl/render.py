@@ -54,10 +54,10 @@ def table(
     # width; a pipe gets whole lines (scripts and grep want all of it).
     room = None
     if out.isatty():
-        import shutil
+        from opctl.term import columns
 
         fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
-        room = max(shutil.get_terminal_size().columns - fixed, MIN_LAST)
+        room = max(columns() - fixed, MIN_LAST)
 
     def line(row: Sequence[str]) -> str:
         text = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1]))
@@ -197,9 +197,9 @@ class Progress:
         record = self._record
         if not self.enabled or record is None or record.state.finished:
             return
-        import shutil
+        from opctl.term import columns
 
-        width = max(shutil.get_terminal_size((80, 20)).columns, 40)
+        width = max(columns(), 40)
         label = f" {record.operation} (job {record.id}) {record.state.value} {elapsed(record)}"
         if record.progress_valid:
             bar_width = min(30, width - len(label) - 8)

@@ -12,7 +12,15 @@ import sys
 
 import pytest
 
-HEAVY = ("pydantic", "dbus_fast", "asyncio", "opdbus.models", "opdbus.bus", "opctl.client")
+HEAVY = (
+    "pydantic",
+    "dbus_fast",
+    "asyncio",
+    "opdbus.models",
+    "opdbus.bus",
+    "opctl.client",
+    "shutil",  # for the terminal's width: opctl.term finds it without bz2, lzma, fnmatch
+)
 
 
 def imported(*argv: str) -> set[str]:
