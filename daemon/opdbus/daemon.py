@@ -162,10 +162,7 @@ class Daemon:
             self.config, HostPaths(config_file=self.config_path), self.health, self.audit
         )
         wiring = Wiring(self.config, self.jobs, self.checks, self.health, self.started)
-        for kind in kinds.enabled(self.config):
-            service = await kinds.start(kind, wiring)
-            if service is not None:
-                self.started[kind.name] = service
+        await kinds.start_all(kinds.enabled(self.config), wiring)
         self.state = StateService(
             self.config.state,
             self.config.mode,

@@ -68,6 +68,9 @@ class Kind:
     interface: type[OpdbusInterface]  # the objects' bus interface (the call guard learns it)
     export: Callable[[BusContext, Any], CacheExporter[Any]]
     provider: Lazy | Callable[[Any], Provider]  # its section of the declarative state
+    # Kinds whose start this one waits for (when the mode runs them); the rest
+    # start at the same time as it.
+    after: tuple[str, ...] = ()
 
 
 def _systemd(config: Config) -> Awaitable[Probe]:
@@ -86,8 +89,8 @@ def _lxc(config: Config) -> Awaitable[Probe]:
     return probes.probe_lxc(config.lxc.path)
 
 
-# In start order: units first (openvswitch.service may be one of them), then the
-# network, since containers join bridges.
+# Units before the network (openvswitch.service may be one of them), the network
+# before containers (they join bridges); VMs alongside (start_all).
 KINDS: tuple[Kind, ...] = (
     Kind(
         name="units",
@@ -111,6 +114,7 @@ KINDS: tuple[Kind, ...] = (
         interface=bridge.Bridge1,
         export=bridge.exporter,
         provider=Lazy("opdbus.services.providers.net", "NetProvider"),
+        after=("units",),
     ),
     Kind(
         name="vms",
@@ -133,6 +137,7 @@ KINDS: tuple[Kind, ...] = (
         interface=container.Container1,
         export=container.exporter,
         provider=Lazy("opdbus.services.providers.lxc", "LxcProvider"),
+        after=("network",),
     ),
 )
 
@@ -169,6 +174,36 @@ async def start(kind: Kind, wiring: Wiring) -> ResourceService[Any] | None:
     run = await kind.start.load() if isinstance(kind.start, Lazy) else kind.start
     service: ResourceService[Any] | None = await run(wiring)
     return service
+
+
+async def start_all(kinds: Sequence[Kind], wiring: Wiring) -> None:
+    """Start ``kinds`` into ``wiring.started`` (in KINDS order), each after its ``after``.
+
+    The others start at the same time: one kind's libraries load and its
+    backend answers while another's do (libvirt beside OVSDB: ~40 ms of a
+    daemon's start). Every start is waited for before a failure is raised, so
+    whatever did start is in ``wiring.started`` for the daemon to stop.
+    """
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def one(kind: Kind) -> None:
+        for name in kind.after:
+            if name in tasks:
+                await tasks[name]  # its failure is this start's too
+        service = await start(kind, wiring)
+        if service is not None:
+            wiring.started[kind.name] = service  # what a later kind may look up
+
+    for kind in kinds:
+        tasks[kind.name] = asyncio.create_task(one(kind), name=f"start-{kind.name}")
+    outcomes = await asyncio.gather(*tasks.values(), return_exceptions=True)
+    have = wiring.started
+    ordered = {kind.name: have[kind.name] for kind in KINDS if kind.name in have}
+    have.clear()
+    have.update(ordered)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 async def providers(started: Mapping[str, Any]) -> list[Provider]:

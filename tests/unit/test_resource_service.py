@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 from pydantic import BaseModel
@@ -167,3 +169,55 @@ def test_the_manager_says_off_in_this_mode_or_unavailable_here() -> None:
     services.in_mode = frozenset({"network"})
     with pytest.raises(NotSupported, match="containers are off in full mode"):
         services.running("containers", "containers")
+
+
+def bare_wiring() -> resource.Wiring:
+    wiring = resource.Wiring.__new__(resource.Wiring)  # start_all uses only .started
+    wiring.started = {}
+    return wiring
+
+
+async def test_kinds_start_together_each_after_those_it_names() -> None:
+    vms_began = asyncio.Event()
+    saw: dict[str, list[str]] = {}
+
+    def starter(name: str) -> Callable[[resource.Wiring], Awaitable[Flaky | None]]:
+        async def start(wiring: resource.Wiring) -> Flaky | None:
+            saw[name] = sorted(wiring.started)
+            if name == "network":
+                # Only when the VMs' start runs beside it (in turn, it would wait forever).
+                await asyncio.wait_for(vms_began.wait(), 5)
+            if name == "vms":
+                vms_began.set()
+            return Flaky(failures=0)
+
+        return start
+
+    wiring = bare_wiring()
+    await kinds.start_all([replace(k, start=starter(k.name)) for k in kinds.KINDS], wiring)
+    assert "units" in saw["network"] and "network" in saw["containers"]
+    # The VMs were done before the network; the daemon still sees them in KINDS order.
+    assert list(wiring.started) == [k.name for k in kinds.KINDS]
+
+
+async def test_a_start_that_fails_is_raised_once_the_others_are_done() -> None:
+    started: list[str] = []
+
+    def starter(name: str) -> Callable[[resource.Wiring], Awaitable[Flaky | None]]:
+        async def start(wiring: resource.Wiring) -> Flaky | None:
+            started.append(name)
+            if name == "network":
+                raise BackendUnavailable("ovsdb-server went away")
+            if name == "vms":
+                await asyncio.sleep(0.05)  # still starting when the network fails
+            return None if name == "units" else Flaky(failures=0)
+
+        return start
+
+    wiring = bare_wiring()
+    with pytest.raises(BackendUnavailable, match="went away"):
+        await kinds.start_all([replace(k, start=starter(k.name)) for k in kinds.KINDS], wiring)
+    # The VMs' start ran to its end (the daemon stops what it finds here); units
+    # could not run here (None); containers, after the network, never began.
+    assert list(wiring.started) == ["vms"]
+    assert "containers" not in started

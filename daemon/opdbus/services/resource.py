@@ -34,7 +34,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 
 @dataclass
 class Wiring:
-    """What a kind's service is started with (kinds.py hands it to each in order)."""
+    """What a kind's service is started with (kinds.start_all hands it to each)."""
 
     config: Config
     jobs: JobManager
