@@ -43,6 +43,7 @@ READ_CONCURRENCY = 8
 READ_TRIES = 3  # reads of one container while its state keeps changing, before the events win
 OUTPUT_MAX = 1024 * 1024  # Exec returns at most this much of stdout and of stderr
 STATE_WAIT = 15.0
+READ_WAIT = 2.0  # for the refresher's read after a state event, before reading ourselves
 
 
 def ovs_env(remote: str | None) -> dict[str, str] | None:
@@ -228,23 +229,30 @@ class ContainerService(ResourceService[ContainerInfo]):
         return info
 
     async def _wait_state(self, name: str, state: ContainerState, *, read: bool = False) -> None:
-        """Until ``name`` is ``state``; ``read``: as a read of LXC found it, PID and all.
+        """Until lxc-monitor says ``name`` is ``state``; ``read``: then until LXC is read so.
 
-        lxc-monitor's event carries the state alone and marks the container to
-        be read again. With ``read`` that read, the refresher's, is the one
-        awaited (a running container has a PID, a stopped one none) rather than
-        one of our own queued behind it: a start's job ends ~10 ms sooner.
+        The event carries the state alone and marks the container to be read
+        again: with ``read`` that read, the refresher's, is awaited (a running
+        container has a PID, a stopped one none) rather than one of our own
+        queued behind it -- a start's job ends ~10 ms sooner. A state that
+        moves on meanwhile (an init that exits at once) ends the wait too.
         """
-
-        def done(info: ContainerInfo | None) -> bool:
-            if info is None or info.state is not state:
-                return False
-            return not read or (info.pid > 0) == (state is not ContainerState.STOPPED)
-
-        if not await self.cache.wait_for(name, done, STATE_WAIT):
+        reached = await self.cache.wait_for(
+            name, lambda i: i is not None and i.state is state, STATE_WAIT
+        )
+        if not reached:
             info = await self.refresh(name)  # an event lost? ask LXC itself
             if info is None or info.state is not state:
                 raise Timeout(f"{name} did not become {state.value} within {STATE_WAIT:g} s")
+            return
+
+        def read_so(info: ContainerInfo | None) -> bool:
+            if info is None or info.state is not state:
+                return True
+            return (info.pid > 0) == (state is not ContainerState.STOPPED)
+
+        if read and not await self.cache.wait_for(name, read_so, READ_WAIT):
+            await self.refresh(name)  # the refresher is slow (backing off): read it here
 
     # -- creating ------------------------------------------------------------------
 
