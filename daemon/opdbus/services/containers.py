@@ -234,8 +234,8 @@ class ContainerService(ResourceService[ContainerInfo]):
         The event carries the state alone and marks the container to be read
         again: with ``read`` that read, the refresher's, is awaited (a running
         container has a PID, a stopped one none) rather than one of our own
-        queued behind it -- a start's job ends ~10 ms sooner. A state that
-        moves on meanwhile (an init that exits at once) ends the wait too.
+        queued behind it -- one lxc-info fewer per start. A state that moves
+        on meanwhile (an init that exits at once) ends the wait too.
         """
         reached = await self.cache.wait_for(
             name, lambda i: i is not None and i.state is state, STATE_WAIT
