@@ -180,7 +180,7 @@ async def start_all(kinds: Sequence[Kind], wiring: Wiring) -> None:
     """Start ``kinds`` into ``wiring.started`` (in KINDS order), each after its ``after``.
 
     The others start at the same time: one kind's libraries load and its
-    backend answers while another's do (libvirt beside OVSDB: ~40 ms of a
+    backend answers while another's do (libvirt beside OVSDB: ~30 ms of a
     daemon's start). Every start is waited for before a failure is raised, so
     whatever did start is in ``wiring.started`` for the daemon to stop.
     """
