@@ -207,6 +207,8 @@ class MenuApp(App[None]):
             with contextlib.suppress(errors.OpdbusError):  # libvirt down: the status says so
                 self.vms = await client.vms()
         self.running_jobs = (await client.count_jobs()).get("running", 0)
+        if not self.is_running:
+            return  # closing meanwhile: its widgets are going
         table = self.query_one("#vms", DataTable)
         table.clear()
         for path, props in sorted(self.vms.items(), key=lambda kv: str(kv[1].get("Name"))):
@@ -218,6 +220,10 @@ class MenuApp(App[None]):
             self.maybe_autostart()
 
     def dispatch(self, event: SignalEvent) -> None:
+        if not self.is_running:
+            # The app is closing and its widgets are going, while the session
+            # worker may still hold a signal (the worker is cancelled after).
+            return
         if event.member == "PropertiesChanged" and event.args[0] == names.VM_IFACE:
             self.vm_changed(event.path, event.args[1])
         elif event.member == "InterfacesAdded" and names.VM_IFACE in event.args[1]:
@@ -254,6 +260,8 @@ class MenuApp(App[None]):
                 self.status()
 
     def status(self, problem: str | None = None) -> None:
+        if not self.is_running:
+            return  # closing (see dispatch)
         if problem is not None:
             self.query_one("#status", Static).update(f"[b]{escape(problem)}[/b]")
             return
@@ -283,7 +291,8 @@ class MenuApp(App[None]):
     # -- running the daemon's jobs -----------------------------------------------
 
     def job_line(self, text: str) -> None:
-        self.query_one("#job", Static).update(escape(text))
+        if self.is_running:  # else closing (see dispatch)
+            self.query_one("#job", Static).update(escape(text))
 
     def notify(
         self,

@@ -18,6 +18,7 @@ import pytest
 from opctl.client import Client
 from opctl.menu import Countdown, MenuApp
 from opctl.menu_screens import JobLog, MoreOptions, Table
+from opctl.wire import SignalEvent
 from opdbus import names
 from opdbus.models.job import JobState
 from opdbus.sandbox import PrivateBus
@@ -240,3 +241,25 @@ async def test_a_vm_made_and_started_with_virsh_by_hand_shows_within_a_second(
                 )
     finally:
         libvirtd.cleanup()
+
+
+async def test_a_signal_that_comes_while_the_menu_closes_is_dropped(
+    tmp_path: Path, private_bus: PrivateBus
+) -> None:
+    async with running(tmp_path, private_bus, **TEST_DRIVER):
+        app = MenuApp(private_bus.address)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot, app.ready.is_set)
+            path = next(iter(app.vms))
+        # The widgets are gone; the session worker may still be holding a
+        # signal (a running VM's CPUTime comes every few seconds).
+        changed = SignalEvent(
+            path=path,
+            interface="org.freedesktop.DBus.Properties",
+            member="PropertiesChanged",
+            args=[names.VM_IFACE, {"CPUTime": 1}, []],
+        )
+        app.dispatch(changed)
+        app.status()
+        app.job_line("job 1 Start: running")
+        assert app.vms[path]["Name"] == "test"  # the list as it was, nothing raised
