@@ -197,6 +197,8 @@ async def start_all(kinds: Sequence[Kind], wiring: Wiring) -> None:
     for kind in kinds:
         tasks[kind.name] = asyncio.create_task(one(kind), name=f"start-{kind.name}")
     outcomes = await asyncio.gather(*tasks.values(), return_exceptions=True)
+    # In KINDS order again, whatever order they finished in: the daemon stops
+    # them in reverse (containers before the network they are attached to).
     have = wiring.started
     ordered = {kind.name: have[kind.name] for kind in KINDS if kind.name in have}
     have.clear()
